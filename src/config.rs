@@ -1,0 +1,295 @@
+//! Configuration: every `[vars]` entry and secret, parsed and validated in one place.
+//!
+//! Read through [`VarSource`] so tests (and `make check-config`) feed a map
+//! instead of a Worker `Env`. Numeric vars are strings in `wrangler.toml`
+//! because numeric vars do not bind in workers-rs.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use shard_policies::PolicyConfig;
+
+/// Where configuration values come from: the Worker env, a TOML table, a map.
+pub trait VarSource {
+    fn var(&self, name: &str) -> Option<String>;
+}
+
+impl VarSource for BTreeMap<String, String> {
+    fn var(&self, name: &str) -> Option<String> {
+        self.get(name).cloned()
+    }
+}
+
+impl VarSource for [(&str, &str)] {
+    fn var(&self, name: &str) -> Option<String> {
+        self.iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| (*v).to_owned())
+    }
+}
+
+/// One tier's limits and objectives.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Tier {
+    /// Most sockets a user of this tier may hold open at once.
+    pub limit: u32,
+    /// Latency objective: p95 below this many milliseconds.
+    pub latency_p95_ms: u32,
+    /// Availability objective in percent, e.g. 99.9.
+    pub availability: f64,
+}
+
+/// The seed's tiers (capacity guide, "SLO Recommendations").
+pub const DEFAULT_TIERS: &str = r#"{"free":{"limit":20,"latencyP95Ms":500,"availability":99.5},"pro":{"limit":100,"latencyP95Ms":200,"availability":99.9},"enterprise":{"limit":500,"latencyP95Ms":100,"availability":99.95}}"#;
+
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 65536;
+
+/// Every var with its default; `None` means required.
+pub const VARS: &[(&str, Option<&str>)] = &[
+    ("SHARD_POLICY", Some("single")),
+    ("SHARD_MAX_CONNECTIONS", Some("200")),
+    ("TIERS", Some(DEFAULT_TIERS)),
+    ("MAX_MESSAGE_BYTES", Some("65536")),
+    ("FANOUT_TIMEOUT_MS", Some("5000")),
+    ("LEASE_BATCH", Some("8")),
+    ("BAD_FRAME_LIMIT", Some("10")),
+    ("AUTH_SECRET", None),
+    ("ADMIN_TOKEN", Some("")),
+];
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub policy: PolicyConfig,
+    /// The policy as configured, for `/health`, stats and the `connected` frame.
+    pub policy_name: String,
+    pub shard_max_connections: u32,
+    pub tiers: BTreeMap<String, Tier>,
+    pub max_message_bytes: usize,
+    pub fanout_timeout_ms: u32,
+    pub lease_batch: u32,
+    pub bad_frame_limit: u32,
+    pub auth_secret: String,
+    pub admin_token: String,
+}
+
+/// A configuration error names the var, the value and what is allowed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{var}={value:?} is invalid: {allowed}")]
+pub struct ConfigError {
+    pub var: &'static str,
+    pub value: String,
+    pub allowed: String,
+}
+
+impl Config {
+    pub fn from_vars(src: &(impl VarSource + ?Sized)) -> Result<Self, ConfigError> {
+        let policy_name = get(src, "SHARD_POLICY").trim().to_owned();
+        let policy: PolicyConfig = policy_name.parse().map_err(|e| ConfigError {
+            var: "SHARD_POLICY",
+            value: policy_name.clone(),
+            allowed: format!("{e}"),
+        })?;
+        let tiers = parse_tiers(&get(src, "TIERS"))?;
+        let auth_secret = get(src, "AUTH_SECRET");
+        if auth_secret.len() < 16 {
+            return Err(ConfigError {
+                var: "AUTH_SECRET",
+                value: "(secret hidden)".into(),
+                allowed: "a secret of at least 16 bytes; set it with `wrangler secret put AUTH_SECRET` (locally in .dev.vars)".into(),
+            });
+        }
+        let admin_token = get(src, "ADMIN_TOKEN");
+        // An unset ADMIN_TOKEN disables the admin endpoints instead of the
+        // whole gateway; a short one is a mistake worth refusing.
+        if !admin_token.is_empty() && admin_token.len() < 16 {
+            return Err(ConfigError {
+                var: "ADMIN_TOKEN",
+                value: "(secret hidden)".into(),
+                allowed: "unset (admin endpoints disabled) or a secret of at least 16 bytes; set it with `wrangler secret put ADMIN_TOKEN` (locally in .dev.vars)".into(),
+            });
+        }
+        Ok(Config {
+            policy,
+            policy_name,
+            shard_max_connections: int(src, "SHARD_MAX_CONNECTIONS", 1, 100_000)?,
+            tiers,
+            max_message_bytes: int(src, "MAX_MESSAGE_BYTES", 128, 1 << 20)? as usize,
+            fanout_timeout_ms: int(src, "FANOUT_TIMEOUT_MS", 10, 60_000)?,
+            lease_batch: int(src, "LEASE_BATCH", 1, 1_000)?,
+            bad_frame_limit: int(src, "BAD_FRAME_LIMIT", 1, 10_000)?,
+            auth_secret,
+            admin_token,
+        })
+    }
+
+    pub fn tier(&self, name: &str) -> Option<&Tier> {
+        self.tiers.get(name)
+    }
+
+    /// The configured tier names, for error messages.
+    pub fn tier_names(&self) -> String {
+        self.tiers.keys().cloned().collect::<Vec<_>>().join(", ")
+    }
+}
+
+fn get(src: &(impl VarSource + ?Sized), name: &'static str) -> String {
+    src.var(name)
+        .or_else(|| {
+            VARS.iter()
+                .find(|(n, _)| *n == name)
+                .and_then(|(_, d)| d.map(str::to_owned))
+        })
+        .unwrap_or_default()
+}
+
+fn int(
+    src: &(impl VarSource + ?Sized),
+    var: &'static str,
+    min: u32,
+    max: u32,
+) -> Result<u32, ConfigError> {
+    let value = get(src, var);
+    value
+        .trim()
+        .parse::<u32>()
+        .ok()
+        .filter(|n| (min..=max).contains(n))
+        .ok_or_else(|| ConfigError {
+            var,
+            value,
+            allowed: format!("an integer in {min}..={max}, as a string"),
+        })
+}
+
+fn parse_tiers(value: &str) -> Result<BTreeMap<String, Tier>, ConfigError> {
+    let err = |allowed: String| ConfigError {
+        var: "TIERS",
+        value: crate::protocol::truncate(value, 200),
+        allowed,
+    };
+    let tiers: BTreeMap<String, Tier> = serde_json::from_str(value).map_err(|e| {
+        err(format!(
+            "a JSON object of tiers like {{\"pro\":{{\"limit\":100,\"latencyP95Ms\":200,\"availability\":99.9}}}} ({e})"
+        ))
+    })?;
+    if tiers.is_empty() {
+        return Err(err("at least one tier".into()));
+    }
+    for (name, t) in &tiers {
+        if crate::ids::validate_id(name).is_err() {
+            return Err(err(format!(
+                "tier names are 1..128 chars of [A-Za-z0-9_.:-]; `{name}` is not"
+            )));
+        }
+        if t.limit == 0 || t.limit > 100_000 {
+            return Err(err(format!(
+                "tier `{name}`: limit must be 1..=100000, got {}",
+                t.limit
+            )));
+        }
+        if t.latency_p95_ms == 0 {
+            return Err(err(format!("tier `{name}`: latencyP95Ms must be > 0")));
+        }
+        if !(t.availability > 0.0 && t.availability < 100.0) {
+            return Err(err(format!(
+                "tier `{name}`: availability must be a percentage in (0, 100), got {}",
+                t.availability
+            )));
+        }
+    }
+    Ok(tiers)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECRETS: [(&str, &str); 2] = [
+        ("AUTH_SECRET", "0123456789abcdef0123"),
+        ("ADMIN_TOKEN", "fedcba9876543210fedc"),
+    ];
+
+    fn with(extra: &[(&'static str, &'static str)]) -> Result<Config, ConfigError> {
+        let mut v: Vec<(&str, &str)> = SECRETS.to_vec();
+        v.extend_from_slice(extra);
+        Config::from_vars(v.as_slice())
+    }
+
+    #[test]
+    fn defaults_are_the_seed() {
+        let c = with(&[]).unwrap();
+        assert_eq!(c.policy_name, "single");
+        assert_eq!(c.shard_max_connections, 200);
+        assert_eq!(c.max_message_bytes, 65536);
+        assert_eq!(c.tier("free").unwrap().limit, 20);
+        assert_eq!(c.tier("pro").unwrap().limit, 100);
+        assert_eq!(c.tier("enterprise").unwrap().limit, 500);
+        assert_eq!(c.tier("pro").unwrap().latency_p95_ms, 200);
+        assert_eq!(c.tier("enterprise").unwrap().availability, 99.95);
+        assert_eq!(c.tier_names(), "enterprise, free, pro");
+    }
+
+    #[test]
+    fn numeric_vars_name_the_var_and_range() {
+        let e = with(&[("SHARD_MAX_CONNECTIONS", "0")]).unwrap_err();
+        assert_eq!(e.var, "SHARD_MAX_CONNECTIONS");
+        assert_eq!(e.value, "0");
+        assert!(e.allowed.contains("1..=100000"), "{e}");
+        let e = with(&[("MAX_MESSAGE_BYTES", "lots")]).unwrap_err();
+        assert_eq!(e.var, "MAX_MESSAGE_BYTES");
+        let e = with(&[("FANOUT_TIMEOUT_MS", "1")]).unwrap_err();
+        assert_eq!(e.var, "FANOUT_TIMEOUT_MS");
+        let e = with(&[("LEASE_BATCH", "-3")]).unwrap_err();
+        assert_eq!(e.var, "LEASE_BATCH");
+        let e = with(&[("BAD_FRAME_LIMIT", "")]).unwrap_err();
+        assert_eq!(e.var, "BAD_FRAME_LIMIT");
+    }
+
+    #[test]
+    fn policy_errors_name_the_var() {
+        let e = with(&[("SHARD_POLICY", "hash:shards=0")]).unwrap_err();
+        assert_eq!(e.var, "SHARD_POLICY");
+        assert_eq!(e.value, "hash:shards=0");
+        assert!(!e.allowed.is_empty());
+    }
+
+    #[test]
+    fn tier_errors() {
+        for bad in [
+            "nope",
+            "{}",
+            r#"{"pro":{"limit":0,"latencyP95Ms":1,"availability":99}}"#,
+            r#"{"pro":{"limit":5,"latencyP95Ms":0,"availability":99}}"#,
+            r#"{"pro":{"limit":5,"latencyP95Ms":1,"availability":100}}"#,
+            r#"{"p/ro":{"limit":5,"latencyP95Ms":1,"availability":99}}"#,
+            r#"{"pro":{"limit":5,"latencyP95Ms":1,"availability":99,"x":1}}"#,
+        ] {
+            let v = [("TIERS", bad)];
+            let mut all: Vec<(&str, &str)> = SECRETS.to_vec();
+            all.extend_from_slice(&v);
+            let e = Config::from_vars(all.as_slice()).unwrap_err();
+            assert_eq!(e.var, "TIERS", "{bad}");
+        }
+    }
+
+    #[test]
+    fn secrets_are_required_and_not_echoed() {
+        let e =
+            Config::from_vars([("ADMIN_TOKEN", "fedcba9876543210fedc")].as_slice()).unwrap_err();
+        assert_eq!(e.var, "AUTH_SECRET");
+        assert!(!e.to_string().contains("fedcba"));
+        let c = Config::from_vars([("AUTH_SECRET", "0123456789abcdef0123")].as_slice()).unwrap();
+        assert_eq!(c.admin_token, "");
+        let e = Config::from_vars(
+            [
+                ("AUTH_SECRET", "0123456789abcdef0123"),
+                ("ADMIN_TOKEN", "short"),
+            ]
+            .as_slice(),
+        )
+        .unwrap_err();
+        assert_eq!(e.var, "ADMIN_TOKEN");
+        assert!(!e.to_string().contains("short"));
+    }
+}

@@ -1,0 +1,685 @@
+//! The shard Durable Object: holds hibernating sockets of one user.
+//!
+//! Hibernation API only: sockets are accepted with tags (type, connection,
+//! session, machine) so filtered broadcasts are tag lookups; per-socket
+//! metadata lives in the attachment; `{"event":"ping"}` is answered by
+//! auto-response without waking the object. What must survive a restart
+//! (the lease, counters, the shard set, drain state) is in storage.
+
+mod state;
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
+
+use futures::lock::Mutex;
+use wasm_bindgen::JsValue;
+use worker::{
+    console_error, durable_object, DurableObject, Env, Method, Request, Response, State, WebSocket,
+    WebSocketIncomingMessage, WebSocketPair, WebSocketRequestResponsePair,
+};
+
+use crate::config::Config;
+use crate::lease::Admit;
+use crate::placement;
+use crate::protocol::{
+    self, conn_tag, machine_tag, session_tag, ApiError, ClientFrame, ClientType, Delivery, Filter,
+    FrameError, SocketMeta,
+};
+use crate::rpc::{self, Connect, Delivered, Members, Reclaimed};
+use crate::runtime::{self, CONNECT_HEADER, SHARD_HEADER};
+use crate::stats::{ByType, ShardStats, SOCKET_OVERHEAD_BYTES};
+use state::Persisted;
+
+/// WebSocket ready state OPEN.
+const OPEN: u16 = 1;
+
+#[durable_object]
+pub struct ConnectionManager {
+    state: State,
+    env: Env,
+    saved: Rc<RefCell<Persisted>>,
+    /// Serializes this shard's own calls to the directory (see `lease`).
+    directory_lock: Mutex<()>,
+    /// Bad frames per connection in the current window: (count, window start).
+    bad_frames: RefCell<HashMap<String, (u32, u64)>>,
+    /// Cross-shard relays in flight, reported as `messageQueueDepth`.
+    relays_in_flight: Cell<u64>,
+}
+
+impl DurableObject for ConnectionManager {
+    fn new(state: State, env: Env) -> Self {
+        // The exact ping text is answered by the runtime, so an idle shard
+        // stays hibernated. The pong carries the time this object woke.
+        if let Ok(pair) = WebSocketRequestResponsePair::new(
+            protocol::PING_FRAME,
+            &protocol::pong_frame(runtime::now_ms()),
+        ) {
+            if let Err(e) = state.as_raw().set_websocket_auto_response(&pair) {
+                console_error!("auto-response not set: {e:?}");
+            }
+        }
+        let saved = Rc::new(RefCell::new(Persisted::default()));
+        // Load before any event is delivered, so no handler sees defaults.
+        let slot = saved.clone();
+        let storage = state.storage();
+        let _load = state.block_concurrency_while(async move {
+            if let Ok(Some(p)) = storage.get::<Persisted>(state::KEY).await {
+                *slot.borrow_mut() = p;
+            }
+            Ok(())
+        });
+        Self {
+            state,
+            env,
+            saved,
+            directory_lock: Mutex::new(()),
+            bad_frames: RefCell::new(HashMap::new()),
+            relays_in_flight: Cell::new(0),
+        }
+    }
+
+    async fn fetch(&self, mut req: Request) -> worker::Result<Response> {
+        let cfg = match runtime::config(&self.env) {
+            Ok(c) => c,
+            Err(e) => return runtime::error(&ApiError::new(503, "invalid_config", e.to_string())),
+        };
+        let path = req.path();
+        let shard = req.headers().get(SHARD_HEADER)?.unwrap_or_default();
+        if !shard.is_empty() {
+            self.learn_name(&shard);
+        }
+        match (req.method(), path.as_str()) {
+            (Method::Get, "/connect") => self.open_socket(&req, &cfg).await,
+            (Method::Post, "/deliver") => {
+                let d: Delivery = req.json().await?;
+                runtime::json(
+                    200,
+                    &Delivered {
+                        delivered: self.deliver(&d),
+                    },
+                )
+            }
+            (Method::Post, "/stats") => runtime::json(200, &self.stats()),
+            (Method::Post, "/reclaim") => runtime::json(200, &self.reclaim(&cfg).await?),
+            (Method::Post, "/members") => {
+                let m: Members = req.json().await?;
+                self.set_members(m).await?;
+                runtime::json(200, &serde_json::json!({"ok": true}))
+            }
+            _ => runtime::error(&ApiError::new(404, "not_found", format!("no route {path}"))),
+        }
+    }
+
+    async fn websocket_message(
+        &self,
+        ws: WebSocket,
+        message: WebSocketIncomingMessage,
+    ) -> worker::Result<()> {
+        let (max, limit) = match runtime::config(&self.env) {
+            Ok(c) => (c.max_message_bytes, c.bad_frame_limit),
+            Err(_) => (crate::config::DEFAULT_MAX_MESSAGE_BYTES, 10),
+        };
+        let text = match message {
+            WebSocketIncomingMessage::String(t) => t,
+            WebSocketIncomingMessage::Binary(b) if b.len() > max => {
+                return close_too_big(&ws, b.len(), max);
+            }
+            WebSocketIncomingMessage::Binary(_) => {
+                return self.bad_frame(&ws, &FrameError::Binary, limit);
+            }
+        };
+        match protocol::parse_client_frame(&text, max) {
+            Ok(ClientFrame::Ping) => ws.send_with_str(protocol::pong_frame(runtime::now_ms())),
+            Ok(ClientFrame::Broadcast(data)) => {
+                let Some(meta) = attachment(&ws) else {
+                    return Ok(());
+                };
+                let delivery = Delivery {
+                    frame: protocol::relay_frame(data, &meta.connection_id),
+                    filter: Filter::Exclude {
+                        connection_id: meta.connection_id.clone(),
+                    },
+                };
+                self.deliver(&delivery);
+                self.relay(&delivery).await;
+                Ok(())
+            }
+            Err(FrameError::TooLarge { size, limit }) => close_too_big(&ws, size, limit),
+            Err(e) => self.bad_frame(&ws, &e, limit),
+        }
+    }
+
+    async fn websocket_close(
+        &self,
+        ws: WebSocket,
+        code: usize,
+        reason: String,
+        _was_clean: bool,
+    ) -> worker::Result<()> {
+        // Reciprocate so the client's close handshake completes. 1005 (no
+        // code), 1006 (abnormal) and 1015 (TLS) are never sent on the wire.
+        match code {
+            1006 | 1015 => {}
+            1005 => close(&ws, 1000, ""),
+            c => close(&ws, u16::try_from(c).unwrap_or(1000), &reason),
+        }
+        self.after_close(&ws).await
+    }
+
+    async fn websocket_error(&self, ws: WebSocket, error: worker::Error) -> worker::Result<()> {
+        console_error!("socket error: {error}");
+        close(&ws, 1011, "socket error");
+        self.after_close(&ws).await
+    }
+
+    async fn alarm(&self) -> worker::Result<Response> {
+        self.drain_step().await?;
+        Response::ok("")
+    }
+
+    async fn connect(&self, _socket: worker::Socket) -> worker::Result<()> {
+        // The default handler panics; shards speak only HTTP and WebSocket.
+        Err(worker::Error::RustError(
+            "TCP connect is not supported".into(),
+        ))
+    }
+}
+
+impl ConnectionManager {
+    fn learn_name(&self, shard: &str) {
+        let mut s = self.saved.borrow_mut();
+        if s.name.is_empty() {
+            s.name = shard.to_owned();
+        }
+    }
+
+    async fn save(&self) -> worker::Result<()> {
+        let snapshot = self.saved.borrow().clone();
+        self.state.storage().put(state::KEY, snapshot).await
+    }
+
+    /// Open sockets, leaving out `except` (a socket being closed still shows
+    /// in `getWebSockets` while its close handler runs).
+    fn open_sockets(&self, except: Option<&WebSocket>) -> Vec<WebSocket> {
+        self.sockets_with(None)
+            .into_iter()
+            .filter(|w| Some(w) != except && w.as_ref().ready_state() == OPEN)
+            .collect()
+    }
+
+    fn open_count(&self, except: Option<&WebSocket>) -> u32 {
+        u32::try_from(self.open_sockets(except).len()).unwrap_or(u32::MAX)
+    }
+
+    fn sockets_with(&self, tag: Option<&str>) -> Vec<WebSocket> {
+        let raw = self.state.as_raw();
+        let list = match tag {
+            Some(t) => raw.get_websockets_with_tag(t),
+            None => raw.get_websockets(),
+        };
+        match list {
+            Ok(v) => v.into_iter().map(WebSocket::from).collect(),
+            Err(e) => {
+                console_error!("getWebSockets failed: {e:?}");
+                Vec::new()
+            }
+        }
+    }
+
+    async fn open_socket(&self, req: &Request, cfg: &Config) -> worker::Result<Response> {
+        let connect: Connect = match req
+            .headers()
+            .get(CONNECT_HEADER)?
+            .and_then(|h| serde_json::from_str(&h).ok())
+        {
+            Some(c) => c,
+            None => {
+                return runtime::error(&ApiError::bad_request(
+                    "bad_connect",
+                    "missing or invalid connect metadata",
+                ))
+            }
+        };
+        self.learn_name(&connect.shard);
+        if self.saved.borrow().draining {
+            return self
+                .refuse(ApiError::new(
+                    503,
+                    "shard_draining",
+                    "this shard is draining for rotation; reconnect",
+                ))
+                .await;
+        }
+        // At most two directory round trips: a grant can be reclaimed by the
+        // directory between the answer and the accept, which is rare.
+        for _ in 0..3 {
+            let open = self.open_count(None);
+            let admit =
+                self.saved
+                    .borrow()
+                    .lease
+                    .admit(open, cfg.shard_max_connections, cfg.lease_batch);
+            match admit {
+                Admit::Accept => return self.accept(&connect).await,
+                Admit::Full => {
+                    return self
+                        .refuse(
+                            ApiError::new(
+                                503,
+                                "shard_full",
+                                format!(
+                                "shard holds {open} sockets, its cap (SHARD_MAX_CONNECTIONS={})",
+                                cfg.shard_max_connections
+                            ),
+                            )
+                            .retry_after(1),
+                        )
+                        .await
+                }
+                Admit::Acquire(want) => {
+                    let _guard = self.directory_lock.lock().await;
+                    // Another connect may have leased while we waited.
+                    let open = self.open_count(None);
+                    if self.saved.borrow().lease.leased > open {
+                        continue;
+                    }
+                    let granted = match self.acquire(&connect, want, open).await {
+                        Ok(g) => g,
+                        Err(e) => {
+                            console_error!("acquire failed: {e}");
+                            return self
+                                .refuse(
+                                    ApiError::new(
+                                        503,
+                                        "directory_unavailable",
+                                        "the user's directory did not answer; retry",
+                                    )
+                                    .retry_after(1),
+                                )
+                                .await;
+                        }
+                    };
+                    if granted == 0 {
+                        return self
+                            .refuse(
+                                ApiError::new(
+                                    429,
+                                    "tier_limit",
+                                    format!(
+                                        "tier `{}` allows {} open connections; close one or upgrade the tier",
+                                        connect.meta.tier, connect.limit
+                                    ),
+                                )
+                                .retry_after(5),
+                            )
+                            .await;
+                    }
+                }
+            }
+        }
+        self.refuse(
+            ApiError::new(
+                503,
+                "lease_contended",
+                "could not hold a connection slot; retry",
+            )
+            .retry_after(1),
+        )
+        .await
+    }
+
+    async fn acquire(&self, c: &Connect, want: u32, open: u32) -> worker::Result<u32> {
+        let dir = runtime::stub(
+            &self.env,
+            placement::DIRECTORY_BINDING,
+            &placement::directory_name(&c.meta.user_id),
+        )?;
+        let body = rpc::Acquire {
+            shard: c.shard.clone(),
+            want,
+            need: 1,
+            open,
+            limit: c.limit,
+            tier: c.meta.tier.clone(),
+        };
+        self.saved.borrow_mut().round_trips += 1;
+        let g: rpc::Granted = runtime::call(&dir, "/acquire", None, &body).await?;
+        {
+            let mut s = self.saved.borrow_mut();
+            s.lease.add(g.granted);
+            if g.members.version > s.members.version {
+                s.members = g.members;
+            }
+            if s.user.is_empty() {
+                s.user = c.meta.user_id.clone();
+            }
+        }
+        // The grant is saved with the accept that follows; if we die first
+        // the directory over-counts this shard, which only leaks a slot.
+        Ok(g.granted)
+    }
+
+    async fn accept(&self, c: &Connect) -> worker::Result<Response> {
+        let pair = WebSocketPair::new()?;
+        let tags: Vec<JsValue> = c
+            .meta
+            .tags()
+            .into_iter()
+            .map(|t| JsValue::from_str(&t))
+            .collect();
+        if let Err(e) = self
+            .state
+            .as_raw()
+            .accept_websocket_with_tags(pair.server.as_ref(), tags)
+        {
+            console_error!("accept failed: {e:?}");
+            return runtime::error(&ApiError::new(500, "accept_failed", "could not accept"));
+        }
+        pair.server.serialize_attachment(&c.meta)?;
+        let now = runtime::now_ms();
+        let policy = runtime::config(&self.env)
+            .map(|cfg| cfg.policy_name)
+            .unwrap_or_default();
+        pair.server
+            .send_with_str(protocol::connected_frame(&c.meta, &c.shard, &policy, now))?;
+        let arm_alarm = {
+            let mut s = self.saved.borrow_mut();
+            s.accepted += 1;
+            let arm = !s.alarm_armed && placement::rotation_of(&c.shard).is_some();
+            s.alarm_armed |= arm;
+            arm
+        };
+        if arm_alarm {
+            if let Some((rotation, epoch)) = placement::rotation_of(&c.shard) {
+                self.arm(rotation.epoch_end_ms(epoch)).await?;
+            }
+        }
+        self.save().await?;
+        Response::from_websocket(pair.client)
+    }
+
+    async fn refuse(&self, e: ApiError) -> worker::Result<Response> {
+        self.saved.borrow_mut().rejected += 1;
+        self.save().await?;
+        runtime::error(&e)
+    }
+
+    /// Sends `d.frame` to the sockets its filter selects; returns how many got it.
+    fn deliver(&self, d: &Delivery) -> u64 {
+        let targets = match &d.filter {
+            Filter::All => self.sockets_with(None),
+            Filter::UserScopedOnly => self.sockets_with(Some(&ClientType::UserScoped.tag())),
+            Filter::Session { session_id } => self.sockets_with(Some(&session_tag(session_id))),
+            Filter::Machine { machine_id } => self.sockets_with(Some(&machine_tag(machine_id))),
+            Filter::Exclude { connection_id } => {
+                let excluded = self.sockets_with(Some(&conn_tag(connection_id)));
+                self.sockets_with(None)
+                    .into_iter()
+                    .filter(|w| !excluded.contains(w))
+                    .collect()
+            }
+        };
+        targets
+            .iter()
+            .filter(|w| w.as_ref().ready_state() == OPEN && w.send_with_str(&d.frame).is_ok())
+            .count() as u64
+    }
+
+    /// Sends a client broadcast to the user's other shards, concurrently.
+    async fn relay(&self, d: &Delivery) {
+        let (me, others, timeout_ms) = {
+            let s = self.saved.borrow();
+            let timeout = runtime::config(&self.env)
+                .map(|c| c.fanout_timeout_ms)
+                .unwrap_or(5000);
+            (s.name.clone(), s.members.shards.clone(), timeout)
+        };
+        let targets: Vec<String> = others.into_iter().filter(|n| *n != me).collect();
+        if targets.is_empty() {
+            return;
+        }
+        self.relays_in_flight
+            .set(self.relays_in_flight.get() + targets.len() as u64);
+        let calls = targets.iter().map(|name| async move {
+            let Ok(stub) = runtime::stub(&self.env, placement::SHARD_BINDING, name) else {
+                return;
+            };
+            let r = runtime::timeout(
+                timeout_ms,
+                runtime::call::<_, Delivered>(&stub, "/deliver", Some(name), d),
+            )
+            .await;
+            if !matches!(r, Some(Ok(_))) {
+                console_error!("relay to {name} failed");
+            }
+            self.relays_in_flight
+                .set(self.relays_in_flight.get().saturating_sub(1));
+        });
+        futures::future::join_all(calls).await;
+    }
+
+    fn bad_frame(&self, ws: &WebSocket, e: &FrameError, limit: u32) -> worker::Result<()> {
+        let key = attachment(ws).map(|m| m.connection_id).unwrap_or_default();
+        let now = runtime::now_ms();
+        let count = {
+            let mut map = self.bad_frames.borrow_mut();
+            let entry = map.entry(key).or_insert((0, now));
+            // A fresh window each minute: occasional mistakes never add up.
+            if now.saturating_sub(entry.1) > 60_000 {
+                *entry = (0, now);
+            }
+            entry.0 += 1;
+            entry.0
+        };
+        if count > limit {
+            let _ = ws.send_with_str(protocol::error_frame(
+                "too_many_bad_frames",
+                &format!("more than {limit} invalid frames in a minute; closing"),
+            ));
+            close(ws, 1008, "too many invalid frames");
+            return Ok(());
+        }
+        ws.send_with_str(protocol::error_frame(e.code(), &e.to_string()))
+    }
+
+    async fn after_close(&self, ws: &WebSocket) -> worker::Result<()> {
+        if let Some(m) = attachment(ws) {
+            self.bad_frames.borrow_mut().remove(&m.connection_id);
+        }
+        let batch = runtime::config(&self.env)
+            .map(|c| c.lease_batch)
+            .unwrap_or(8);
+        let open = self.open_count(Some(ws));
+        if self.saved.borrow().lease.surplus_after_close(open, batch) == 0 {
+            return Ok(());
+        }
+        let _guard = self.directory_lock.lock().await;
+        let open = self.open_count(Some(ws));
+        let (n, user, shard, draining) = {
+            let mut s = self.saved.borrow_mut();
+            let n = s.lease.surplus_after_close(open, batch);
+            s.lease.give_back(n);
+            (n, s.user.clone(), s.name.clone(), s.draining)
+        };
+        if n == 0 || user.is_empty() {
+            return Ok(());
+        }
+        // Persist the smaller lease before the directory hears of it.
+        self.save().await?;
+        let reset = open == 0 && self.saved.borrow().lease.leased == 0;
+        let dir = runtime::stub(
+            &self.env,
+            placement::DIRECTORY_BINDING,
+            &placement::directory_name(&user),
+        )?;
+        let body = rpc::Release {
+            shard,
+            n,
+            open,
+            draining,
+            reset,
+        };
+        self.saved.borrow_mut().round_trips += 1;
+        let r: worker::Result<serde_json::Value> =
+            runtime::call(&dir, "/release", None, &body).await;
+        if let Err(e) = r {
+            // The directory keeps counting these slots until it reclaims.
+            console_error!("release failed: {e}");
+        }
+        if reset {
+            self.saved.borrow_mut().members = Members::default();
+        }
+        self.save().await
+    }
+
+    /// The directory asks for spare slots. Never takes `directory_lock`: the
+    /// directory may be serving this shard's own acquire while it asks.
+    async fn reclaim(&self, _cfg: &Config) -> worker::Result<Reclaimed> {
+        let open = self.open_count(None);
+        let (released, draining) = {
+            let mut s = self.saved.borrow_mut();
+            (s.lease.reclaim(open), s.draining)
+        };
+        if released > 0 {
+            self.save().await?;
+        }
+        Ok(Reclaimed {
+            released,
+            open,
+            draining,
+        })
+    }
+
+    async fn set_members(&self, m: Members) -> worker::Result<()> {
+        let newer = {
+            let mut s = self.saved.borrow_mut();
+            let newer = m.version > s.members.version;
+            if newer {
+                s.members = m;
+            }
+            newer
+        };
+        if newer {
+            self.save().await?;
+        }
+        Ok(())
+    }
+
+    fn stats(&self) -> ShardStats {
+        let sockets = self.open_sockets(None);
+        let mut by_type = ByType::default();
+        let mut sessions = std::collections::BTreeSet::new();
+        let mut machines = std::collections::BTreeSet::new();
+        let mut oldest: Option<u64> = None;
+        let mut memory = 0u64;
+        for ws in &sockets {
+            let Some(m) = attachment(ws) else { continue };
+            match m.client_type {
+                ClientType::UserScoped => by_type.user_scoped += 1,
+                ClientType::SessionScoped => by_type.session_scoped += 1,
+                ClientType::MachineScoped => by_type.machine_scoped += 1,
+            }
+            oldest = Some(oldest.map_or(m.connected_at, |o| o.min(m.connected_at)));
+            memory +=
+                SOCKET_OVERHEAD_BYTES + serde_json::to_string(&m).map_or(0, |s| s.len() as u64);
+            if let Some(s) = m.session_id {
+                sessions.insert(s);
+            }
+            if let Some(mid) = m.machine_id {
+                machines.insert(mid);
+            }
+        }
+        let s = self.saved.borrow();
+        ShardStats {
+            name: s.name.clone(),
+            connections: sockets.len() as u64,
+            by_type,
+            sessions: sessions.into_iter().collect(),
+            machines: machines.into_iter().collect(),
+            oldest_connection: oldest,
+            memory_usage: memory,
+            message_queue_depth: self.relays_in_flight.get(),
+            rejected: s.rejected,
+            accepted: s.accepted,
+            directory_round_trips: s.round_trips,
+            epoch: placement::rotation_of(&s.name).map(|(_, e)| e),
+            draining: s.draining,
+        }
+    }
+
+    /// One step of a rotation drain, run by the alarm: tell each socket whose
+    /// slot has come to reconnect, close it with 1012, and arm the next step.
+    async fn drain_step(&self) -> worker::Result<()> {
+        let name = self.saved.borrow().name.clone();
+        let Some((rotation, epoch)) = placement::rotation_of(&name) else {
+            return Ok(());
+        };
+        let now = runtime::now_ms();
+        let end = rotation.epoch_end_ms(epoch);
+        if now < end {
+            // Woken early (clock skew): come back at the epoch's end.
+            return self.arm(end).await;
+        }
+        let sockets = self.open_sockets(None);
+        let planned = {
+            let mut s = self.saved.borrow_mut();
+            if !s.draining {
+                s.draining = true;
+                s.drain_sockets = u32::try_from(sockets.len()).unwrap_or(u32::MAX).max(1);
+            }
+            s.drain_sockets
+        };
+        self.save().await?;
+        let plan = rotation.drain_plan(epoch, planned);
+        let mut next: Option<u64> = None;
+        for ws in &sockets {
+            let Some(m) = attachment(ws) else {
+                close(ws, 1012, "rotation");
+                continue;
+            };
+            // A per-socket hash keeps each socket's slot stable across steps.
+            let h = placement::socket_hash(&m.connection_id);
+            let slot = plan.slot((h % u64::from(planned)) as u32, h.rotate_left(17));
+            if slot.notify_at_ms <= now || now >= plan.end_ms() {
+                let _ =
+                    ws.send_with_str(protocol::reconnect_frame("rotation", slot.retry_after_ms));
+                close(ws, 1012, "rotation");
+            } else {
+                next = Some(next.map_or(slot.notify_at_ms, |n| n.min(slot.notify_at_ms)));
+            }
+        }
+        match next {
+            Some(at) => self.arm(at.min(plan.end_ms())).await,
+            None => Ok(()),
+        }
+    }
+
+    async fn arm(&self, at_ms: u64) -> worker::Result<()> {
+        let date = js_sys::Date::new(&JsValue::from_f64(at_ms as f64));
+        self.state
+            .storage()
+            .set_alarm(worker::ScheduledTime::new(date))
+            .await
+    }
+}
+
+fn attachment(ws: &WebSocket) -> Option<SocketMeta> {
+    ws.deserialize_attachment::<SocketMeta>().ok().flatten()
+}
+
+fn close(ws: &WebSocket, code: u16, reason: &str) {
+    if ws.close(Some(code), Some(reason)).is_err() {
+        // Codes the runtime will not send (e.g. reserved ones) become 1000.
+        let _ = ws.close(Some(1000), Some(reason));
+    }
+}
+
+fn close_too_big(ws: &WebSocket, size: usize, limit: usize) -> worker::Result<()> {
+    let _ = ws.send_with_str(protocol::error_frame(
+        "frame_too_large",
+        &format!("frame is {size} bytes; MAX_MESSAGE_BYTES is {limit}"),
+    ));
+    close(ws, 1009, "message too big");
+    Ok(())
+}

@@ -1,0 +1,267 @@
+//! The per-user directory Durable Object: the user's shard set and the
+//! authority for the user's tier limit (see `lease` for the protocol).
+//!
+//! Touched when a shard needs more slots or gives some back, and once per
+//! HTTP broadcast or stats call for the shard list; never per socket message.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use futures::lock::Mutex;
+use serde::{Deserialize, Serialize};
+use worker::{console_error, durable_object, DurableObject, Env, Method, Request, Response, State};
+
+use crate::lease::Ledger;
+use crate::placement;
+use crate::protocol::ApiError;
+use crate::rpc::{Acquire, DirectoryView, Granted, Members, Reclaimed, Rejection, Release};
+use crate::runtime;
+
+const KEY: &str = "directory";
+/// A reclaim pass waits at most this long for one shard.
+const RECLAIM_TIMEOUT_MS: u32 = 2_000;
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+struct Saved {
+    ledger: Ledger,
+    tier: String,
+    rejected_tier_limit: u64,
+    rejected_unavailable: u64,
+}
+
+#[durable_object]
+pub struct Directory {
+    state: State,
+    env: Env,
+    saved: Rc<RefCell<Saved>>,
+    /// One ledger operation at a time, including its reclaim pass.
+    lock: Mutex<()>,
+}
+
+impl DurableObject for Directory {
+    fn new(state: State, env: Env) -> Self {
+        let saved = Rc::new(RefCell::new(Saved::default()));
+        let slot = saved.clone();
+        let storage = state.storage();
+        let _load = state.block_concurrency_while(async move {
+            if let Ok(Some(s)) = storage.get::<Saved>(KEY).await {
+                *slot.borrow_mut() = s;
+            }
+            Ok(())
+        });
+        Self {
+            state,
+            env,
+            saved,
+            lock: Mutex::new(()),
+        }
+    }
+
+    async fn fetch(&self, mut req: Request) -> worker::Result<Response> {
+        let path = req.path();
+        match (req.method(), path.as_str()) {
+            (Method::Post, "/acquire") => {
+                let a: Acquire = req.json().await?;
+                runtime::json(200, &self.acquire(a).await?)
+            }
+            (Method::Post, "/release") => {
+                let r: Release = req.json().await?;
+                self.release(r).await?;
+                runtime::json(200, &serde_json::json!({"ok": true}))
+            }
+            (Method::Post, "/view") => runtime::json(200, &self.view()),
+            (Method::Post, "/rejected") => {
+                let Rejection::Unavailable = req.json().await?;
+                self.saved.borrow_mut().rejected_unavailable += 1;
+                self.save().await?;
+                runtime::json(200, &serde_json::json!({"ok": true}))
+            }
+            _ => runtime::error(&ApiError::new(404, "not_found", format!("no route {path}"))),
+        }
+    }
+
+    async fn alarm(&self) -> worker::Result<Response> {
+        // The directory arms no alarms; answer one left by an older version.
+        Response::ok("")
+    }
+
+    async fn connect(&self, _socket: worker::Socket) -> worker::Result<()> {
+        // The default handler panics; the directory speaks only HTTP.
+        Err(worker::Error::RustError(
+            "TCP connect is not supported".into(),
+        ))
+    }
+
+    async fn websocket_message(
+        &self,
+        _ws: worker::WebSocket,
+        _m: worker::WebSocketIncomingMessage,
+    ) -> worker::Result<()> {
+        Ok(())
+    }
+
+    async fn websocket_close(
+        &self,
+        _ws: worker::WebSocket,
+        _code: usize,
+        _reason: String,
+        _clean: bool,
+    ) -> worker::Result<()> {
+        Ok(())
+    }
+
+    async fn websocket_error(
+        &self,
+        _ws: worker::WebSocket,
+        _e: worker::Error,
+    ) -> worker::Result<()> {
+        Ok(())
+    }
+}
+
+impl Directory {
+    async fn save(&self) -> worker::Result<()> {
+        let snapshot = self.saved.borrow().clone();
+        self.state.storage().put(KEY, snapshot).await
+    }
+
+    fn members(&self) -> Members {
+        let s = self.saved.borrow();
+        Members {
+            version: s.ledger.version,
+            shards: s.ledger.names(),
+        }
+    }
+
+    fn view(&self) -> DirectoryView {
+        let s = self.saved.borrow();
+        DirectoryView {
+            shards: s.ledger.names(),
+            rejected_tier_limit: s.rejected_tier_limit,
+            rejected_unavailable: s.rejected_unavailable,
+        }
+    }
+
+    async fn acquire(&self, a: Acquire) -> worker::Result<Granted> {
+        let _guard = self.lock.lock().await;
+        let version_before = self.saved.borrow().ledger.version;
+        {
+            let mut s = self.saved.borrow_mut();
+            // The limit follows the tier of the latest connect; lowering it
+            // stops new grants and lets existing sockets finish.
+            s.ledger.limit = a.limit;
+            s.tier = a.tier.clone();
+        }
+        let short = self.saved.borrow().ledger.free() < a.need;
+        if short {
+            self.reclaim_from_others(&a.shard).await;
+        }
+        let grant = {
+            let mut s = self.saved.borrow_mut();
+            let g = s.ledger.grant(&a.shard, a.want, a.need, a.open);
+            if g.granted == 0 {
+                s.rejected_tier_limit += 1;
+            }
+            g
+        };
+        // Persist the grant before the shard can use it (the ordering rule).
+        self.save().await?;
+        let members = self.members();
+        if members.version != version_before {
+            self.push_members(&members, Some(&a.shard));
+        }
+        Ok(Granted {
+            granted: grant.granted,
+            members,
+        })
+    }
+
+    async fn release(&self, r: Release) -> worker::Result<()> {
+        let _guard = self.lock.lock().await;
+        let changed = {
+            let mut s = self.saved.borrow_mut();
+            if r.reset {
+                s.ledger.reset(&r.shard)
+            } else {
+                s.ledger.release(&r.shard, r.n, r.open, r.draining)
+            }
+        };
+        self.save().await?;
+        if changed {
+            self.push_members(&self.members(), None);
+        }
+        Ok(())
+    }
+
+    /// Asks every other shard holding grants for its spare slots, at once.
+    /// A shard that restarted without its sockets gives back all it held.
+    async fn reclaim_from_others(&self, except: &str) {
+        let targets = self.saved.borrow().ledger.reclaim_targets(except);
+        let env = &self.env;
+        let calls = targets.iter().map(|name| async move {
+            let stub = runtime::stub(env, placement::SHARD_BINDING, name).ok()?;
+            let r = runtime::timeout(
+                RECLAIM_TIMEOUT_MS,
+                runtime::call::<_, Reclaimed>(
+                    &stub,
+                    "/reclaim",
+                    Some(name),
+                    &serde_json::json!({}),
+                ),
+            )
+            .await;
+            match r {
+                Some(Ok(rec)) => Some((name.clone(), rec)),
+                _ => {
+                    // Its slots stay counted: safe, retried on the next shortage.
+                    console_error!("reclaim from {name} failed");
+                    None
+                }
+            }
+        });
+        let answers = futures::future::join_all(calls).await;
+        let mut s = self.saved.borrow_mut();
+        for (name, rec) in answers.into_iter().flatten() {
+            s.ledger
+                .release(&name, rec.released, rec.open, rec.draining);
+        }
+    }
+
+    /// Tells the shards the new shard set, after the answer is on its way.
+    fn push_members(&self, members: &Members, except: Option<&str>) {
+        let env = self.env.clone();
+        let members = members.clone();
+        let except = except.map(str::to_owned);
+        self.state.wait_until(async move {
+            let targets: Vec<&String> = members
+                .shards
+                .iter()
+                .filter(|n| Some(n.as_str()) != except.as_deref())
+                .collect();
+            let calls = targets.into_iter().map(|name| {
+                let env = &env;
+                let members = &members;
+                async move {
+                    let Ok(stub) = runtime::stub(env, placement::SHARD_BINDING, name) else {
+                        return;
+                    };
+                    let r = runtime::timeout(
+                        RECLAIM_TIMEOUT_MS,
+                        runtime::call::<_, serde_json::Value>(
+                            &stub,
+                            "/members",
+                            Some(name),
+                            members,
+                        ),
+                    )
+                    .await;
+                    if !matches!(r, Some(Ok(_))) {
+                        console_error!("members push to {name} failed");
+                    }
+                }
+            });
+            futures::future::join_all(calls).await;
+        });
+    }
+}

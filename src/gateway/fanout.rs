@@ -1,0 +1,134 @@
+//! HTTP broadcast and stats: ask the directory for the user's shards, then
+//! call every shard at once with a per-shard timeout. A shard that fails or
+//! times out is named in `failedShards`; the others still answer.
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use worker::{Env, Request, Response};
+
+use super::authenticate;
+use crate::config::Config;
+use crate::placement;
+use crate::protocol::{self, ApiError, BroadcastResult};
+use crate::rpc::{Delivered, DirectoryView};
+use crate::runtime;
+use crate::stats::{self, ShardStats, UserContext};
+
+pub async fn broadcast(mut req: Request, env: &Env, cfg: &Config) -> Result<Response, ApiError> {
+    let caller = authenticate(&req, cfg)?;
+    let limit = cfg.max_message_bytes;
+    let declared = req
+        .headers()
+        .get("content-length")
+        .ok()
+        .flatten()
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(too_large(limit));
+    }
+    let body = req
+        .bytes()
+        .await
+        .map_err(|_| ApiError::bad_request("bad_body", "could not read the request body"))?;
+    if body.len() > limit {
+        return Err(too_large(limit));
+    }
+    let delivery = protocol::parse_broadcast_body(&body, runtime::now_ms())?;
+    let view = directory_view(env, &caller.claims.sub).await?;
+    let (answers, failed) =
+        fan_out::<_, Delivered>(env, &view.shards, "/deliver", &delivery, cfg).await;
+    ok_json(&BroadcastResult {
+        success: true,
+        delivered: answers.iter().map(|d| d.delivered).sum(),
+        shards: view.shards.len() as u64,
+        failed_shards: failed,
+    })
+}
+
+pub async fn stats(req: &Request, env: &Env, cfg: &Config) -> Result<Response, ApiError> {
+    let caller = authenticate(req, cfg)?;
+    let view = directory_view(env, &caller.claims.sub).await?;
+    let (answers, failed) =
+        fan_out::<_, ShardStats>(env, &view.shards, "/stats", &serde_json::json!({}), cfg).await;
+    let ctx = UserContext {
+        tier: caller.claims.tier.clone(),
+        limit: caller.tier.limit,
+        policy: cfg.policy_name.clone(),
+        rejected_tier_limit: view.rejected_tier_limit,
+        rejected_unavailable: view.rejected_unavailable,
+    };
+    ok_json(&stats::aggregate(ctx, &answers, failed))
+}
+
+fn too_large(limit: usize) -> ApiError {
+    ApiError::new(
+        413,
+        "payload_too_large",
+        format!("broadcast bodies are limited to {limit} bytes (MAX_MESSAGE_BYTES)"),
+    )
+}
+
+fn ok_json<T: Serialize>(v: &T) -> Result<Response, ApiError> {
+    runtime::json(200, v).map_err(|e| ApiError::new(500, "internal", e.to_string()))
+}
+
+async fn directory_view(env: &Env, user: &str) -> Result<DirectoryView, ApiError> {
+    let unavailable = |e: worker::Error| {
+        worker::console_error!("directory view failed: {e}");
+        ApiError::new(
+            503,
+            "directory_unavailable",
+            "the user's shard directory did not answer; retry",
+        )
+        .retry_after(1)
+    };
+    let stub = runtime::stub(
+        env,
+        placement::DIRECTORY_BINDING,
+        &placement::directory_name(user),
+    )
+    .map_err(unavailable)?;
+    runtime::call(&stub, "/view", None, &serde_json::json!({}))
+        .await
+        .map_err(unavailable)
+}
+
+/// Calls `path` on every shard concurrently; returns the answers and the
+/// names of shards that failed or timed out.
+pub async fn fan_out<B: Serialize, T: DeserializeOwned>(
+    env: &Env,
+    shards: &[String],
+    path: &str,
+    body: &B,
+    cfg: &Config,
+) -> (Vec<T>, Vec<String>) {
+    let calls = shards.iter().map(|name| async move {
+        let r = match runtime::stub(env, placement::SHARD_BINDING, name) {
+            Ok(stub) => {
+                runtime::timeout(
+                    cfg.fanout_timeout_ms,
+                    runtime::call::<_, T>(&stub, path, Some(name), body),
+                )
+                .await
+            }
+            Err(e) => Some(Err(e)),
+        };
+        (name, r)
+    });
+    let mut ok = Vec::with_capacity(shards.len());
+    let mut failed = Vec::new();
+    for (name, r) in futures::future::join_all(calls).await {
+        match r {
+            Some(Ok(v)) => ok.push(v),
+            Some(Err(e)) => {
+                worker::console_error!("{path} on {name} failed: {e}");
+                failed.push(name.clone());
+            }
+            None => {
+                worker::console_error!("{path} on {name} timed out");
+                failed.push(name.clone());
+            }
+        }
+    }
+    (ok, failed)
+}

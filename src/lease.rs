@@ -1,0 +1,406 @@
+//! Exact tier limits across shards, with leases.
+//!
+//! The user's directory owns the limit. It *grants* slots to shards in small
+//! batches (leases); a shard admits a socket without a directory round trip
+//! while it holds a free leased slot. Safety rests on one ordering rule:
+//!
+//! * the directory adds a grant to its ledger before the shard learns of it;
+//! * a shard removes slots from its lease before the directory learns of it.
+//!
+//! So at every moment `shard.leased <= ledger.granted[shard]` and
+//! `sum(granted) <= limit`, hence open sockets never exceed the limit, whatever
+//! the interleaving. A lost message can only leave the ledger *above* the
+//! shard (a leak, never an overrun); leaks are recovered by reclaiming: when a
+//! grant falls short, the directory asks the other shards to return their
+//! spare slots, and a shard that restarted without its sockets returns all.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// One shard as the directory knows it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardEntry {
+    /// Slots granted to this shard and not yet returned.
+    pub granted: u32,
+    /// Open sockets the shard last reported.
+    pub open: u32,
+    #[serde(default)]
+    pub draining: bool,
+}
+
+/// The directory's ledger for one user. Persisted whole after each change.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ledger {
+    pub limit: u32,
+    pub shards: BTreeMap<String, ShardEntry>,
+    /// Bumped whenever the shard set changes, so shards can ignore stale pushes.
+    pub version: u64,
+}
+
+/// The answer to an acquire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Grant {
+    pub granted: u32,
+    /// The shard set changed (a shard joined).
+    pub joined: bool,
+}
+
+impl Ledger {
+    pub fn granted_total(&self) -> u32 {
+        self.shards
+            .values()
+            .fold(0u32, |a, e| a.saturating_add(e.granted))
+    }
+
+    pub fn free(&self) -> u32 {
+        self.limit.saturating_sub(self.granted_total())
+    }
+
+    /// Grants `shard` up to `want` slots, and at least `need` or none at all.
+    ///
+    /// Near the limit the batch shrinks to a fair share of what is left, so
+    /// one shard does not hoard the last slots while others need them.
+    pub fn grant(&mut self, shard: &str, want: u32, need: u32, open: u32) -> Grant {
+        let free = self.free();
+        let others = self
+            .shards
+            .iter()
+            .filter(|(n, e)| n.as_str() != shard && e.granted > 0)
+            .count() as u32;
+        let fair = free / others.saturating_add(1);
+        let g = want.min(free).min(fair.max(need));
+        let g = if g < need { 0 } else { g };
+        let joined = !self.shards.contains_key(shard);
+        if g == 0 && joined {
+            return Grant {
+                granted: 0,
+                joined: false,
+            };
+        }
+        let e = self.shards.entry(shard.to_owned()).or_default();
+        e.granted = e.granted.saturating_add(g);
+        e.open = open;
+        if joined {
+            self.version += 1;
+        }
+        Grant { granted: g, joined }
+    }
+
+    /// Shards worth asking for spare slots: every other shard holding grants.
+    pub fn reclaim_targets(&self, except: &str) -> Vec<String> {
+        self.shards
+            .iter()
+            .filter(|(n, e)| n.as_str() != except && e.granted > 0)
+            .map(|(n, _)| n.clone())
+            .collect()
+    }
+
+    /// Applies slots a shard gave back (after it removed them from its lease)
+    /// and its open count. A shard left with nothing leaves the set; returns
+    /// whether it did.
+    pub fn release(&mut self, shard: &str, n: u32, open: u32, draining: bool) -> bool {
+        let Some(e) = self.shards.get_mut(shard) else {
+            return false;
+        };
+        e.granted = e.granted.saturating_sub(n);
+        e.open = open;
+        e.draining = draining;
+        if e.granted == 0 && open == 0 {
+            self.shards.remove(shard);
+            self.version += 1;
+            return true;
+        }
+        false
+    }
+
+    /// Forgets a shard that reported itself empty with no lease and no
+    /// acquire of its own in flight. This absolute reset is what recovers a
+    /// grant whose answer never reached the shard; it is safe only because a
+    /// shard serializes its own directory calls and the directory serializes
+    /// its operations, so no delta for this shard can still be on its way.
+    pub fn reset(&mut self, shard: &str) -> bool {
+        let left = self.shards.remove(shard).is_some();
+        if left {
+            self.version += 1;
+        }
+        left
+    }
+
+    pub fn names(&self) -> Vec<String> {
+        self.shards.keys().cloned().collect()
+    }
+}
+
+/// What a shard should do with a new connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admit {
+    /// A leased slot is free: accept now, no directory round trip.
+    Accept,
+    /// Ask the directory for this many more slots first.
+    Acquire(u32),
+    /// The shard is at its cap: send the client to the next candidate.
+    Full,
+}
+
+/// A shard's side of the lease.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    pub leased: u32,
+}
+
+impl Lease {
+    pub fn admit(&self, open: u32, cap: u32, batch: u32) -> Admit {
+        if open >= cap {
+            Admit::Full
+        } else if open < self.leased {
+            Admit::Accept
+        } else {
+            // Never lease past the cap: slots above it could never be used.
+            let room = cap.saturating_sub(self.leased.max(open));
+            Admit::Acquire(batch.clamp(1, room.max(1)))
+        }
+    }
+
+    /// Slots to give back after a socket closed: everything when the shard
+    /// is empty, otherwise the surplus above one batch once it exceeds two,
+    /// so steady churn costs no round trips.
+    pub fn surplus_after_close(&self, open: u32, batch: u32) -> u32 {
+        let spare = self.leased.saturating_sub(open);
+        if open == 0 {
+            self.leased
+        } else if spare > batch.saturating_mul(2) {
+            spare - batch
+        } else {
+            0
+        }
+    }
+
+    /// Gives up every slot not backing an open socket. Called when the
+    /// directory reclaims; the caller reports the result to the directory.
+    pub fn reclaim(&mut self, open: u32) -> u32 {
+        let spare = self.leased.saturating_sub(open);
+        self.leased -= spare;
+        spare
+    }
+
+    /// Removes `n` slots before telling the directory (the ordering rule).
+    pub fn give_back(&mut self, n: u32) {
+        self.leased = self.leased.saturating_sub(n);
+    }
+
+    pub fn add(&mut self, n: u32) {
+        self.leased = self.leased.saturating_add(n);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grants_batches_until_the_limit() {
+        let mut l = Ledger {
+            limit: 20,
+            ..Default::default()
+        };
+        assert_eq!(
+            l.grant("a", 8, 1, 0),
+            Grant {
+                granted: 8,
+                joined: true
+            }
+        );
+        assert_eq!(l.grant("a", 8, 1, 8).granted, 8);
+        assert_eq!(l.grant("a", 8, 1, 16).granted, 4);
+        assert_eq!(l.grant("a", 8, 1, 20).granted, 0);
+        assert_eq!(l.free(), 0);
+        assert_eq!(l.version, 1);
+    }
+
+    #[test]
+    fn near_the_limit_grants_shrink_to_a_fair_share() {
+        let mut l = Ledger {
+            limit: 12,
+            ..Default::default()
+        };
+        l.grant("a", 4, 1, 0);
+        l.grant("b", 4, 1, 0);
+        // 4 free, two other holders: a third each, at least the 1 needed.
+        assert_eq!(l.grant("c", 8, 1, 0).granted, 1);
+    }
+
+    #[test]
+    fn a_refused_newcomer_does_not_join() {
+        let mut l = Ledger {
+            limit: 1,
+            ..Default::default()
+        };
+        l.grant("a", 8, 1, 0);
+        assert_eq!(
+            l.grant("b", 8, 1, 0),
+            Grant {
+                granted: 0,
+                joined: false
+            }
+        );
+        assert_eq!(l.names(), vec!["a".to_string()]);
+    }
+
+    #[test]
+    fn release_to_zero_leaves_the_set() {
+        let mut l = Ledger {
+            limit: 10,
+            ..Default::default()
+        };
+        l.grant("a", 4, 1, 0);
+        assert!(!l.release("a", 2, 1, false));
+        assert!(l.release("a", 2, 0, false));
+        assert!(l.shards.is_empty());
+        assert_eq!(l.version, 2);
+        assert!(!l.release("gone", 1, 0, false));
+    }
+
+    #[test]
+    fn shard_admission() {
+        let mut s = Lease::default();
+        assert_eq!(s.admit(0, 200, 8), Admit::Acquire(8));
+        s.add(8);
+        assert_eq!(s.admit(7, 200, 8), Admit::Accept);
+        assert_eq!(s.admit(8, 200, 8), Admit::Acquire(8));
+        assert_eq!(s.admit(8, 10, 8), Admit::Acquire(2));
+        assert_eq!(s.admit(10, 10, 8), Admit::Full);
+    }
+
+    #[test]
+    fn surplus_and_reclaim() {
+        let s = Lease { leased: 30 };
+        assert_eq!(s.surplus_after_close(0, 8), 30);
+        assert_eq!(s.surplus_after_close(10, 8), 12);
+        assert_eq!(s.surplus_after_close(20, 8), 0);
+        let mut s = Lease { leased: 30 };
+        assert_eq!(s.reclaim(25), 5);
+        assert_eq!(s.leased, 25);
+        assert_eq!(s.reclaim(40), 0);
+    }
+
+    /// A model of the protocol with messages in flight, driven by a seeded
+    /// random schedule: connects, closes, grants and releases interleave
+    /// arbitrarily (each message is delivered at a random later step, or
+    /// lost). At every step, open sockets never exceed the limit and each
+    /// shard's lease never exceeds what the ledger granted it.
+    #[test]
+    fn no_interleaving_exceeds_the_limit() {
+        #[derive(Clone)]
+        enum Msg {
+            // directory -> shard, after the ledger already counted it
+            Granted(usize, u32),
+            // shard -> directory, after the shard already removed it
+            Released(usize, u32, u32),
+        }
+        let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        for _round in 0..200 {
+            let limit = 1 + (next() % 40) as u32;
+            let shards = 1 + (next() % 5) as usize;
+            let names: Vec<String> = (0..shards).map(|i| format!("s{i}")).collect();
+            let mut ledger = Ledger {
+                limit,
+                ..Default::default()
+            };
+            let mut leases = vec![Lease::default(); shards];
+            let mut open = vec![0u32; shards];
+            let mut flight: Vec<Msg> = Vec::new();
+            for _step in 0..400 {
+                let s = (next() % shards as u64) as usize;
+                match next() % 6 {
+                    0 | 1 => match leases[s].admit(open[s], 200, 4) {
+                        Admit::Accept => open[s] += 1,
+                        Admit::Acquire(w) => {
+                            let g = ledger.grant(&names[s], w, 1, open[s]);
+                            if g.granted > 0 {
+                                flight.push(Msg::Granted(s, g.granted));
+                            }
+                        }
+                        Admit::Full => {}
+                    },
+                    2 => {
+                        if open[s] > 0 {
+                            open[s] -= 1;
+                            let n = leases[s].surplus_after_close(open[s], 4);
+                            if n > 0 {
+                                leases[s].give_back(n);
+                                flight.push(Msg::Released(s, n, open[s]));
+                            }
+                        }
+                    }
+                    3 if next() % 2 == 0 => {
+                        // an empty shard with nothing of its own in flight resets
+                        let quiet = !flight.iter().any(|m| match m {
+                            Msg::Granted(t, _) | Msg::Released(t, _, _) => *t == s,
+                        });
+                        if quiet && open[s] == 0 {
+                            leases[s] = Lease::default();
+                            ledger.reset(&names[s]);
+                        }
+                    }
+                    3 => {
+                        // directory reclaims from everyone
+                        for t in 0..shards {
+                            let n = leases[t].reclaim(open[t]);
+                            if n > 0 {
+                                flight.push(Msg::Released(t, n, open[t]));
+                            }
+                        }
+                    }
+                    _ => {
+                        if !flight.is_empty() {
+                            let i = (next() % flight.len() as u64) as usize;
+                            let m = flight.swap_remove(i);
+                            // 1 in 20 messages is lost: only leaks, never overruns,
+                            // and the reset above recovers them.
+                            if next() % 20 != 0 {
+                                match m {
+                                    Msg::Granted(t, g) => leases[t].add(g),
+                                    Msg::Released(t, n, o) => {
+                                        ledger.release(&names[t], n, o, false);
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+                let total: u32 = open.iter().sum();
+                assert!(total <= limit, "open {total} > limit {limit}");
+                assert!(ledger.granted_total() <= limit);
+                for t in 0..shards {
+                    let g = ledger.shards.get(&names[t]).map_or(0, |e| e.granted);
+                    assert!(leases[t].leased <= g, "lease above ledger");
+                    assert!(open[t] <= leases[t].leased);
+                }
+            }
+            // Liveness: once everything lands and every socket closes, the
+            // empty shards reset and no slot stays leaked.
+            for m in flight.drain(..) {
+                match m {
+                    Msg::Granted(t, g) => leases[t].add(g),
+                    Msg::Released(t, n, o) => {
+                        ledger.release(&names[t], n, o, false);
+                    }
+                }
+            }
+            for t in 0..shards {
+                open[t] = 0;
+                leases[t] = Lease::default();
+                ledger.reset(&names[t]);
+            }
+            assert_eq!(ledger.granted_total(), 0);
+            assert_eq!(ledger.free(), limit);
+        }
+    }
+}

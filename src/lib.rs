@@ -1,0 +1,47 @@
+//! # edge-gateway
+//!
+//! A Cloudflare Worker (workers-rs) that spreads a user's WebSockets over many
+//! `ConnectionManager` Durable Objects with a pluggable shard policy.
+//!
+//! # Layout
+//!
+//! Pure modules, tested natively, never touching `worker::*`:
+//! - [`protocol`]: the wire protocol: connect query, frames, broadcast bodies, errors.
+//! - [`auth`]: HS256 JWT verification and minting; the admin token compare.
+//! - [`config`]: every var and secret, parsed and validated through [`config::VarSource`].
+//! - [`ids`]: the id rule and connection ids.
+//! - [`lease`]: exact tier limits across shards (directory ledger, shard leases).
+//! - [`stats`]: per-shard reports and their aggregation.
+//! - [`rpc`]: the internal messages between gateway, shards and directory.
+//!
+//! The runtime layer, thin: it converts between JS and the pure types and does I/O:
+//! - `gateway`: the stateless Worker: routing, auth, placement, fan-out.
+//! - [`ConnectionManager`]: the shard Durable Object (hibernating sockets).
+//! - [`Directory`]: the per-user Durable Object that owns the shard set and the tier limit.
+//! - `placement`: the bridge to the `shard-policies` crate; `runtime`: env, clock, calls.
+
+pub mod auth;
+pub mod config;
+pub mod ids;
+pub mod lease;
+pub mod protocol;
+pub mod rpc;
+pub mod stats;
+
+mod connection_manager;
+mod directory;
+mod gateway;
+mod placement;
+mod runtime;
+
+pub use connection_manager::ConnectionManager;
+pub use directory::Directory;
+
+#[worker::event(fetch)]
+async fn fetch(
+    req: worker::Request,
+    env: worker::Env,
+    ctx: worker::Context,
+) -> worker::Result<worker::Response> {
+    gateway::handle(req, env, ctx).await
+}

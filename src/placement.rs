@@ -1,0 +1,59 @@
+//! Where connections go: the gateway's one point of contact with the
+//! `shard-policies` crate, plus the object names and bindings.
+
+use shard_policies::{
+    parse_object_name, ConnectionRequest, Rotation, ShardKey, ShardPolicy, SHARD_NAME_PREFIX,
+};
+
+use crate::config::Config;
+use crate::protocol::{ClientType, SocketMeta};
+
+/// `wrangler.toml` binding of the shard class.
+pub const SHARD_BINDING: &str = "CONNECTION_MANAGER";
+/// `wrangler.toml` binding of the per-user directory class.
+pub const DIRECTORY_BINDING: &str = "DIRECTORY";
+
+/// The candidate shard names for a new socket, preferred first.
+pub fn candidates(cfg: &Config, tier_limit: u32, meta: &SocketMeta, now_ms: u64) -> Vec<String> {
+    let req = ConnectionRequest {
+        user_id: &meta.user_id,
+        tier_limit,
+        shard_max_connections: cfg.shard_max_connections,
+        client_type: client_type(meta.client_type),
+        session_id: meta.session_id.as_deref(),
+        machine_id: meta.machine_id.as_deref(),
+        connection_id: &meta.connection_id,
+        now_ms,
+    };
+    cfg.policy
+        .candidates(&req)
+        .map(|k| k.object_name(&meta.user_id))
+        .collect()
+}
+
+fn client_type(t: ClientType) -> shard_policies::ClientType {
+    match t {
+        ClientType::UserScoped => shard_policies::ClientType::UserScoped,
+        ClientType::SessionScoped => shard_policies::ClientType::SessionScoped,
+        ClientType::MachineScoped => shard_policies::ClientType::MachineScoped,
+    }
+}
+
+/// The user's directory: `dir:{user}` with the user escaped as in shard names.
+pub fn directory_name(user: &str) -> String {
+    let base = ShardKey::<&str>::Base.object_name(user);
+    let escaped = base
+        .strip_prefix(SHARD_NAME_PREFIX)
+        .unwrap_or(base.as_str());
+    format!("dir{escaped}")
+}
+
+/// The rotation schedule and epoch of a rotation shard, from its name.
+pub fn rotation_of(shard: &str) -> Option<(Rotation, u64)> {
+    parse_object_name(shard).and_then(|n| n.key.epoch())
+}
+
+/// A stable per-socket hash, for spreading drain slots.
+pub fn socket_hash(connection_id: &str) -> u64 {
+    shard_policies::hash::xxh64(connection_id.as_bytes())
+}

@@ -1,0 +1,85 @@
+//! Messages between the gateway, the shards and the directory (internal
+//! HTTP with JSON bodies). Pure types, shared by every side.
+
+use serde::{Deserialize, Serialize};
+
+use crate::protocol::SocketMeta;
+
+/// Gateway -> shard, with the upgrade request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Connect {
+    pub meta: SocketMeta,
+    pub shard: String,
+    /// The user's tier limit, from the token's tier and `TIERS`.
+    pub limit: u32,
+}
+
+/// The shard set as the directory knows it, pushed to shards so client
+/// broadcast frames reach every shard without asking the directory.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Members {
+    pub version: u64,
+    pub shards: Vec<String>,
+}
+
+/// Shard -> directory: lease more slots.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Acquire {
+    pub shard: String,
+    pub want: u32,
+    pub need: u32,
+    pub open: u32,
+    pub limit: u32,
+    pub tier: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Granted {
+    pub granted: u32,
+    pub members: Members,
+}
+
+/// Shard -> directory: slots given back (already removed from the lease).
+/// `reset` says the shard is empty with no lease: forget it entirely.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Release {
+    pub shard: String,
+    pub n: u32,
+    pub open: u32,
+    pub draining: bool,
+    pub reset: bool,
+}
+
+/// Directory -> shard: the answer to a reclaim.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Reclaimed {
+    pub released: u32,
+    pub open: u32,
+    pub draining: bool,
+}
+
+/// Directory -> gateway: what fan-outs and stats need.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DirectoryView {
+    pub shards: Vec<String>,
+    pub rejected_tier_limit: u64,
+    pub rejected_unavailable: u64,
+}
+
+/// Gateway -> directory: a connect refused because no shard could take it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Rejection {
+    Unavailable,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Delivered {
+    pub delivered: u64,
+}

@@ -1,0 +1,126 @@
+//! The thin layer between the Workers runtime and the pure modules: env
+//! access, clock, randomness, JSON responses, internal calls with timeouts.
+
+use std::time::Duration;
+
+use futures::future::{select, Either};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use worker::{Delay, Env, Headers, Method, ObjectNamespace, Request, RequestInit, Response, Stub};
+
+use crate::config::{Config, ConfigError, VarSource};
+use crate::protocol::ApiError;
+
+/// Reads `[vars]` and secrets from the Worker environment.
+pub struct EnvVars<'a>(pub &'a Env);
+
+impl VarSource for EnvVars<'_> {
+    fn var(&self, name: &str) -> Option<String> {
+        // Secrets and plain vars are both strings on `env`.
+        self.0
+            .secret(name)
+            .ok()
+            .map(|s| s.to_string())
+            .or_else(|| self.0.var(name).ok().map(|v| v.to_string()))
+    }
+}
+
+pub fn config(env: &Env) -> Result<Config, ConfigError> {
+    Config::from_vars(&EnvVars(env))
+}
+
+pub fn now_ms() -> u64 {
+    worker::Date::now().as_millis()
+}
+
+/// 16 random bytes from the platform's CSPRNG. Falls back to time-derived
+/// bytes if it ever fails, so a connection id is still unique in practice.
+pub fn random16() -> [u8; 16] {
+    let mut b = [0u8; 16];
+    if getrandom::getrandom(&mut b).is_err() {
+        let t = now_ms().to_le_bytes();
+        b[..8].copy_from_slice(&t);
+    }
+    b
+}
+
+pub fn json<T: Serialize>(status: u16, body: &T) -> worker::Result<Response> {
+    Ok(Response::from_json(body)?.with_status(status))
+}
+
+pub fn error(e: &ApiError) -> worker::Result<Response> {
+    let headers = Headers::new();
+    headers.set("content-type", "application/json")?;
+    if let Some(s) = e.retry_after_s {
+        headers.set("retry-after", &s.to_string())?;
+    }
+    Ok(Response::ok(e.body())?
+        .with_status(e.status)
+        .with_headers(headers))
+}
+
+/// Runs `fut` for at most `ms` milliseconds.
+pub async fn timeout<F: std::future::Future>(ms: u32, fut: F) -> Option<F::Output> {
+    let delay = Delay::from(Duration::from_millis(u64::from(ms)));
+    futures::pin_mut!(fut);
+    match select(fut, delay).await {
+        Either::Left((v, _)) => Some(v),
+        Either::Right(_) => None,
+    }
+}
+
+pub fn stub(env: &Env, binding: &str, name: &str) -> worker::Result<Stub> {
+    let ns: ObjectNamespace = env.durable_object(binding)?;
+    ns.get_by_name(name)
+}
+
+/// Builds an internal request to a Durable Object. The host is never
+/// resolved; only the path and body matter to the object.
+pub fn internal_request(
+    method: Method,
+    path: &str,
+    body: Option<String>,
+    headers: Headers,
+) -> worker::Result<Request> {
+    let mut init = RequestInit::new();
+    init.with_method(method).with_headers(headers);
+    if let Some(b) = body {
+        init.with_body(Some(b.into()));
+    }
+    Request::new_with_init(&format!("https://do.internal{path}"), &init)
+}
+
+/// POSTs JSON to an object and reads a JSON answer; a non-2xx answer is an error.
+pub async fn call<Req: Serialize, Resp: DeserializeOwned>(
+    stub: &Stub,
+    path: &str,
+    shard: Option<&str>,
+    body: &Req,
+) -> worker::Result<Resp> {
+    let headers = Headers::new();
+    headers.set("content-type", "application/json")?;
+    if let Some(s) = shard {
+        headers.set(SHARD_HEADER, s)?;
+    }
+    let req = internal_request(
+        Method::Post,
+        path,
+        Some(serde_json::to_string(body)?),
+        headers,
+    )?;
+    let mut resp = stub.fetch_with_request(req).await?;
+    if !(200..300).contains(&resp.status_code()) {
+        let text = resp.text().await.unwrap_or_default();
+        return Err(worker::Error::RustError(format!(
+            "{path} answered {}: {}",
+            resp.status_code(),
+            crate::protocol::truncate(&text, 200)
+        )));
+    }
+    resp.json().await
+}
+
+/// The shard's own name, passed by every caller (objects do not know their name).
+pub const SHARD_HEADER: &str = "x-edge-shard";
+/// The connect metadata from the gateway, JSON.
+pub const CONNECT_HEADER: &str = "x-edge-connect";
