@@ -46,7 +46,7 @@ token: $(TOOLS) dev-vars ## print a dev token: make token USER=alice TIER=pro
 check-config: $(TOOLS) ## validate wrangler.toml's vars for every environment
 	@target/release/check-config wrangler.toml
 
-test: bootstrap lint unit build check-config dry-run ## install, build and run every test
+test: bootstrap lint unit build check-config dry-run e2e ## install, build and run every test
 	@echo "make test: all passed"
 
 lint:

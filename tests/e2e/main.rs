@@ -1,0 +1,13 @@
+//! Integration tests against real workerd (`wrangler dev`) with real WebSocket and HTTP
+//! clients. Each configuration's gateway starts once per run (see `support`).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+mod support;
+
+mod basics;
+mod errors;

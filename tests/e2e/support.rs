@@ -1,0 +1,363 @@
+//! The harness: real `wrangler dev` (workerd) instances on free loopback ports, started once
+//! per configuration per test run, and real WebSocket and HTTP clients.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use edge_gateway::auth::{mint, Claims};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream as TokioTcp;
+use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+pub const SECRET: &str = "e2e-auth-secret-0123456789abcdef";
+pub const ADMIN: &str = "e2e-admin-token-0123456789abcdef";
+
+/// Tiers for tests: the seed's, plus `load` big enough for 600 sockets and `tiny` for limits.
+pub const TEST_TIERS: &str = r#"{"free":{"limit":20,"latencyP95Ms":500,"availability":99.5},"pro":{"limit":100,"latencyP95Ms":200,"availability":99.9},"enterprise":{"limit":500,"latencyP95Ms":100,"availability":99.95},"load":{"limit":1000,"latencyP95Ms":500,"availability":99.5},"tiny":{"limit":5,"latencyP95Ms":500,"availability":99.5}}"#;
+
+pub struct Gateway {
+    pub name: String,
+    pub port: u16,
+    vars: Vec<(String, String)>,
+    state_dir: PathBuf,
+    child: Mutex<Option<Child>>,
+}
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+impl Gateway {
+    /// The gateway for `name`, started on first use with `vars` (plus test secrets and
+    /// tiers) and shared by every test of this run that asks for the same name.
+    pub fn shared(name: &str, vars: &[(&str, &str)]) -> &'static Gateway {
+        static ALL: OnceLock<Mutex<HashMap<String, &'static Gateway>>> = OnceLock::new();
+        let all = ALL.get_or_init(|| Mutex::new(HashMap::new()));
+        let mut map = all.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(g) = map.get(name) {
+            return g;
+        }
+        let g: &'static Gateway = Box::leak(Box::new(Gateway::start(name, vars)));
+        map.insert(name.to_owned(), g);
+        g
+    }
+
+    /// A gateway of this test's own, stopped when dropped.
+    pub fn start(name: &str, vars: &[(&str, &str)]) -> Gateway {
+        let mut all: Vec<(String, String)> = vec![
+            ("AUTH_SECRET".into(), SECRET.into()),
+            ("ADMIN_TOKEN".into(), ADMIN.into()),
+            ("TIERS".into(), TEST_TIERS.into()),
+        ];
+        for (k, v) in vars {
+            all.retain(|(ek, _)| ek != k);
+            all.push(((*k).into(), (*v).into()));
+        }
+        let stamp = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        let state_dir = root()
+            .join("target/e2e-state")
+            .join(format!("{name}-{}-{stamp}", std::process::id()));
+        std::fs::create_dir_all(&state_dir).unwrap();
+        let g = Gateway {
+            name: name.to_owned(),
+            port: 0,
+            vars: all,
+            state_dir,
+            child: Mutex::new(None),
+        };
+        g.launch()
+    }
+
+    fn launch(mut self) -> Gateway {
+        self.port = free_port();
+        self.spawn();
+        self
+    }
+
+    fn spawn(&self) {
+        let logs = root().join("target/e2e-logs");
+        std::fs::create_dir_all(&logs).unwrap();
+        let log =
+            std::fs::File::create(logs.join(format!("{}-{}.log", self.name, self.port))).unwrap();
+        let mut cmd = Command::new(root().join("tests/support/watchdog.sh"));
+        cmd.arg(std::process::id().to_string())
+            .arg(root().join("node_modules/.bin/wrangler"))
+            .args(["dev", "--ip", "127.0.0.1", "--port"])
+            .arg(self.port.to_string())
+            .arg("--inspector-port")
+            .arg(free_port().to_string())
+            .arg("--persist-to")
+            .arg(&self.state_dir)
+            .arg("--show-interactive-dev-session=false")
+            .arg("--log-level=warn");
+        for (k, v) in &self.vars {
+            cmd.arg("--var").arg(format!("{k}:{v}"));
+        }
+        cmd.current_dir(root())
+            .env("SKIP_WORKER_BUILD", "1")
+            .env("WRANGLER_SEND_METRICS", "false")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        let child = cmd.spawn().expect("spawn wrangler dev");
+        *self.child.lock().unwrap() = Some(child);
+        self.wait_healthy(Duration::from_secs(90));
+    }
+
+    fn wait_healthy(&self, limit: Duration) {
+        let start = Instant::now();
+        loop {
+            if let Some((200, _)) = http_get_blocking(self.port, "/health") {
+                return;
+            }
+            assert!(
+                start.elapsed() < limit,
+                "gateway {} did not become healthy on port {} within {limit:?}; see target/e2e-logs",
+                self.name,
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    fn stop(&self) {
+        if let Some(mut c) = self.child.lock().unwrap().take() {
+            // The watchdog kills wrangler's whole process group on TERM.
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(c.id().to_string())
+                .status();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn http(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub async fn connect(&self, token: &str, query: &str) -> Client {
+        self.try_connect(token, query)
+            .await
+            .unwrap_or_else(|e| panic!("connect failed: {e:?}"))
+    }
+
+    /// Connects and reads the `connected` frame; an HTTP refusal comes back as
+    /// `Err((status, body))`. The handshake is done by hand so a refusal's JSON body is
+    /// read exactly once (a second attempt could be admitted).
+    pub async fn try_connect(&self, token: &str, query: &str) -> Result<Client, (u16, String)> {
+        let sep = if query.is_empty() { "" } else { "&" };
+        let path = format!("/v1/updates?token={token}{sep}{query}");
+        let io = |e: std::io::Error| (0u16, e.to_string());
+        let mut s = TokioTcp::connect(("127.0.0.1", self.port))
+            .await
+            .map_err(io)?;
+        let key = tungstenite::handshake::client::generate_key();
+        let req = format!(
+            "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {key}\r\n\r\n",
+            self.port
+        );
+        s.write_all(req.as_bytes()).await.map_err(io)?;
+        // Byte by byte up to the blank line, so no WebSocket frame is read as header.
+        let mut head = Vec::with_capacity(512);
+        while !head.ends_with(b"\r\n\r\n") {
+            let mut b = [0u8; 1];
+            if s.read(&mut b).await.map_err(io)? == 0 {
+                return Err((0, "connection closed during handshake".into()));
+            }
+            head.push(b[0]);
+        }
+        let head = String::from_utf8_lossy(&head).into_owned();
+        let status: u16 = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        if status != 101 {
+            let len = head
+                .lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse::<usize>().ok())?
+                })
+                .unwrap_or(0);
+            let mut body = vec![0u8; len];
+            s.read_exact(&mut body).await.map_err(io)?;
+            return Err((status, String::from_utf8_lossy(&body).into_owned()));
+        }
+        let ws = WebSocketStream::from_raw_socket(
+            MaybeTlsStream::Plain(s),
+            tungstenite::protocol::Role::Client,
+            None,
+        )
+        .await;
+        let mut c = Client {
+            ws,
+            connected: Value::Null,
+            id: String::new(),
+        };
+        let first = c
+            .next_json(Duration::from_secs(10))
+            .await
+            .ok_or((101, "no connected frame".to_string()))?;
+        assert_eq!(first["event"], "connected", "{first}");
+        c.id = first["data"]["connectionId"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        c.connected = first;
+        Ok(c)
+    }
+
+    pub async fn broadcast(&self, token: &str, body: &Value) -> (u16, Value) {
+        let r = reqwest::Client::new()
+            .post(format!("{}/v1/websocket/broadcast", self.http()))
+            .bearer_auth(token)
+            .json(body)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn stats(&self, token: &str) -> Value {
+        let r = reqwest::Client::new()
+            .get(format!("{}/v1/websocket/stats", self.http()))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+        r.json().await.unwrap()
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A blocking GET for health checks, without an async runtime.
+pub fn http_get_blocking(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).ok()?;
+    let status = buf.split_whitespace().nth(1)?.parse().ok()?;
+    let body = buf.split("\r\n\r\n").nth(1).unwrap_or("").to_owned();
+    Some((status, body))
+}
+
+pub fn now_s() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+pub fn token(user: &str, tier: &str) -> String {
+    mint(
+        &Claims {
+            sub: user.into(),
+            tier: tier.into(),
+            exp: now_s() + 3600,
+        },
+        SECRET.as_bytes(),
+    )
+}
+
+/// A user id unique to this test run, so tests can share a gateway.
+pub fn user(prefix: &str) -> String {
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{prefix}-{}-{n}", std::process::id())
+}
+
+pub struct Client {
+    pub ws: WebSocketStream<MaybeTlsStream<TokioTcp>>,
+    pub connected: Value,
+    pub id: String,
+}
+
+impl Client {
+    pub async fn send(&mut self, text: &str) {
+        self.ws.send(Message::text(text)).await.unwrap();
+    }
+
+    /// The next text frame as JSON, or `None` if none arrives in `wait`.
+    pub async fn next_json(&mut self, wait: Duration) -> Option<Value> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let msg = tokio::time::timeout_at(deadline, self.ws.next())
+                .await
+                .ok()??;
+            match msg {
+                Ok(Message::Text(t)) => return serde_json::from_str(t.as_str()).ok(),
+                Ok(Message::Close(_)) | Err(_) => return None,
+                Ok(_) => continue,
+            }
+        }
+    }
+
+    pub async fn expect_event(&mut self, event: &str) -> Value {
+        let v = self
+            .next_json(Duration::from_secs(10))
+            .await
+            .unwrap_or_else(|| panic!("no `{event}` frame"));
+        assert_eq!(v["event"], event, "{v}");
+        v
+    }
+
+    /// Asserts no text frame arrives within `wait`.
+    pub async fn expect_silence(&mut self, wait: Duration) {
+        if let Some(v) = self.next_json(wait).await {
+            panic!("unexpected frame {v}");
+        }
+    }
+
+    /// Waits for the close frame; returns its code.
+    pub async fn expect_close(&mut self, wait: Duration) -> Option<u16> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            match tokio::time::timeout_at(deadline, self.ws.next()).await {
+                Ok(Some(Ok(Message::Close(f)))) => return f.map(|f| u16::from(f.code)),
+                Ok(Some(Ok(_))) => continue,
+                _ => return None,
+            }
+        }
+    }
+
+    pub async fn close(mut self) {
+        let _ = self.ws.close(None).await;
+        // Drain until the server's close arrives so the slot is released server-side.
+        let _ = tokio::time::timeout(Duration::from_secs(5), async {
+            while let Some(Ok(_)) = self.ws.next().await {}
+        })
+        .await;
+    }
+}
