@@ -13,6 +13,12 @@
 //! shard (a leak, never an overrun); leaks are recovered by reclaiming: when a
 //! grant falls short, the directory asks the other shards to return their
 //! spare slots, and a shard that restarted without its sockets returns all.
+//!
+//! Grants carry a sequence number and shards report the last one they
+//! applied. That tells the directory when a grant is still on its way to a
+//! shard (its slots are spare there soon, so the asker should retry rather
+//! than be refused) and when an empty shard can be forgotten outright, which
+//! also recovers a grant whose answer was lost.
 
 use std::collections::BTreeMap;
 
@@ -27,6 +33,9 @@ pub struct ShardEntry {
     pub open: u32,
     #[serde(default)]
     pub draining: bool,
+    /// Sequence number of the last grant to this shard.
+    #[serde(default)]
+    pub issued: u64,
 }
 
 /// The directory's ledger for one user. Persisted whole after each change.
@@ -36,14 +45,42 @@ pub struct Ledger {
     pub shards: BTreeMap<String, ShardEntry>,
     /// Bumped whenever the shard set changes, so shards can ignore stale pushes.
     pub version: u64,
+    /// Last grant sequence number issued.
+    #[serde(default)]
+    pub seq: u64,
 }
 
 /// The answer to an acquire.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Grant {
     pub granted: u32,
     /// The shard set changed (a shard joined).
     pub joined: bool,
+    /// Sequence number of this grant (0 when nothing was granted).
+    pub seq: u64,
+}
+
+/// A shard's answer to a reclaim (also its wire form, see `rpc`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Returned {
+    pub released: u32,
+    pub open: u32,
+    pub draining: bool,
+    /// The last grant sequence number the shard applied.
+    pub applied: u64,
+    /// The shard had no directory call of its own in flight when it answered,
+    /// so no grant can still reach it: one it never applied was lost.
+    pub quiet: bool,
+}
+
+/// What applying a reclaim answer found.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Settled {
+    /// A grant is still on its way to this shard.
+    pub in_transit: bool,
+    /// The shard left the set.
+    pub left: bool,
 }
 
 impl Ledger {
@@ -73,18 +110,54 @@ impl Ledger {
         let g = if g < need { 0 } else { g };
         let joined = !self.shards.contains_key(shard);
         if g == 0 && joined {
-            return Grant {
-                granted: 0,
-                joined: false,
-            };
+            return Grant::default();
         }
+        let seq = if g > 0 {
+            self.seq += 1;
+            self.seq
+        } else {
+            0
+        };
         let e = self.shards.entry(shard.to_owned()).or_default();
         e.granted = e.granted.saturating_add(g);
         e.open = open;
+        if g > 0 {
+            e.issued = seq;
+        }
         if joined {
             self.version += 1;
         }
-        Grant { granted: g, joined }
+        Grant {
+            granted: g,
+            joined,
+            seq,
+        }
+    }
+
+    /// Applies a shard's reclaim answer. A quiet, empty shard is forgotten
+    /// entirely, including grants whose answers were lost: nothing for it can
+    /// still be on its way.
+    pub fn settle(&mut self, shard: &str, r: Returned) -> Settled {
+        let Some(issued) = self.shards.get(shard).map(|e| e.issued) else {
+            return Settled::default();
+        };
+        let left = self.release(shard, r.released, r.open, r.draining);
+        if left {
+            return Settled {
+                in_transit: false,
+                left,
+            };
+        }
+        if !r.quiet {
+            return Settled {
+                in_transit: r.applied < issued,
+                left: false,
+            };
+        }
+        Settled {
+            in_transit: false,
+            left: r.open == 0 && self.reset(shard),
+        }
     }
 
     /// Shards worth asking for spare slots: every other shard holding grants.
@@ -147,6 +220,9 @@ pub enum Admit {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Lease {
     pub leased: u32,
+    /// The last grant sequence number applied.
+    #[serde(default)]
+    pub applied: u64,
 }
 
 impl Lease {
@@ -189,8 +265,10 @@ impl Lease {
         self.leased = self.leased.saturating_sub(n);
     }
 
-    pub fn add(&mut self, n: u32) {
-        self.leased = self.leased.saturating_add(n);
+    /// Applies a grant from the directory.
+    pub fn apply(&mut self, granted: u32, seq: u64) {
+        self.leased = self.leased.saturating_add(granted);
+        self.applied = self.applied.max(seq);
     }
 }
 
@@ -208,7 +286,8 @@ mod tests {
             l.grant("a", 8, 1, 0),
             Grant {
                 granted: 8,
-                joined: true
+                joined: true,
+                seq: 1
             }
         );
         assert_eq!(l.grant("a", 8, 1, 8).granted, 8);
@@ -237,13 +316,7 @@ mod tests {
             ..Default::default()
         };
         l.grant("a", 8, 1, 0);
-        assert_eq!(
-            l.grant("b", 8, 1, 0),
-            Grant {
-                granted: 0,
-                joined: false
-            }
-        );
+        assert_eq!(l.grant("b", 8, 1, 0), Grant::default());
         assert_eq!(l.names(), vec!["a".to_string()]);
     }
 
@@ -265,7 +338,7 @@ mod tests {
     fn shard_admission() {
         let mut s = Lease::default();
         assert_eq!(s.admit(0, 200, 8), Admit::Acquire(8));
-        s.add(8);
+        s.apply(8, 1);
         assert_eq!(s.admit(7, 200, 8), Admit::Accept);
         assert_eq!(s.admit(8, 200, 8), Admit::Acquire(8));
         assert_eq!(s.admit(8, 10, 8), Admit::Acquire(2));
@@ -274,30 +347,77 @@ mod tests {
 
     #[test]
     fn surplus_and_reclaim() {
-        let s = Lease { leased: 30 };
+        let s = Lease {
+            leased: 30,
+            applied: 0,
+        };
         assert_eq!(s.surplus_after_close(0, 8), 30);
         assert_eq!(s.surplus_after_close(10, 8), 12);
         assert_eq!(s.surplus_after_close(20, 8), 0);
-        let mut s = Lease { leased: 30 };
+        let mut s = Lease {
+            leased: 30,
+            applied: 0,
+        };
         assert_eq!(s.reclaim(25), 5);
         assert_eq!(s.leased, 25);
         assert_eq!(s.reclaim(40), 0);
     }
 
-    /// A model of the protocol with messages in flight, driven by a seeded
-    /// random schedule: connects, closes, grants and releases interleave
-    /// arbitrarily (each message is delivered at a random later step, or
-    /// lost). At every step, open sockets never exceed the limit and each
-    /// shard's lease never exceeds what the ledger granted it.
+    #[test]
+    fn settle_tells_grants_in_transit_from_idle_shards() {
+        let mut l = Ledger {
+            limit: 10,
+            ..Default::default()
+        };
+        let g = l.grant("a", 4, 1, 0);
+        // The shard answered before the grant reached it: retry, do not forget it.
+        let r = l.settle(
+            "a",
+            Returned {
+                applied: g.seq - 1,
+                quiet: false,
+                ..Default::default()
+            },
+        );
+        assert_eq!(
+            r,
+            Settled {
+                in_transit: true,
+                left: false
+            }
+        );
+        assert_eq!(l.granted_total(), 4);
+        // Busy but up to date: nothing in transit, but not forgotten either.
+        let r = l.settle(
+            "a",
+            Returned {
+                applied: g.seq,
+                quiet: false,
+                ..Default::default()
+            },
+        );
+        assert_eq!(r, Settled::default());
+        // Quiet and empty: forgotten with whatever it held, even a lost grant.
+        let r = l.settle(
+            "a",
+            Returned {
+                applied: g.seq - 1,
+                quiet: true,
+                ..Default::default()
+            },
+        );
+        assert!(r.left);
+        assert_eq!(l.free(), 10);
+    }
+
+    /// A model of the protocol with grants in flight, driven by a seeded random
+    /// schedule, as the runtime orders things: a shard's own directory calls are
+    /// serialized (one at a time), the directory applies reclaim answers as it
+    /// gets them, grant answers reach shards late or never. At every step open
+    /// sockets stay within the limit and each lease within its grant; at the
+    /// end nothing is leaked.
     #[test]
     fn no_interleaving_exceeds_the_limit() {
-        #[derive(Clone)]
-        enum Msg {
-            // directory -> shard, after the ledger already counted it
-            Granted(usize, u32),
-            // shard -> directory, after the shard already removed it
-            Released(usize, u32, u32),
-        }
         let mut rng = 0x9e37_79b9_7f4a_7c15u64;
         let mut next = move || {
             rng ^= rng << 13;
@@ -305,7 +425,7 @@ mod tests {
             rng ^= rng << 17;
             rng
         };
-        for _round in 0..200 {
+        for _round in 0..300 {
             let limit = 1 + (next() % 40) as u32;
             let shards = 1 + (next() % 5) as usize;
             let names: Vec<String> = (0..shards).map(|i| format!("s{i}")).collect();
@@ -315,65 +435,72 @@ mod tests {
             };
             let mut leases = vec![Lease::default(); shards];
             let mut open = vec![0u32; shards];
-            let mut flight: Vec<Msg> = Vec::new();
-            for _step in 0..400 {
+            // Grant answers on their way: (shard, granted, seq).
+            let mut in_flight: Vec<(usize, u32, u64)> = Vec::new();
+            let busy = |f: &Vec<(usize, u32, u64)>, s: usize| f.iter().any(|m| m.0 == s);
+            // The directory reclaims from shard t and applies its answer.
+            let reclaim = |t: usize,
+                           ledger: &mut Ledger,
+                           leases: &mut [Lease],
+                           open: &[u32],
+                           in_flight: &Vec<(usize, u32, u64)>| {
+                if ledger.shards.contains_key(&names[t]) {
+                    let released = leases[t].reclaim(open[t]);
+                    ledger.settle(
+                        &names[t],
+                        Returned {
+                            released,
+                            open: open[t],
+                            draining: false,
+                            applied: leases[t].applied,
+                            quiet: !busy(in_flight, t),
+                        },
+                    );
+                }
+            };
+            for _step in 0..500 {
                 let s = (next() % shards as u64) as usize;
-                match next() % 6 {
+                match next() % 7 {
                     0 | 1 => match leases[s].admit(open[s], 200, 4) {
                         Admit::Accept => open[s] += 1,
-                        Admit::Acquire(w) => {
-                            let g = ledger.grant(&names[s], w, 1, open[s]);
-                            if g.granted > 0 {
-                                flight.push(Msg::Granted(s, g.granted));
-                            }
-                        }
-                        Admit::Full => {}
-                    },
-                    2 => {
-                        if open[s] > 0 {
-                            open[s] -= 1;
-                            let n = leases[s].surplus_after_close(open[s], 4);
-                            if n > 0 {
-                                leases[s].give_back(n);
-                                flight.push(Msg::Released(s, n, open[s]));
-                            }
-                        }
-                    }
-                    3 if next() % 2 == 0 => {
-                        // an empty shard with nothing of its own in flight resets
-                        let quiet = !flight.iter().any(|m| match m {
-                            Msg::Granted(t, _) | Msg::Released(t, _, _) => *t == s,
-                        });
-                        if quiet && open[s] == 0 {
-                            leases[s] = Lease::default();
-                            ledger.reset(&names[s]);
-                        }
-                    }
-                    3 => {
-                        // directory reclaims from everyone
-                        for t in 0..shards {
-                            let n = leases[t].reclaim(open[t]);
-                            if n > 0 {
-                                flight.push(Msg::Released(t, n, open[t]));
-                            }
-                        }
-                    }
-                    _ => {
-                        if !flight.is_empty() {
-                            let i = (next() % flight.len() as u64) as usize;
-                            let m = flight.swap_remove(i);
-                            // 1 in 20 messages is lost: only leaks, never overruns,
-                            // and the reset above recovers them.
-                            if next() % 20 != 0 {
-                                match m {
-                                    Msg::Granted(t, g) => leases[t].add(g),
-                                    Msg::Released(t, n, o) => {
-                                        ledger.release(&names[t], n, o, false);
-                                    }
+                        Admit::Acquire(w) if !busy(&in_flight, s) => {
+                            if ledger.free() < 1 {
+                                for t in (0..shards).filter(|&t| t != s) {
+                                    reclaim(t, &mut ledger, &mut leases, &open, &in_flight);
                                 }
                             }
+                            let g = ledger.grant(&names[s], w, 1, open[s]);
+                            if g.granted > 0 {
+                                in_flight.push((s, g.granted, g.seq));
+                            }
+                        }
+                        _ => {}
+                    },
+                    2 if open[s] > 0 && !busy(&in_flight, s) => {
+                        open[s] -= 1;
+                        let n = leases[s].surplus_after_close(open[s], 4);
+                        leases[s].give_back(n);
+                        if open[s] == 0 && leases[s].leased == 0 {
+                            ledger.reset(&names[s]);
+                        } else if n > 0 {
+                            ledger.release(&names[s], n, open[s], false);
                         }
                     }
+                    3 if !in_flight.is_empty() => {
+                        let i = (next() % in_flight.len() as u64) as usize;
+                        let (t, g, seq) = in_flight.swap_remove(i);
+                        // 1 in 10 answers is lost: a leak, recovered below.
+                        if next() % 10 != 0 {
+                            leases[t].apply(g, seq);
+                        }
+                    }
+                    4 => {
+                        // the reconcile alarm: reclaim from everyone
+                        for t in 0..shards {
+                            reclaim(t, &mut ledger, &mut leases, &open, &in_flight);
+                        }
+                    }
+                    _ => {}
                 }
                 let total: u32 = open.iter().sum();
                 assert!(total <= limit, "open {total} > limit {limit}");
@@ -384,23 +511,20 @@ mod tests {
                     assert!(open[t] <= leases[t].leased);
                 }
             }
-            // Liveness: once everything lands and every socket closes, the
-            // empty shards reset and no slot stays leaked.
-            for m in flight.drain(..) {
-                match m {
-                    Msg::Granted(t, g) => leases[t].add(g),
-                    Msg::Released(t, n, o) => {
-                        ledger.release(&names[t], n, o, false);
-                    }
+            // Liveness: every answer lands or is lost for good, every socket closes,
+            // one reconcile pass runs: no slot stays leaked.
+            for (t, g, seq) in in_flight.drain(..) {
+                if next() % 2 == 0 {
+                    leases[t].apply(g, seq);
                 }
             }
+            open.iter_mut().for_each(|o| *o = 0);
             for t in 0..shards {
-                open[t] = 0;
-                leases[t] = Lease::default();
-                ledger.reset(&names[t]);
+                reclaim(t, &mut ledger, &mut leases, &open, &in_flight);
             }
             assert_eq!(ledger.granted_total(), 0);
             assert_eq!(ledger.free(), limit);
+            assert!(ledger.shards.is_empty());
         }
     }
 }

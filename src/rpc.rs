@@ -39,6 +39,11 @@ pub struct Acquire {
 #[serde(rename_all = "camelCase")]
 pub struct Granted {
     pub granted: u32,
+    /// The grant's sequence number, echoed back in reclaim answers.
+    pub seq: u64,
+    /// Nothing now, but slots are on their way to another shard and will be
+    /// reclaimable in a moment: ask again shortly instead of refusing.
+    pub retry: bool,
     pub members: Members,
 }
 
@@ -54,14 +59,8 @@ pub struct Release {
     pub reset: bool,
 }
 
-/// Directory -> shard: the answer to a reclaim.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Reclaimed {
-    pub released: u32,
-    pub open: u32,
-    pub draining: bool,
-}
+/// Shard -> directory: the answer to a reclaim.
+pub use crate::lease::Returned as Reclaimed;
 
 /// Directory -> gateway: what fan-outs and stats need.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

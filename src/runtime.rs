@@ -69,6 +69,17 @@ pub async fn timeout<F: std::future::Future>(ms: u32, fut: F) -> Option<F::Outpu
     }
 }
 
+/// An absolute alarm time.
+pub fn scheduled(at_ms: u64) -> worker::ScheduledTime {
+    worker::ScheduledTime::new(js_sys::Date::new(&wasm_bindgen::JsValue::from_f64(
+        at_ms as f64,
+    )))
+}
+
+pub async fn sleep(ms: u32) {
+    Delay::from(Duration::from_millis(u64::from(ms))).await;
+}
+
 pub fn stub(env: &Env, binding: &str, name: &str) -> worker::Result<Stub> {
     let ns: ObjectNamespace = env.durable_object(binding)?;
     ns.get_by_name(name)

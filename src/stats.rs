@@ -79,7 +79,7 @@ pub struct UserStats {
     pub tier: String,
     pub limit: u32,
     pub policy: String,
-    /// max/mean connections over the shards that answered (1.0 = even).
+    /// max/mean connections over the shards holding sockets (1.0 = even).
     pub imbalance: f64,
     /// Directory round trips per accepted connect, over the shards' lifetime.
     pub directory_round_trips_per_connect: f64,
@@ -133,10 +133,13 @@ pub fn aggregate(ctx: UserContext, shards: &[ShardStats], failed: Vec<String>) -
             draining: s.draining,
         });
     }
-    let imbalance = if total == 0 || shards.is_empty() {
+    // Over shards holding sockets: an emptied shard still listed (a drained
+    // epoch, an old policy's shard) says nothing about balance.
+    let active = shards.iter().filter(|s| s.connections > 0).count();
+    let imbalance = if total == 0 {
         0.0
     } else {
-        max as f64 / (total as f64 / shards.len() as f64)
+        max as f64 / (total as f64 / active as f64)
     };
     UserStats {
         total_connections: total,
@@ -202,6 +205,7 @@ mod tests {
             &[
                 shard("a", 3, &["s1", "s2"], Some(50)),
                 shard("b", 1, &["s2"], Some(40)),
+                shard("empty", 0, &[], None),
             ],
             vec!["c".into()],
         );
@@ -212,8 +216,8 @@ mod tests {
         assert_eq!(s.memory_usage, 40);
         assert_eq!(s.rejected, 3);
         assert_eq!(s.imbalance, 1.5);
-        assert_eq!(s.directory_round_trips_per_connect, 0.5);
-        assert_eq!(s.shards.len(), 2);
+        assert_eq!(s.directory_round_trips_per_connect, 0.75);
+        assert_eq!(s.shards.len(), 3);
         assert_eq!(s.failed_shards, vec!["c".to_string()]);
     }
 

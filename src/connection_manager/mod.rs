@@ -33,6 +33,10 @@ use state::Persisted;
 
 /// WebSocket ready state OPEN.
 const OPEN: u16 = 1;
+/// Admission rounds per connect (lease races, grants in transit).
+const MAX_ADMIT_ROUNDS: u32 = 6;
+/// First pause before asking again when slots are on their way to another shard.
+const RETRY_PAUSE_MS: u32 = 10;
 
 #[durable_object]
 pub struct ConnectionManager {
@@ -101,7 +105,7 @@ impl DurableObject for ConnectionManager {
                 )
             }
             (Method::Post, "/stats") => runtime::json(200, &self.stats()),
-            (Method::Post, "/reclaim") => runtime::json(200, &self.reclaim(&cfg).await?),
+            (Method::Post, "/reclaim") => runtime::json(200, &self.reclaim().await?),
             (Method::Post, "/members") => {
                 let m: Members = req.json().await?;
                 self.set_members(m).await?;
@@ -251,9 +255,10 @@ impl ConnectionManager {
                 ))
                 .await;
         }
-        // At most two directory round trips: a grant can be reclaimed by the
-        // directory between the answer and the accept, which is rare.
-        for _ in 0..3 {
+        // A few rounds: a grant can be reclaimed between its answer and the
+        // accept, and a directory that is short while slots are on their way
+        // to another shard asks us to retry shortly.
+        for round in 0..MAX_ADMIT_ROUNDS {
             let open = self.open_count(None);
             let admit =
                 self.saved
@@ -278,14 +283,36 @@ impl ConnectionManager {
                         .await
                 }
                 Admit::Acquire(want) => {
-                    let _guard = self.directory_lock.lock().await;
-                    // Another connect may have leased while we waited.
-                    let open = self.open_count(None);
-                    if self.saved.borrow().lease.leased > open {
-                        continue;
-                    }
-                    let granted = match self.acquire(&connect, want, open).await {
-                        Ok(g) => g,
+                    let granted = {
+                        let _guard = self.directory_lock.lock().await;
+                        // Another connect may have leased while we waited.
+                        if self.saved.borrow().lease.leased > self.open_count(None) {
+                            continue;
+                        }
+                        self.acquire(&connect, want, open).await
+                    };
+                    match granted {
+                        Ok(g) if g.granted > 0 => {}
+                        Ok(g) if g.retry && round + 1 < MAX_ADMIT_ROUNDS => {
+                            // Backs off 10, 20, 40, 80, 160 ms: grants land in
+                            // milliseconds, longer only on a loaded machine.
+                            runtime::sleep(RETRY_PAUSE_MS << round).await;
+                        }
+                        Ok(_) => {
+                            return self
+                                .refuse(
+                                    ApiError::new(
+                                        429,
+                                        "tier_limit",
+                                        format!(
+                                            "tier `{}` allows {} open connections; close one or upgrade the tier",
+                                            connect.meta.tier, connect.limit
+                                        ),
+                                    )
+                                    .retry_after(5),
+                                )
+                                .await;
+                        }
                         Err(e) => {
                             console_error!("acquire failed: {e}");
                             return self
@@ -299,21 +326,6 @@ impl ConnectionManager {
                                 )
                                 .await;
                         }
-                    };
-                    if granted == 0 {
-                        return self
-                            .refuse(
-                                ApiError::new(
-                                    429,
-                                    "tier_limit",
-                                    format!(
-                                        "tier `{}` allows {} open connections; close one or upgrade the tier",
-                                        connect.meta.tier, connect.limit
-                                    ),
-                                )
-                                .retry_after(5),
-                            )
-                            .await;
                     }
                 }
             }
@@ -329,7 +341,7 @@ impl ConnectionManager {
         .await
     }
 
-    async fn acquire(&self, c: &Connect, want: u32, open: u32) -> worker::Result<u32> {
+    async fn acquire(&self, c: &Connect, want: u32, open: u32) -> worker::Result<rpc::Granted> {
         let dir = runtime::stub(
             &self.env,
             placement::DIRECTORY_BINDING,
@@ -347,9 +359,9 @@ impl ConnectionManager {
         let g: rpc::Granted = runtime::call(&dir, "/acquire", None, &body).await?;
         {
             let mut s = self.saved.borrow_mut();
-            s.lease.add(g.granted);
+            s.lease.apply(g.granted, g.seq);
             if g.members.version > s.members.version {
-                s.members = g.members;
+                s.members = g.members.clone();
             }
             if s.user.is_empty() {
                 s.user = c.meta.user_id.clone();
@@ -357,7 +369,7 @@ impl ConnectionManager {
         }
         // The grant is saved with the accept that follows; if we die first
         // the directory over-counts this shard, which only leaks a slot.
-        Ok(g.granted)
+        Ok(g)
     }
 
     async fn accept(&self, c: &Connect) -> worker::Result<Response> {
@@ -487,15 +499,21 @@ impl ConnectionManager {
         if let Some(m) = attachment(ws) {
             self.bad_frames.borrow_mut().remove(&m.connection_id);
         }
+        self.settle(Some(ws)).await
+    }
+
+    /// Gives surplus slots back after sockets went away (all of them, and
+    /// the shard's place in the set, once it is empty).
+    async fn settle(&self, closing: Option<&WebSocket>) -> worker::Result<()> {
         let batch = runtime::config(&self.env)
             .map(|c| c.lease_batch)
             .unwrap_or(8);
-        let open = self.open_count(Some(ws));
+        let open = self.open_count(closing);
         if self.saved.borrow().lease.surplus_after_close(open, batch) == 0 {
             return Ok(());
         }
         let _guard = self.directory_lock.lock().await;
-        let open = self.open_count(Some(ws));
+        let open = self.open_count(closing);
         let (n, user, shard, draining) = {
             let mut s = self.saved.borrow_mut();
             let n = s.lease.surplus_after_close(open, batch);
@@ -535,11 +553,13 @@ impl ConnectionManager {
 
     /// The directory asks for spare slots. Never takes `directory_lock`: the
     /// directory may be serving this shard's own acquire while it asks.
-    async fn reclaim(&self, _cfg: &Config) -> worker::Result<Reclaimed> {
+    async fn reclaim(&self) -> worker::Result<Reclaimed> {
         let open = self.open_count(None);
-        let (released, draining) = {
+        // Free lock: no acquire of ours is in flight, so no grant can still arrive.
+        let quiet = self.directory_lock.try_lock().is_some();
+        let (released, draining, applied) = {
             let mut s = self.saved.borrow_mut();
-            (s.lease.reclaim(open), s.draining)
+            (s.lease.reclaim(open), s.draining, s.lease.applied)
         };
         if released > 0 {
             self.save().await?;
@@ -548,6 +568,8 @@ impl ConnectionManager {
             released,
             open,
             draining,
+            applied,
+            quiet,
         })
     }
 
@@ -649,6 +671,8 @@ impl ConnectionManager {
                 next = Some(next.map_or(slot.notify_at_ms, |n| n.min(slot.notify_at_ms)));
             }
         }
+        // Closed by us, these sockets may never get a close handler: settle now.
+        self.settle(None).await?;
         match next {
             Some(at) => self.arm(at.min(plan.end_ms())).await,
             None => Ok(()),
@@ -656,10 +680,9 @@ impl ConnectionManager {
     }
 
     async fn arm(&self, at_ms: u64) -> worker::Result<()> {
-        let date = js_sys::Date::new(&JsValue::from_f64(at_ms as f64));
         self.state
             .storage()
-            .set_alarm(worker::ScheduledTime::new(date))
+            .set_alarm(runtime::scheduled(at_ms))
             .await
     }
 }

@@ -20,6 +20,10 @@ use crate::runtime;
 const KEY: &str = "directory";
 /// A reclaim pass waits at most this long for one shard.
 const RECLAIM_TIMEOUT_MS: u32 = 2_000;
+/// While a user has shards, their counts are reconciled this often, so a
+/// shard that lost its sockets (a restart, a crash) leaves the set even if
+/// the user never runs short of slots.
+const RECONCILE_EVERY_MS: u64 = 60_000;
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default)]
@@ -82,7 +86,17 @@ impl DurableObject for Directory {
     }
 
     async fn alarm(&self) -> worker::Result<Response> {
-        // The directory arms no alarms; answer one left by an older version.
+        let _guard = self.lock.lock().await;
+        let version_before = self.saved.borrow().ledger.version;
+        self.reclaim_from_others("").await;
+        self.save().await?;
+        let members = self.members();
+        if members.version != version_before {
+            self.push_members(&members, None);
+        }
+        if !members.shards.is_empty() {
+            self.arm(runtime::now_ms() + RECONCILE_EVERY_MS).await?;
+        }
         Response::ok("")
     }
 
@@ -154,27 +168,45 @@ impl Directory {
             s.tier = a.tier.clone();
         }
         let short = self.saved.borrow().ledger.free() < a.need;
-        if short {
-            self.reclaim_from_others(&a.shard).await;
-        }
+        let in_transit = short && self.reclaim_from_others(&a.shard).await;
         let grant = {
             let mut s = self.saved.borrow_mut();
             let g = s.ledger.grant(&a.shard, a.want, a.need, a.open);
-            if g.granted == 0 {
+            // A refusal counts only when it is final, not when the asker retries.
+            if g.granted == 0 && !in_transit {
                 s.rejected_tier_limit += 1;
             }
             g
         };
         // Persist the grant before the shard can use it (the ordering rule).
         self.save().await?;
+        if grant.joined {
+            self.ensure_reconcile().await?;
+        }
         let members = self.members();
         if members.version != version_before {
             self.push_members(&members, Some(&a.shard));
         }
         Ok(Granted {
             granted: grant.granted,
+            seq: grant.seq,
+            retry: grant.granted == 0 && in_transit,
             members,
         })
+    }
+
+    async fn ensure_reconcile(&self) -> worker::Result<()> {
+        if self.state.storage().get_alarm().await?.is_none() {
+            self.arm(runtime::now_ms() + RECONCILE_EVERY_MS).await?;
+        }
+        Ok(())
+    }
+
+    async fn arm(&self, at_ms: u64) -> worker::Result<()> {
+        self.state
+            .storage()
+            .set_alarm(runtime::scheduled(at_ms))
+            .await
     }
 
     async fn release(&self, r: Release) -> worker::Result<()> {
@@ -196,7 +228,8 @@ impl Directory {
 
     /// Asks every other shard holding grants for its spare slots, at once.
     /// A shard that restarted without its sockets gives back all it held.
-    async fn reclaim_from_others(&self, except: &str) {
+    /// Returns whether a grant was still on its way to one of them.
+    async fn reclaim_from_others(&self, except: &str) -> bool {
         let targets = self.saved.borrow().ledger.reclaim_targets(except);
         let env = &self.env;
         let calls = targets.iter().map(|name| async move {
@@ -222,10 +255,12 @@ impl Directory {
         });
         let answers = futures::future::join_all(calls).await;
         let mut s = self.saved.borrow_mut();
+        let mut in_transit = false;
         for (name, rec) in answers.into_iter().flatten() {
-            s.ledger
-                .release(&name, rec.released, rec.open, rec.draining);
+            let settled = s.ledger.settle(&name, rec);
+            in_transit |= settled.in_transit;
         }
+        in_transit
     }
 
     /// Tells the shards the new shard set, after the answer is on its way.

@@ -11,3 +11,5 @@ mod support;
 
 mod basics;
 mod errors;
+mod lifecycle;
+mod sharding;

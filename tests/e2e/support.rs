@@ -138,6 +138,19 @@ impl Gateway {
         }
     }
 
+    /// Kills workerd and starts it again on the same port and state directory,
+    /// optionally with changed vars (a redeploy with another config).
+    pub fn restart(&mut self, vars: &[(&str, &str)]) {
+        self.stop();
+        for (k, v) in vars {
+            self.vars.retain(|(ek, _)| ek != k);
+            self.vars.push(((*k).into(), (*v).into()));
+        }
+        // Give the OS a moment to release the port.
+        std::thread::sleep(Duration::from_millis(500));
+        self.spawn();
+    }
+
     fn stop(&self) {
         if let Some(mut c) = self.child.lock().unwrap().take() {
             // The watchdog kills wrangler's whole process group on TERM.
@@ -296,6 +309,24 @@ pub fn user(prefix: &str) -> String {
     static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     format!("{prefix}-{}-{n}", std::process::id())
+}
+
+/// Opens `n` sockets, `parallel` at a time; `query(i)` gives socket i's query.
+pub async fn connect_many(
+    g: &Gateway,
+    token: &str,
+    n: usize,
+    parallel: usize,
+    query: impl Fn(usize) -> String,
+) -> Vec<Result<Client, (u16, String)>> {
+    let attempts = (0..n).map(|i| {
+        let q = query(i);
+        async move { g.try_connect(token, &q).await }
+    });
+    futures_util::stream::iter(attempts)
+        .buffered(parallel)
+        .collect()
+        .await
 }
 
 pub struct Client {
