@@ -20,7 +20,7 @@ WRANGLER := node_modules/.bin/wrangler
 TOOLS := target/release/token target/release/check-config
 
 .PHONY: help bootstrap build dev dev-vars test unit lint e2e load-smoke dry-run check-config \
-        token load deploy bench clean
+        token load deploy bench bench-sharding clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -80,6 +80,9 @@ deploy: build check-config ## deploy: make deploy ENV=staging|production
 
 bench: ## placement benchmarks (criterion)
 	cargo bench -p shard-policies --bench placement
+
+bench-sharding: build dev-vars ## fan-out and per-policy figures on local workerd -> docs/results/
+	SKIP_WORKER_BUILD=1 cargo bench --bench sharding
 
 clean:
 	rm -rf build target/wasm32-unknown-unknown

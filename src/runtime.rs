@@ -1,6 +1,7 @@
 //! The thin layer between the Workers runtime and the pure modules: env
 //! access, clock, randomness, JSON responses, internal calls with timeouts.
 
+use std::rc::Rc;
 use std::time::Duration;
 
 use futures::future::{select, Either};
@@ -25,8 +26,20 @@ impl VarSource for EnvVars<'_> {
     }
 }
 
-pub fn config(env: &Env) -> Result<Config, ConfigError> {
-    Config::from_vars(&EnvVars(env))
+thread_local! {
+    static CONFIG: std::cell::RefCell<Option<Result<Rc<Config>, ConfigError>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// The parsed configuration, once per isolate: vars and secrets only change
+/// with a deploy, which starts a new isolate, so parsing per request (and
+/// per shard call of a fan-out) would be wasted work.
+pub fn config(env: &Env) -> Result<Rc<Config>, ConfigError> {
+    CONFIG.with(|c| {
+        c.borrow_mut()
+            .get_or_insert_with(|| Config::from_vars(&EnvVars(env)).map(Rc::new))
+            .clone()
+    })
 }
 
 pub fn now_ms() -> u64 {

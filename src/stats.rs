@@ -83,6 +83,9 @@ pub struct UserStats {
     pub imbalance: f64,
     /// Directory round trips per accepted connect, over the shards' lifetime.
     pub directory_round_trips_per_connect: f64,
+    /// The two counts behind that ratio, for measuring a window (differences).
+    pub connects_accepted: u64,
+    pub directory_round_trips: u64,
     pub shards: Vec<ShardRow>,
     pub failed_shards: Vec<String>,
 }
@@ -161,6 +164,8 @@ pub fn aggregate(ctx: UserContext, shards: &[ShardStats], failed: Vec<String>) -
         } else {
             round_trips as f64 / accepted as f64
         },
+        connects_accepted: accepted,
+        directory_round_trips: round_trips,
         shards: rows,
         failed_shards: failed,
     }

@@ -391,7 +391,7 @@ impl ConnectionManager {
         pair.server.serialize_attachment(&c.meta)?;
         let now = runtime::now_ms();
         let policy = runtime::config(&self.env)
-            .map(|cfg| cfg.policy_name)
+            .map(|cfg| cfg.policy_name.clone())
             .unwrap_or_default();
         pair.server
             .send_with_str(protocol::connected_frame(&c.meta, &c.shard, &policy, now))?;

@@ -60,7 +60,9 @@ fn method_not_allowed(allowed: &str) -> ApiError {
     )
 }
 
-fn health(cfg: &Result<Config, crate::config::ConfigError>) -> worker::Result<Response> {
+fn health(
+    cfg: &Result<std::rc::Rc<Config>, crate::config::ConfigError>,
+) -> worker::Result<Response> {
     #[derive(Serialize)]
     struct Ok<'a> {
         status: &'static str,
