@@ -66,9 +66,20 @@ pub use crate::lease::Returned as Reclaimed;
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct DirectoryView {
-    pub shards: Vec<String>,
+    pub shards: Vec<ViewShard>,
     pub rejected_tier_limit: u64,
     pub rejected_unavailable: u64,
+}
+
+/// One shard of the user's set, as the directory knows it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ViewShard {
+    pub name: String,
+    /// Slots it holds: an upper bound on its sockets (its reported count
+    /// lags: a new shard reports 0 before its first accept).
+    pub granted: u32,
+    pub draining: bool,
 }
 
 /// Gateway -> directory: a connect refused because no shard could take it.

@@ -14,7 +14,9 @@ use worker::{console_error, durable_object, DurableObject, Env, Method, Request,
 use crate::lease::Ledger;
 use crate::placement;
 use crate::protocol::ApiError;
-use crate::rpc::{Acquire, DirectoryView, Granted, Members, Reclaimed, Rejection, Release};
+use crate::rpc::{
+    Acquire, DirectoryView, Granted, Members, Reclaimed, Rejection, Release, ViewShard,
+};
 use crate::runtime;
 
 const KEY: &str = "directory";
@@ -151,7 +153,16 @@ impl Directory {
     fn view(&self) -> DirectoryView {
         let s = self.saved.borrow();
         DirectoryView {
-            shards: s.ledger.names(),
+            shards: s
+                .ledger
+                .shards
+                .iter()
+                .map(|(name, e)| ViewShard {
+                    name: name.clone(),
+                    granted: e.granted.max(e.open),
+                    draining: e.draining,
+                })
+                .collect(),
             rejected_tier_limit: s.rejected_tier_limit,
             rejected_unavailable: s.rejected_unavailable,
         }

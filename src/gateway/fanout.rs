@@ -7,6 +7,8 @@ use serde::Serialize;
 use worker::{Env, Request, Response};
 
 use super::authenticate;
+use shard_policies::{KnownShard, ShardPolicy};
+
 use crate::config::Config;
 use crate::placement;
 use crate::protocol::{self, ApiError, BroadcastResult};
@@ -35,12 +37,12 @@ pub async fn broadcast(mut req: Request, env: &Env, cfg: &Config) -> Result<Resp
     }
     let delivery = protocol::parse_broadcast_body(&body, runtime::now_ms())?;
     let view = directory_view(env, &caller.claims.sub).await?;
-    let (answers, failed) =
-        fan_out::<_, Delivered>(env, &view.shards, "/deliver", &delivery, cfg).await;
+    let shards = targets(cfg, &view);
+    let (answers, failed) = fan_out::<_, Delivered>(env, &shards, "/deliver", &delivery, cfg).await;
     ok_json(&BroadcastResult {
         success: true,
         delivered: answers.iter().map(|d| d.delivered).sum(),
-        shards: view.shards.len() as u64,
+        shards: shards.len() as u64,
         failed_shards: failed,
     })
 }
@@ -48,8 +50,9 @@ pub async fn broadcast(mut req: Request, env: &Env, cfg: &Config) -> Result<Resp
 pub async fn stats(req: &Request, env: &Env, cfg: &Config) -> Result<Response, ApiError> {
     let caller = authenticate(req, cfg)?;
     let view = directory_view(env, &caller.claims.sub).await?;
+    let shards = targets(cfg, &view);
     let (answers, failed) =
-        fan_out::<_, ShardStats>(env, &view.shards, "/stats", &serde_json::json!({}), cfg).await;
+        fan_out::<_, ShardStats>(env, &shards, "/stats", &serde_json::json!({}), cfg).await;
     let ctx = UserContext {
         tier: caller.claims.tier.clone(),
         limit: caller.tier.limit,
@@ -58,6 +61,25 @@ pub async fn stats(req: &Request, env: &Env, cfg: &Config) -> Result<Response, A
         rejected_unavailable: view.rejected_unavailable,
     };
     ok_json(&stats::aggregate(ctx, &answers, failed))
+}
+
+/// The shards a fan-out must reach, as the policy decides from the directory's
+/// view: every shard holding slots or draining, whichever policy placed it.
+fn targets(cfg: &Config, view: &DirectoryView) -> Vec<String> {
+    let known: Vec<KnownShard> = view
+        .shards
+        .iter()
+        .map(|s| KnownShard {
+            name: s.name.clone(),
+            connections: s.granted,
+            draining: s.draining,
+        })
+        .collect();
+    cfg.policy
+        .fanout(&known)
+        .into_iter()
+        .map(|s| s.name.clone())
+        .collect()
 }
 
 fn too_large(limit: usize) -> ApiError {
