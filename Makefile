@@ -20,7 +20,7 @@ WRANGLER := node_modules/.bin/wrangler
 TOOLS := target/release/token target/release/check-config
 
 .PHONY: help bootstrap build dev dev-vars test unit lint e2e load-smoke dry-run check-config \
-        token load deploy bench bench-sharding clean
+        token load deploy bench bench-sharding fuzz-smoke clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -46,7 +46,7 @@ token: $(TOOLS) dev-vars ## print a dev token: make token USER=alice TIER=pro
 check-config: $(TOOLS) ## validate wrangler.toml's vars for every environment
 	@target/release/check-config wrangler.toml
 
-test: bootstrap lint unit build check-config dry-run e2e ## install, build and run every test
+test: bootstrap lint unit build check-config dry-run fuzz-smoke e2e ## install, build and run every test
 	@echo "make test: all passed"
 
 lint:
@@ -62,6 +62,9 @@ e2e: build dev-vars ## integration tests against real workerd
 
 load-smoke: build dev-vars $(TOOLS)
 	scripts/load.sh --fresh smoke
+
+fuzz-smoke: bootstrap ## every fuzz target for a few seconds (longer: scripts/fuzz.sh 600)
+	scripts/fuzz.sh 5
 
 dry-run: build ## validate the production bundle and config for every environment, offline
 	@for env in default staging production; do \

@@ -2,7 +2,7 @@
 # Installs what the project needs, offline-safe (registries only) and idempotent: each step
 # checks first and skips what is already there. Prints how long it took.
 #   wasm32 target, worker-build and wasm-bindgen-cli (versions from Cargo.lock),
-#   wrangler + esbuild from package-lock.json, k6 and websockets in .venv.
+#   cargo-fuzz, wrangler + esbuild from package-lock.json, k6 and websockets in .venv.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
@@ -31,6 +31,12 @@ if ! wasm-bindgen --version 2>/dev/null | grep -qx "wasm-bindgen $bindgen_versio
   # --locked can name a dependency version the registry no longer serves; then resolve anew.
   cargo install wasm-bindgen-cli --version "$bindgen_version" --locked \
     || cargo install wasm-bindgen-cli --version "$bindgen_version" --force
+fi
+
+fuzz_version=0.13.2
+if ! cargo fuzz --version 2>/dev/null | grep -qx "cargo-fuzz $fuzz_version"; then
+  say "installing cargo-fuzz $fuzz_version (a minute, once)"
+  cargo install cargo-fuzz --version "$fuzz_version" --locked
 fi
 
 if [ ! -x node_modules/.bin/wrangler ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
