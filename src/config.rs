@@ -54,6 +54,7 @@ pub const VARS: &[(&str, Option<&str>)] = &[
     ("FANOUT_TIMEOUT_MS", Some("5000")),
     ("LEASE_BATCH", Some("8")),
     ("BAD_FRAME_LIMIT", Some("10")),
+    ("TEST_KNOBS", Some("off")),
     ("AUTH_SECRET", None),
     ("ADMIN_TOKEN", Some("")),
 ];
@@ -69,6 +70,9 @@ pub struct Config {
     pub fanout_timeout_ms: u32,
     pub lease_batch: u32,
     pub bad_frame_limit: u32,
+    /// Fault and latency injection for tests (`POST /admin/test/shard`).
+    /// Off unless the config says `on`; never enable it in production.
+    pub test_knobs: bool,
     pub auth_secret: String,
     pub admin_token: String,
 }
@@ -118,6 +122,7 @@ impl Config {
             fanout_timeout_ms: int(src, "FANOUT_TIMEOUT_MS", 10, 60_000)?,
             lease_batch: int(src, "LEASE_BATCH", 1, 1_000)?,
             bad_frame_limit: int(src, "BAD_FRAME_LIMIT", 1, 10_000)?,
+            test_knobs: switch(src, "TEST_KNOBS")?,
             auth_secret,
             admin_token,
         })
@@ -160,6 +165,18 @@ fn int(
             value,
             allowed: format!("an integer in {min}..={max}, as a string"),
         })
+}
+
+fn switch(src: &(impl VarSource + ?Sized), var: &'static str) -> Result<bool, ConfigError> {
+    match get(src, var).trim() {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        other => Err(ConfigError {
+            var,
+            value: other.to_owned(),
+            allowed: "`on` or `off`".into(),
+        }),
+    }
 }
 
 fn parse_tiers(value: &str) -> Result<BTreeMap<String, Tier>, ConfigError> {
@@ -244,6 +261,10 @@ mod tests {
         assert_eq!(e.var, "LEASE_BATCH");
         let e = with(&[("BAD_FRAME_LIMIT", "")]).unwrap_err();
         assert_eq!(e.var, "BAD_FRAME_LIMIT");
+        let e = with(&[("TEST_KNOBS", "yes")]).unwrap_err();
+        assert_eq!((e.var, e.allowed.as_str()), ("TEST_KNOBS", "`on` or `off`"));
+        assert!(with(&[("TEST_KNOBS", "on")]).unwrap().test_knobs);
+        assert!(!with(&[]).unwrap().test_knobs);
     }
 
     #[test]

@@ -93,3 +93,23 @@ pub enum Rejection {
 pub struct Delivered {
     pub delivered: u64,
 }
+
+/// Test-only fault and latency injection for one shard (`TEST_KNOBS=on`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Knob {
+    /// Added to the handling of connects, messages and deliveries.
+    #[serde(default)]
+    pub latency_ms: u32,
+    #[serde(default)]
+    pub fault: Option<Fault>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Fault {
+    /// Fan-out calls (deliver, stats) answer 500.
+    Error,
+    /// Fan-out calls answer only after the fan-out timeout.
+    Hang,
+}

@@ -26,7 +26,7 @@ use crate::protocol::{
     self, conn_tag, machine_tag, session_tag, ApiError, ClientFrame, ClientType, Delivery, Filter,
     FrameError, SocketMeta,
 };
-use crate::rpc::{self, Connect, Delivered, Members, Reclaimed};
+use crate::rpc::{self, Connect, Delivered, Fault, Knob, Members, Reclaimed};
 use crate::runtime::{self, CONNECT_HEADER, SHARD_HEADER};
 use crate::stats::{ByType, ShardStats, SOCKET_OVERHEAD_BYTES};
 use state::Persisted;
@@ -93,9 +93,17 @@ impl DurableObject for ConnectionManager {
         if !shard.is_empty() {
             self.learn_name(&shard);
         }
+        let knob = self.knob(&cfg);
         match (req.method(), path.as_str()) {
-            (Method::Get, "/connect") => self.open_socket(&req, &cfg).await,
+            (Method::Get, "/connect") => {
+                runtime::sleep(knob.latency_ms).await;
+                self.open_socket(&req, &cfg).await
+            }
             (Method::Post, "/deliver") => {
+                if let Some(r) = self.inject_fault(&knob, &cfg).await {
+                    return r;
+                }
+                runtime::sleep(knob.latency_ms).await;
                 let d: Delivery = req.json().await?;
                 runtime::json(
                     200,
@@ -104,7 +112,18 @@ impl DurableObject for ConnectionManager {
                     },
                 )
             }
-            (Method::Post, "/stats") => runtime::json(200, &self.stats()),
+            (Method::Post, "/stats") => {
+                if let Some(r) = self.inject_fault(&knob, &cfg).await {
+                    return r;
+                }
+                runtime::json(200, &self.stats())
+            }
+            (Method::Post, "/knob") if cfg.test_knobs => {
+                let k: Knob = req.json().await?;
+                self.saved.borrow_mut().knob = k.clone();
+                self.save().await?;
+                runtime::json(200, &k)
+            }
             (Method::Post, "/reclaim") => runtime::json(200, &self.reclaim().await?),
             (Method::Post, "/members") => {
                 let m: Members = req.json().await?;
@@ -121,7 +140,10 @@ impl DurableObject for ConnectionManager {
         message: WebSocketIncomingMessage,
     ) -> worker::Result<()> {
         let (max, limit) = match runtime::config(&self.env) {
-            Ok(c) => (c.max_message_bytes, c.bad_frame_limit),
+            Ok(c) => {
+                runtime::sleep(self.knob(&c).latency_ms).await;
+                (c.max_message_bytes, c.bad_frame_limit)
+            }
             Err(_) => (crate::config::DEFAULT_MAX_MESSAGE_BYTES, 10),
         };
         let text = match message {
@@ -191,6 +213,33 @@ impl DurableObject for ConnectionManager {
 }
 
 impl ConnectionManager {
+    /// The injection in force: none unless the config enables test knobs.
+    fn knob(&self, cfg: &Config) -> Knob {
+        if cfg.test_knobs {
+            self.saved.borrow().knob.clone()
+        } else {
+            Knob::default()
+        }
+    }
+
+    async fn inject_fault(&self, knob: &Knob, cfg: &Config) -> Option<worker::Result<Response>> {
+        match knob.fault? {
+            Fault::Error => Some(runtime::error(&ApiError::new(
+                500,
+                "injected_fault",
+                "this shard fails on purpose (TEST_KNOBS)",
+            ))),
+            Fault::Hang => {
+                runtime::sleep(cfg.fanout_timeout_ms + 1_000).await;
+                Some(runtime::error(&ApiError::new(
+                    504,
+                    "injected_hang",
+                    "this shard answered late on purpose (TEST_KNOBS)",
+                )))
+            }
+        }
+    }
+
     fn learn_name(&self, shard: &str) {
         let mut s = self.saved.borrow_mut();
         if s.name.is_empty() {

@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::lease::Lease;
-use crate::rpc::Members;
+use crate::rpc::{Knob, Members};
 
 pub const KEY: &str = "shard";
 
@@ -22,4 +22,6 @@ pub struct Persisted {
     /// Sockets held when the drain began: the drain plan's size.
     pub drain_sockets: u32,
     pub alarm_armed: bool,
+    /// Test-only injection, honoured only while `TEST_KNOBS=on`.
+    pub knob: Knob,
 }

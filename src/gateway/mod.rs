@@ -1,5 +1,6 @@
 //! The stateless gateway Worker: routing, auth, placement and fan-out.
 
+mod admin;
 mod fanout;
 mod upgrade;
 
@@ -33,6 +34,9 @@ pub async fn handle(req: Request, env: Env, ctx: Context) -> worker::Result<Resp
         }
         (Method::Post, "/v1/websocket/broadcast") => fanout::broadcast(req, &env, &cfg).await,
         (Method::Get, "/v1/websocket/stats") => fanout::stats(&req, &env, &cfg).await,
+        (Method::Post, "/admin/test/shard") if cfg.test_knobs => {
+            admin::test_shard(req, &env, &cfg).await
+        }
         (_, "/v1/updates" | "/v1/websocket" | "/v1/websocket/stats") => {
             Err(method_not_allowed("GET"))
         }

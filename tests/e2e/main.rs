@@ -12,4 +12,5 @@ mod support;
 mod basics;
 mod errors;
 mod lifecycle;
+mod reliability;
 mod sharding;

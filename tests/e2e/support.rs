@@ -29,6 +29,8 @@ pub struct Gateway {
     vars: Vec<(String, String)>,
     state_dir: PathBuf,
     child: Mutex<Option<Child>>,
+    /// Wait for `/health` to say 200 (or, for a broken config, for any answer).
+    healthy: bool,
 }
 
 fn root() -> PathBuf {
@@ -59,6 +61,15 @@ impl Gateway {
 
     /// A gateway of this test's own, stopped when dropped.
     pub fn start(name: &str, vars: &[(&str, &str)]) -> Gateway {
+        Self::build(name, vars, true)
+    }
+
+    /// A gateway with a configuration expected to be invalid: up once `/health` answers.
+    pub fn start_unhealthy(name: &str, vars: &[(&str, &str)]) -> Gateway {
+        Self::build(name, vars, false)
+    }
+
+    fn build(name: &str, vars: &[(&str, &str)], healthy: bool) -> Gateway {
         let mut all: Vec<(String, String)> = vec![
             ("AUTH_SECRET".into(), SECRET.into()),
             ("ADMIN_TOKEN".into(), ADMIN.into()),
@@ -82,6 +93,7 @@ impl Gateway {
             vars: all,
             state_dir,
             child: Mutex::new(None),
+            healthy,
         };
         g.launch()
     }
@@ -125,8 +137,10 @@ impl Gateway {
     fn wait_healthy(&self, limit: Duration) {
         let start = Instant::now();
         loop {
-            if let Some((200, _)) = http_get_blocking(self.port, "/health") {
-                return;
+            match http_get_blocking(self.port, "/health") {
+                Some((200, _)) => return,
+                Some(_) if !self.healthy => return,
+                _ => {}
             }
             assert!(
                 start.elapsed() < limit,

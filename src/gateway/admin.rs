@@ -1,0 +1,78 @@
+//! Admin endpoints: bearer `ADMIN_TOKEN`, compared in constant time. User
+//! tokens never pass, whatever they claim.
+
+use worker::{Env, Request, Response};
+
+use crate::auth;
+use crate::config::Config;
+use crate::placement;
+use crate::protocol::ApiError;
+use crate::rpc::Knob;
+use crate::runtime;
+
+pub fn authorize(req: &Request, cfg: &Config) -> Result<(), ApiError> {
+    if cfg.admin_token.is_empty() {
+        return Err(ApiError::new(
+            403,
+            "admin_disabled",
+            "admin endpoints are disabled: set the ADMIN_TOKEN secret",
+        ));
+    }
+    let header = req.headers().get("authorization").ok().flatten();
+    let given = auth::token_from(None, header.as_deref());
+    if given.is_empty() {
+        return Err(ApiError::new(
+            401,
+            "missing_admin_token",
+            "send `Authorization: Bearer <ADMIN_TOKEN>`",
+        ));
+    }
+    if !auth::admin_token_matches(given, &cfg.admin_token) {
+        return Err(ApiError::new(
+            401,
+            "invalid_admin_token",
+            "this endpoint needs the ADMIN_TOKEN; user tokens are not accepted",
+        ));
+    }
+    Ok(())
+}
+
+/// `POST /admin/test/shard {"shard": name, "latencyMs": n, "fault": "error"|"hang"|null}`:
+/// sets a shard's test injection. Exists only while `TEST_KNOBS=on`.
+pub async fn test_shard(mut req: Request, env: &Env, cfg: &Config) -> Result<Response, ApiError> {
+    authorize(&req, cfg)?;
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "camelCase", deny_unknown_fields)]
+    struct Body {
+        shard: String,
+        #[serde(default)]
+        latency_ms: u32,
+        #[serde(default)]
+        fault: Option<crate::rpc::Fault>,
+    }
+    let body: Body = req.json().await.map_err(|e| {
+        ApiError::bad_request(
+            "invalid_body",
+            format!(
+                "expected {{\"shard\", \"latencyMs\"?, \"fault\"?: \"error\"|\"hang\"|null}}: {e}"
+            ),
+        )
+    })?;
+    if shard_policies::parse_object_name(&body.shard).is_none() {
+        return Err(ApiError::bad_request(
+            "invalid_shard",
+            "`shard` must be a shard object name such as cm:alice:h0",
+        ));
+    }
+    let internal = |e: worker::Error| ApiError::new(502, "shard_unavailable", e.to_string());
+    let stub = runtime::stub(env, placement::SHARD_BINDING, &body.shard).map_err(internal)?;
+    let knob = Knob {
+        latency_ms: body.latency_ms,
+        fault: body.fault,
+    };
+    let set: Knob = runtime::call(&stub, "/knob", Some(&body.shard), &knob)
+        .await
+        .map_err(internal)?;
+    runtime::json(200, &serde_json::json!({"shard": body.shard, "knob": set}))
+        .map_err(|e| ApiError::new(500, "internal", e.to_string()))
+}
