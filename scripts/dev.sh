@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 port=${PORT:-8787}
 user=${TOKEN_USER:-alice}
 tier=${TIER:-pro}
-token=$(target/release/token --user "$user" --tier "$tier")
+token=$(target/debug/token --user "$user" --tier "$tier")
 admin=$(sed -n 's/^ADMIN_TOKEN=//p' .dev.vars)
 vars=()
 if [ -n "${POLICY:-}" ]; then vars+=(--var "SHARD_POLICY:$POLICY"); fi

@@ -13,6 +13,10 @@
 //! - [`lease`]: exact tier limits across shards (directory ledger, shard leases).
 //! - [`stats`]: per-shard reports and their aggregation.
 //! - [`rpc`]: the internal messages between gateway, shards and directory.
+//! - [`metrics`]: mergeable latency histograms, outcome counters, time-windowed rings.
+//! - [`exposition`]: Prometheus text exposition of the global metrics.
+//! - [`slo`]: the per-tier SLO report and the admin stats.
+//! - [`admission`]: SLO-aware admission: shard health and tier shedding.
 //!
 //! The runtime layer, thin: it converts between JS and the pure types and does I/O:
 //! - `gateway`: the stateless Worker: routing, auth, placement, fan-out.
@@ -20,12 +24,16 @@
 //! - [`Directory`]: the per-user Durable Object that owns the shard set and the tier limit.
 //! - `placement`: the bridge to the `shard-policies` crate; `runtime`: env, clock, calls.
 
+pub mod admission;
 pub mod auth;
 pub mod config;
+pub mod exposition;
 pub mod ids;
 pub mod lease;
+pub mod metrics;
 pub mod protocol;
 pub mod rpc;
+pub mod slo;
 pub mod stats;
 
 mod connection_manager;
