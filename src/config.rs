@@ -55,6 +55,8 @@ pub const VARS: &[(&str, Option<&str>)] = &[
     ("LEASE_BATCH", Some("8")),
     ("BAD_FRAME_LIMIT", Some("10")),
     ("TEST_KNOBS", Some("off")),
+    ("REGISTRY_SHARDS", Some("8")),
+    ("METRICS_MAX_USER_SERIES", Some("50")),
     ("AUTH_SECRET", None),
     ("ADMIN_TOKEN", Some("")),
 ];
@@ -73,6 +75,10 @@ pub struct Config {
     /// Fault and latency injection for tests (`POST /admin/test/shard`).
     /// Off unless the config says `on`; never enable it in production.
     pub test_knobs: bool,
+    /// Registry objects the users' metrics are spread over (`reg:{k}`).
+    pub registry_shards: u32,
+    /// Users with their own series in `/metrics`; the rest fold into `_other`.
+    pub metrics_max_user_series: u32,
     pub auth_secret: String,
     pub admin_token: String,
 }
@@ -123,6 +129,8 @@ impl Config {
             lease_batch: int(src, "LEASE_BATCH", 1, 1_000)?,
             bad_frame_limit: int(src, "BAD_FRAME_LIMIT", 1, 10_000)?,
             test_knobs: switch(src, "TEST_KNOBS")?,
+            registry_shards: int(src, "REGISTRY_SHARDS", 1, 256)?,
+            metrics_max_user_series: int(src, "METRICS_MAX_USER_SERIES", 1, 10_000)?,
             auth_secret,
             admin_token,
         })
@@ -265,6 +273,10 @@ mod tests {
         assert_eq!((e.var, e.allowed.as_str()), ("TEST_KNOBS", "`on` or `off`"));
         assert!(with(&[("TEST_KNOBS", "on")]).unwrap().test_knobs);
         assert!(!with(&[]).unwrap().test_knobs);
+        let e = with(&[("REGISTRY_SHARDS", "0")]).unwrap_err();
+        assert_eq!(e.var, "REGISTRY_SHARDS");
+        let e = with(&[("METRICS_MAX_USER_SERIES", "1e3")]).unwrap_err();
+        assert_eq!(e.var, "METRICS_MAX_USER_SERIES");
     }
 
     #[test]

@@ -279,7 +279,8 @@ pub fn render(
         out.sample(
             "ws_slo_availability_target",
             &[("tier", name.clone())],
-            &float(t.availability / 100.0),
+            // Percent to ratio, rounded so 99.9 prints as 0.999, not 0.9990000000000001.
+            &float((t.availability * 1e6).round() / 1e8),
         );
     }
     out.family(

@@ -22,6 +22,7 @@
 //! - `gateway`: the stateless Worker: routing, auth, placement, fan-out.
 //! - [`ConnectionManager`]: the shard Durable Object (hibernating sockets).
 //! - [`Directory`]: the per-user Durable Object that owns the shard set and the tier limit.
+//! - [`Registry`]: `REGISTRY_SHARDS` objects holding users' metrics for the global view.
 //! - `placement`: the bridge to the `shard-policies` crate; `runtime`: env, clock, calls.
 
 pub mod admission;
@@ -40,10 +41,12 @@ mod connection_manager;
 mod directory;
 mod gateway;
 mod placement;
+mod registry;
 mod runtime;
 
 pub use connection_manager::ConnectionManager;
 pub use directory::Directory;
+pub use registry::Registry;
 
 #[worker::event(fetch)]
 async fn fetch(

@@ -12,6 +12,19 @@ use crate::protocol::{ClientType, SocketMeta};
 pub const SHARD_BINDING: &str = "CONNECTION_MANAGER";
 /// `wrangler.toml` binding of the per-user directory class.
 pub const DIRECTORY_BINDING: &str = "DIRECTORY";
+/// `wrangler.toml` binding of the metrics registry class.
+pub const REGISTRY_BINDING: &str = "REGISTRY";
+
+/// The registry object a user's directory reports to: `reg:{k}`, k from the
+/// user id's hash, so the global view is a fan-out over `n` objects.
+pub fn registry_name(user: &str, n: u32) -> String {
+    let k = shard_policies::hash::xxh64(user.as_bytes()) % u64::from(n.max(1));
+    format!("reg:{k}")
+}
+
+pub fn registry_names(n: u32) -> Vec<String> {
+    (0..n.max(1)).map(|k| format!("reg:{k}")).collect()
+}
 
 /// The candidate shard names for a new socket, preferred first.
 pub fn candidates(cfg: &Config, tier_limit: u32, meta: &SocketMeta, now_ms: u64) -> Vec<String> {

@@ -3,6 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::metrics::{Outcome, Series};
 use crate::protocol::SocketMeta;
 
 /// Gateway -> shard, with the upgrade request.
@@ -13,6 +14,14 @@ pub struct Connect {
     pub shard: String,
     /// The user's tier limit, from the token's tier and `TIERS`.
     pub limit: u32,
+    /// First pass: a shard over its latency objective refuses (503) so the
+    /// gateway can try a healthier candidate. The second pass admits anyway.
+    #[serde(default = "yes")]
+    pub strict: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// The shard set as the directory knows it, pushed to shards so client
@@ -82,11 +91,17 @@ pub struct ViewShard {
     pub draining: bool,
 }
 
-/// Gateway -> directory: a connect refused because no shard could take it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Rejection {
-    Unavailable,
+/// Gateway -> directory: what the gateway saw for a user (connect outcomes it
+/// decided, broadcast fan-out and per-shard stats times), added to the user's
+/// metrics.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Observed {
+    pub tier: String,
+    #[serde(default)]
+    pub outcomes: Vec<Outcome>,
+    #[serde(default)]
+    pub latencies: Vec<(Series, f64)>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -39,8 +39,12 @@ pub struct ShardStats {
     pub memory_usage: u64,
     /// Cross-shard relays this shard has in flight.
     pub message_queue_depth: u64,
-    /// Connects this shard refused (full, draining or no lease); persisted.
+    /// Connects this shard refused for capacity (full, draining, over its
+    /// objective, no directory); persisted.
     pub rejected: u64,
+    /// Connects this shard refused because the user was at the tier limit; persisted.
+    #[serde(default)]
+    pub rejected_tier_limit: u64,
     /// Connects this shard accepted; persisted.
     pub accepted: u64,
     /// Calls this shard made to the directory for leases; persisted.
@@ -56,7 +60,10 @@ pub struct ShardRow {
     pub name: String,
     pub connections: u64,
     pub oldest_connection: Option<u64>,
+    /// Connects this shard refused for capacity (spills included).
     pub rejected: u64,
+    /// Connects this shard refused at the tier limit.
+    pub rejected_tier_limit: u64,
     pub epoch: Option<u64>,
     pub draining: bool,
 }
@@ -132,6 +139,7 @@ pub fn aggregate(ctx: UserContext, shards: &[ShardStats], failed: Vec<String>) -
             connections: s.connections,
             oldest_connection: s.oldest_connection,
             rejected: s.rejected,
+            rejected_tier_limit: s.rejected_tier_limit,
             epoch: s.epoch,
             draining: s.draining,
         });

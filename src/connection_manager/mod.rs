@@ -6,28 +6,32 @@
 //! auto-response without waking the object. What must survive a restart
 //! (the lease, counters, the shard set, drain state) is in storage.
 
+mod admit;
+mod drain;
+mod observe;
 mod state;
+
+pub use admit::HEALTH_HEADER;
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
 
 use futures::lock::Mutex;
-use wasm_bindgen::JsValue;
 use worker::{
     console_error, durable_object, DurableObject, Env, Method, Request, Response, State, WebSocket,
-    WebSocketIncomingMessage, WebSocketPair, WebSocketRequestResponsePair,
+    WebSocketIncomingMessage, WebSocketRequestResponsePair,
 };
 
 use crate::config::Config;
-use crate::lease::Admit;
+use crate::metrics::Series;
 use crate::placement;
 use crate::protocol::{
     self, conn_tag, machine_tag, session_tag, ApiError, ClientFrame, ClientType, Delivery, Filter,
     FrameError, SocketMeta,
 };
-use crate::rpc::{self, Connect, Delivered, Fault, Knob, Members, Reclaimed};
-use crate::runtime::{self, CONNECT_HEADER, SHARD_HEADER};
+use crate::rpc::{Delivered, Fault, Knob, Members};
+use crate::runtime::{self, SHARD_HEADER};
 use crate::stats::{ByType, ShardStats, SOCKET_OVERHEAD_BYTES};
 use state::Persisted;
 
@@ -49,6 +53,7 @@ pub struct ConnectionManager {
     bad_frames: RefCell<HashMap<String, (u32, u64)>>,
     /// Cross-shard relays in flight, reported as `messageQueueDepth`.
     relays_in_flight: Cell<u64>,
+    observer: RefCell<observe::Observer>,
 }
 
 impl DurableObject for ConnectionManager {
@@ -80,10 +85,12 @@ impl DurableObject for ConnectionManager {
             directory_lock: Mutex::new(()),
             bad_frames: RefCell::new(HashMap::new()),
             relays_in_flight: Cell::new(0),
+            observer: RefCell::new(observe::Observer::default()),
         }
     }
 
     async fn fetch(&self, mut req: Request) -> worker::Result<Response> {
+        let started = runtime::now_ms();
         let cfg = match runtime::config(&self.env) {
             Ok(c) => c,
             Err(e) => return runtime::error(&ApiError::new(503, "invalid_config", e.to_string())),
@@ -97,7 +104,7 @@ impl DurableObject for ConnectionManager {
         match (req.method(), path.as_str()) {
             (Method::Get, "/connect") => {
                 runtime::sleep(knob.latency_ms).await;
-                self.open_socket(&req, &cfg).await
+                self.open_socket(&req, &cfg, started).await
             }
             (Method::Post, "/deliver") => {
                 if let Some(r) = self.inject_fault(&knob, &cfg).await {
@@ -139,6 +146,7 @@ impl DurableObject for ConnectionManager {
         ws: WebSocket,
         message: WebSocketIncomingMessage,
     ) -> worker::Result<()> {
+        let started = runtime::now_ms();
         let (max, limit) = match runtime::config(&self.env) {
             Ok(c) => {
                 runtime::sleep(self.knob(&c).latency_ms).await;
@@ -156,7 +164,11 @@ impl DurableObject for ConnectionManager {
             }
         };
         match protocol::parse_client_frame(&text, max) {
-            Ok(ClientFrame::Ping) => ws.send_with_str(protocol::pong_frame(runtime::now_ms())),
+            Ok(ClientFrame::Ping) => {
+                ws.send_with_str(protocol::pong_frame(runtime::now_ms()))?;
+                self.observe_latency(Series::MessageLatency, started).await;
+                Ok(())
+            }
             Ok(ClientFrame::Broadcast(data)) => {
                 let Some(meta) = attachment(&ws) else {
                     return Ok(());
@@ -167,8 +179,12 @@ impl DurableObject for ConnectionManager {
                         connection_id: meta.connection_id.clone(),
                     },
                 };
+                let relay_started = runtime::now_ms();
                 self.deliver(&delivery);
                 self.relay(&delivery).await;
+                self.observe_latency(Series::BroadcastDelivery, relay_started)
+                    .await;
+                self.observe_latency(Series::MessageLatency, started).await;
                 Ok(())
             }
             Err(FrameError::TooLarge { size, limit }) => close_too_big(&ws, size, limit),
@@ -200,7 +216,14 @@ impl DurableObject for ConnectionManager {
     }
 
     async fn alarm(&self) -> worker::Result<Response> {
-        self.drain_step().await?;
+        let now = runtime::now_ms();
+        if self.saved.borrow().drain_at.is_some_and(|at| at <= now) {
+            self.drain_step().await?;
+        }
+        if self.observer.borrow().report_at.is_some_and(|at| at <= now) {
+            self.report().await;
+        }
+        self.rearm().await?;
         Response::ok("")
     }
 
@@ -278,192 +301,6 @@ impl ConnectionManager {
                 Vec::new()
             }
         }
-    }
-
-    async fn open_socket(&self, req: &Request, cfg: &Config) -> worker::Result<Response> {
-        let connect: Connect = match req
-            .headers()
-            .get(CONNECT_HEADER)?
-            .and_then(|h| serde_json::from_str(&h).ok())
-        {
-            Some(c) => c,
-            None => {
-                return runtime::error(&ApiError::bad_request(
-                    "bad_connect",
-                    "missing or invalid connect metadata",
-                ))
-            }
-        };
-        self.learn_name(&connect.shard);
-        if self.saved.borrow().draining {
-            return self
-                .refuse(ApiError::new(
-                    503,
-                    "shard_draining",
-                    "this shard is draining for rotation; reconnect",
-                ))
-                .await;
-        }
-        // A few rounds: a grant can be reclaimed between its answer and the
-        // accept, and a directory that is short while slots are on their way
-        // to another shard asks us to retry shortly.
-        for round in 0..MAX_ADMIT_ROUNDS {
-            let open = self.open_count(None);
-            let admit =
-                self.saved
-                    .borrow()
-                    .lease
-                    .admit(open, cfg.shard_max_connections, cfg.lease_batch);
-            match admit {
-                Admit::Accept => return self.accept(&connect).await,
-                Admit::Full => {
-                    return self
-                        .refuse(
-                            ApiError::new(
-                                503,
-                                "shard_full",
-                                format!(
-                                "shard holds {open} sockets, its cap (SHARD_MAX_CONNECTIONS={})",
-                                cfg.shard_max_connections
-                            ),
-                            )
-                            .retry_after(1),
-                        )
-                        .await
-                }
-                Admit::Acquire(want) => {
-                    let granted = {
-                        let _guard = self.directory_lock.lock().await;
-                        // Another connect may have leased while we waited.
-                        if self.saved.borrow().lease.leased > self.open_count(None) {
-                            continue;
-                        }
-                        self.acquire(&connect, want, open).await
-                    };
-                    match granted {
-                        Ok(g) if g.granted > 0 => {}
-                        Ok(g) if g.retry && round + 1 < MAX_ADMIT_ROUNDS => {
-                            // Backs off 10, 20, 40, 80, 160 ms: grants land in
-                            // milliseconds, longer only on a loaded machine.
-                            runtime::sleep(RETRY_PAUSE_MS << round).await;
-                        }
-                        Ok(_) => {
-                            return self
-                                .refuse(
-                                    ApiError::new(
-                                        429,
-                                        "tier_limit",
-                                        format!(
-                                            "tier `{}` allows {} open connections; close one or upgrade the tier",
-                                            connect.meta.tier, connect.limit
-                                        ),
-                                    )
-                                    .retry_after(5),
-                                )
-                                .await;
-                        }
-                        Err(e) => {
-                            console_error!("acquire failed: {e}");
-                            return self
-                                .refuse(
-                                    ApiError::new(
-                                        503,
-                                        "directory_unavailable",
-                                        "the user's directory did not answer; retry",
-                                    )
-                                    .retry_after(1),
-                                )
-                                .await;
-                        }
-                    }
-                }
-            }
-        }
-        self.refuse(
-            ApiError::new(
-                503,
-                "lease_contended",
-                "could not hold a connection slot; retry",
-            )
-            .retry_after(1),
-        )
-        .await
-    }
-
-    async fn acquire(&self, c: &Connect, want: u32, open: u32) -> worker::Result<rpc::Granted> {
-        let dir = runtime::stub(
-            &self.env,
-            placement::DIRECTORY_BINDING,
-            &placement::directory_name(&c.meta.user_id),
-        )?;
-        let body = rpc::Acquire {
-            shard: c.shard.clone(),
-            want,
-            need: 1,
-            open,
-            limit: c.limit,
-            tier: c.meta.tier.clone(),
-        };
-        self.saved.borrow_mut().round_trips += 1;
-        let g: rpc::Granted = runtime::call(&dir, "/acquire", None, &body).await?;
-        {
-            let mut s = self.saved.borrow_mut();
-            s.lease.apply(g.granted, g.seq);
-            if g.members.version > s.members.version {
-                s.members = g.members.clone();
-            }
-            if s.user.is_empty() {
-                s.user = c.meta.user_id.clone();
-            }
-        }
-        // The grant is saved with the accept that follows; if we die first
-        // the directory over-counts this shard, which only leaks a slot.
-        Ok(g)
-    }
-
-    async fn accept(&self, c: &Connect) -> worker::Result<Response> {
-        let pair = WebSocketPair::new()?;
-        let tags: Vec<JsValue> = c
-            .meta
-            .tags()
-            .into_iter()
-            .map(|t| JsValue::from_str(&t))
-            .collect();
-        if let Err(e) = self
-            .state
-            .as_raw()
-            .accept_websocket_with_tags(pair.server.as_ref(), tags)
-        {
-            console_error!("accept failed: {e:?}");
-            return runtime::error(&ApiError::new(500, "accept_failed", "could not accept"));
-        }
-        pair.server.serialize_attachment(&c.meta)?;
-        let now = runtime::now_ms();
-        let policy = runtime::config(&self.env)
-            .map(|cfg| cfg.policy_name.clone())
-            .unwrap_or_default();
-        pair.server
-            .send_with_str(protocol::connected_frame(&c.meta, &c.shard, &policy, now))?;
-        let arm_alarm = {
-            let mut s = self.saved.borrow_mut();
-            s.accepted += 1;
-            let arm = !s.alarm_armed && placement::rotation_of(&c.shard).is_some();
-            s.alarm_armed |= arm;
-            arm
-        };
-        if arm_alarm {
-            if let Some((rotation, epoch)) = placement::rotation_of(&c.shard) {
-                self.arm(rotation.epoch_end_ms(epoch)).await?;
-            }
-        }
-        self.save().await?;
-        Response::from_websocket(pair.client)
-    }
-
-    async fn refuse(&self, e: ApiError) -> worker::Result<Response> {
-        self.saved.borrow_mut().rejected += 1;
-        self.save().await?;
-        runtime::error(&e)
     }
 
     /// Sends `d.frame` to the sockets its filter selects; returns how many got it.
@@ -551,77 +388,6 @@ impl ConnectionManager {
         self.settle(Some(ws)).await
     }
 
-    /// Gives surplus slots back after sockets went away (all of them, and
-    /// the shard's place in the set, once it is empty).
-    async fn settle(&self, closing: Option<&WebSocket>) -> worker::Result<()> {
-        let batch = runtime::config(&self.env)
-            .map(|c| c.lease_batch)
-            .unwrap_or(8);
-        let open = self.open_count(closing);
-        if self.saved.borrow().lease.surplus_after_close(open, batch) == 0 {
-            return Ok(());
-        }
-        let _guard = self.directory_lock.lock().await;
-        let open = self.open_count(closing);
-        let (n, user, shard, draining) = {
-            let mut s = self.saved.borrow_mut();
-            let n = s.lease.surplus_after_close(open, batch);
-            s.lease.give_back(n);
-            (n, s.user.clone(), s.name.clone(), s.draining)
-        };
-        if n == 0 || user.is_empty() {
-            return Ok(());
-        }
-        // Persist the smaller lease before the directory hears of it.
-        self.save().await?;
-        let reset = open == 0 && self.saved.borrow().lease.leased == 0;
-        let dir = runtime::stub(
-            &self.env,
-            placement::DIRECTORY_BINDING,
-            &placement::directory_name(&user),
-        )?;
-        let body = rpc::Release {
-            shard,
-            n,
-            open,
-            draining,
-            reset,
-        };
-        self.saved.borrow_mut().round_trips += 1;
-        let r: worker::Result<serde_json::Value> =
-            runtime::call(&dir, "/release", None, &body).await;
-        if let Err(e) = r {
-            // The directory keeps counting these slots until it reclaims.
-            console_error!("release failed: {e}");
-        }
-        if reset {
-            self.saved.borrow_mut().members = Members::default();
-        }
-        self.save().await
-    }
-
-    /// The directory asks for spare slots. Never takes `directory_lock`: the
-    /// directory may be serving this shard's own acquire while it asks.
-    async fn reclaim(&self) -> worker::Result<Reclaimed> {
-        let open = self.open_count(None);
-        // Free lock: no acquire of ours is in flight, so no grant can still arrive.
-        let quiet = self.directory_lock.try_lock().is_some();
-        let (released, draining, applied) = {
-            let mut s = self.saved.borrow_mut();
-            (s.lease.reclaim(open), s.draining, s.lease.applied)
-        };
-        if released > 0 {
-            self.save().await?;
-        }
-        Ok(Reclaimed {
-            released,
-            open,
-            draining,
-            applied,
-            quiet,
-        })
-    }
-
     async fn set_members(&self, m: Members) -> worker::Result<()> {
         let newer = {
             let mut s = self.saved.borrow_mut();
@@ -672,6 +438,7 @@ impl ConnectionManager {
             memory_usage: memory,
             message_queue_depth: self.relays_in_flight.get(),
             rejected: s.rejected,
+            rejected_tier_limit: s.rejected_tier_limit,
             accepted: s.accepted,
             directory_round_trips: s.round_trips,
             epoch: placement::rotation_of(&s.name).map(|(_, e)| e),
@@ -679,60 +446,19 @@ impl ConnectionManager {
         }
     }
 
-    /// One step of a rotation drain, run by the alarm: tell each socket whose
-    /// slot has come to reconnect, close it with 1012, and arm the next step.
-    async fn drain_step(&self) -> worker::Result<()> {
-        let name = self.saved.borrow().name.clone();
-        let Some((rotation, epoch)) = placement::rotation_of(&name) else {
-            return Ok(());
+    /// Sets the one alarm to the earliest of the next drain step and the
+    /// next metrics report.
+    async fn rearm(&self) -> worker::Result<()> {
+        let drain = self.saved.borrow().drain_at;
+        let report = self.observer.borrow().report_at;
+        let at = match (drain, report) {
+            (Some(a), Some(b)) => a.min(b),
+            (a, b) => match a.or(b) {
+                Some(at) => at,
+                None => return Ok(()),
+            },
         };
-        let now = runtime::now_ms();
-        let end = rotation.epoch_end_ms(epoch);
-        if now < end {
-            // Woken early (clock skew): come back at the epoch's end.
-            return self.arm(end).await;
-        }
-        let sockets = self.open_sockets(None);
-        let planned = {
-            let mut s = self.saved.borrow_mut();
-            if !s.draining {
-                s.draining = true;
-                s.drain_sockets = u32::try_from(sockets.len()).unwrap_or(u32::MAX).max(1);
-            }
-            s.drain_sockets
-        };
-        self.save().await?;
-        let plan = rotation.drain_plan(epoch, planned);
-        let mut next: Option<u64> = None;
-        for ws in &sockets {
-            let Some(m) = attachment(ws) else {
-                close(ws, 1012, "rotation");
-                continue;
-            };
-            // A per-socket hash keeps each socket's slot stable across steps.
-            let h = placement::socket_hash(&m.connection_id);
-            let slot = plan.slot((h % u64::from(planned)) as u32, h.rotate_left(17));
-            if slot.notify_at_ms <= now || now >= plan.end_ms() {
-                let _ =
-                    ws.send_with_str(protocol::reconnect_frame("rotation", slot.retry_after_ms));
-                close(ws, 1012, "rotation");
-            } else {
-                next = Some(next.map_or(slot.notify_at_ms, |n| n.min(slot.notify_at_ms)));
-            }
-        }
-        // Closed by us, these sockets may never get a close handler: settle now.
-        self.settle(None).await?;
-        match next {
-            Some(at) => self.arm(at.min(plan.end_ms())).await,
-            None => Ok(()),
-        }
-    }
-
-    async fn arm(&self, at_ms: u64) -> worker::Result<()> {
-        self.state
-            .storage()
-            .set_alarm(runtime::scheduled(at_ms))
-            .await
+        self.state.storage().set_alarm(runtime::scheduled(at)).await
     }
 }
 

@@ -4,7 +4,8 @@
 //! Touched when a shard needs more slots or gives some back, and once per
 //! HTTP broadcast or stats call for the shard list; never per socket message.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
 use std::rc::Rc;
 
 use futures::lock::Mutex;
@@ -12,14 +13,20 @@ use serde::{Deserialize, Serialize};
 use worker::{console_error, durable_object, DurableObject, Env, Method, Request, Response, State};
 
 use crate::lease::Ledger;
+use crate::metrics::{Observations, Outcome, ShardGauges, ShardMetrics, UserMetrics};
 use crate::placement;
 use crate::protocol::ApiError;
 use crate::rpc::{
-    Acquire, DirectoryView, Granted, Members, Reclaimed, Rejection, Release, ViewShard,
+    Acquire, DirectoryView, Granted, Members, Observed, Reclaimed, Release, ViewShard,
 };
 use crate::runtime;
 
 const KEY: &str = "directory";
+/// Metrics live under their own key: a change of their shape costs metrics,
+/// never the ledger.
+const METRICS_KEY: &str = "metrics";
+/// How long the directory batches its shards' reports before the registry.
+const PUSH_EVERY_MS: u64 = 5_000;
 /// A reclaim pass waits at most this long for one shard.
 const RECLAIM_TIMEOUT_MS: u32 = 2_000;
 /// While a user has shards, their counts are reconciled this often, so a
@@ -31,9 +38,22 @@ const RECONCILE_EVERY_MS: u64 = 60_000;
 #[serde(default)]
 struct Saved {
     ledger: Ledger,
+    /// The user this directory serves, learned from its shards' names.
+    user: String,
     tier: String,
     rejected_tier_limit: u64,
     rejected_unavailable: u64,
+    reconcile_at: Option<u64>,
+}
+
+/// The user's metrics on their way to the registry: each shard's latest
+/// gauges and the observations not yet pushed.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+struct Pending {
+    gauges: BTreeMap<String, ShardGauges>,
+    observed: Observations,
+    policy: String,
 }
 
 #[durable_object]
@@ -41,6 +61,8 @@ pub struct Directory {
     state: State,
     env: Env,
     saved: Rc<RefCell<Saved>>,
+    pending: Rc<RefCell<Pending>>,
+    push_at: Cell<Option<u64>>,
     /// One ledger operation at a time, including its reclaim pass.
     lock: Mutex<()>,
 }
@@ -48,11 +70,16 @@ pub struct Directory {
 impl DurableObject for Directory {
     fn new(state: State, env: Env) -> Self {
         let saved = Rc::new(RefCell::new(Saved::default()));
-        let slot = saved.clone();
+        let pending = Rc::new(RefCell::new(Pending::default()));
+        let (slot, metrics) = (saved.clone(), pending.clone());
         let storage = state.storage();
         let _load = state.block_concurrency_while(async move {
             if let Ok(Some(s)) = storage.get::<Saved>(KEY).await {
                 *slot.borrow_mut() = s;
+            }
+            // Unreadable metrics (an older shape) are dropped, not fatal.
+            if let Ok(Some(p)) = storage.get::<Pending>(METRICS_KEY).await {
+                *metrics.borrow_mut() = p;
             }
             Ok(())
         });
@@ -60,6 +87,8 @@ impl DurableObject for Directory {
             state,
             env,
             saved,
+            pending,
+            push_at: Cell::new(None),
             lock: Mutex::new(()),
         }
     }
@@ -77,10 +106,14 @@ impl DurableObject for Directory {
                 runtime::json(200, &serde_json::json!({"ok": true}))
             }
             (Method::Post, "/view") => runtime::json(200, &self.view()),
-            (Method::Post, "/rejected") => {
-                let Rejection::Unavailable = req.json().await?;
-                self.saved.borrow_mut().rejected_unavailable += 1;
-                self.save().await?;
+            (Method::Post, "/report") => {
+                let m: ShardMetrics = req.json().await?;
+                self.report(m).await?;
+                runtime::json(200, &serde_json::json!({"ok": true}))
+            }
+            (Method::Post, "/observe") => {
+                let o: Observed = req.json().await?;
+                self.observe(o).await?;
                 runtime::json(200, &serde_json::json!({"ok": true}))
             }
             _ => runtime::error(&ApiError::new(404, "not_found", format!("no route {path}"))),
@@ -88,17 +121,14 @@ impl DurableObject for Directory {
     }
 
     async fn alarm(&self) -> worker::Result<Response> {
-        let _guard = self.lock.lock().await;
-        let version_before = self.saved.borrow().ledger.version;
-        self.reclaim_from_others("").await;
-        self.save().await?;
-        let members = self.members();
-        if members.version != version_before {
-            self.push_members(&members, None);
+        let now = runtime::now_ms();
+        if self.saved.borrow().reconcile_at.is_some_and(|at| at <= now) {
+            self.reconcile(now).await?;
         }
-        if !members.shards.is_empty() {
-            self.arm(runtime::now_ms() + RECONCILE_EVERY_MS).await?;
+        if self.push_at.get().is_some_and(|at| at <= now) {
+            self.push_to_registry(now).await?;
         }
+        self.rearm().await?;
         Response::ok("")
     }
 
@@ -177,6 +207,11 @@ impl Directory {
             // stops new grants and lets existing sockets finish.
             s.ledger.limit = a.limit;
             s.tier = a.tier.clone();
+            if s.user.is_empty() {
+                if let Some(n) = shard_policies::parse_object_name(&a.shard) {
+                    s.user = n.user;
+                }
+            }
         }
         let short = self.saved.borrow().ledger.free() < a.need;
         let in_transit = short && self.reclaim_from_others(&a.shard).await;
@@ -207,17 +242,151 @@ impl Directory {
     }
 
     async fn ensure_reconcile(&self) -> worker::Result<()> {
-        if self.state.storage().get_alarm().await?.is_none() {
-            self.arm(runtime::now_ms() + RECONCILE_EVERY_MS).await?;
+        if self.saved.borrow().reconcile_at.is_none() {
+            self.saved.borrow_mut().reconcile_at = Some(runtime::now_ms() + RECONCILE_EVERY_MS);
+            self.save().await?;
+            self.rearm().await?;
         }
         Ok(())
     }
 
-    async fn arm(&self, at_ms: u64) -> worker::Result<()> {
-        self.state
-            .storage()
-            .set_alarm(runtime::scheduled(at_ms))
-            .await
+    /// Reclaims from every shard so counts match reality; runs while the
+    /// user has shards.
+    async fn reconcile(&self, now: u64) -> worker::Result<()> {
+        let _guard = self.lock.lock().await;
+        let version_before = self.saved.borrow().ledger.version;
+        self.reclaim_from_others("").await;
+        let members = self.members();
+        self.saved.borrow_mut().reconcile_at =
+            (!members.shards.is_empty()).then_some(now + RECONCILE_EVERY_MS);
+        self.save().await?;
+        if members.version != version_before {
+            self.push_members(&members, None);
+        }
+        Ok(())
+    }
+
+    /// The one alarm, at the earliest of the reconcile pass and the push.
+    async fn rearm(&self) -> worker::Result<()> {
+        let at = match (self.saved.borrow().reconcile_at, self.push_at.get()) {
+            (Some(a), Some(b)) => a.min(b),
+            (a, b) => match a.or(b) {
+                Some(at) => at,
+                None => return Ok(()),
+            },
+        };
+        self.state.storage().set_alarm(runtime::scheduled(at)).await
+    }
+
+    async fn save_pending(&self) -> worker::Result<()> {
+        let snapshot = self.pending.borrow().clone();
+        self.state.storage().put(METRICS_KEY, snapshot).await
+    }
+
+    async fn schedule_push(&self) -> worker::Result<()> {
+        if self.push_at.get().is_none() {
+            self.push_at.set(Some(runtime::now_ms() + PUSH_EVERY_MS));
+            self.rearm().await?;
+        }
+        Ok(())
+    }
+
+    /// A shard's report: its latest gauges (while it is in the set) and the
+    /// observations since its last report.
+    async fn report(&self, m: ShardMetrics) -> worker::Result<()> {
+        let listed = self
+            .saved
+            .borrow()
+            .ledger
+            .shards
+            .contains_key(&m.gauges.shard);
+        {
+            let mut p = self.pending.borrow_mut();
+            if listed {
+                p.policy.clone_from(&m.gauges.policy);
+                p.gauges.insert(m.gauges.shard.clone(), m.gauges);
+            } else {
+                p.gauges.remove(&m.gauges.shard);
+            }
+            p.observed.merge(&m.observed);
+        }
+        {
+            let mut s = self.saved.borrow_mut();
+            if s.user.is_empty() {
+                s.user = m.user_id;
+            }
+        }
+        self.save_pending().await?;
+        self.schedule_push().await
+    }
+
+    /// What the gateway decided or measured for this user.
+    async fn observe(&self, o: Observed) -> worker::Result<()> {
+        let now = runtime::now_ms();
+        let unavailable = o
+            .outcomes
+            .iter()
+            .filter(|x| **x == Outcome::Unavailable)
+            .count() as u64;
+        {
+            let mut p = self.pending.borrow_mut();
+            for x in &o.outcomes {
+                p.observed.record_outcome(now, &o.tier, *x);
+            }
+            for (series, ms) in &o.latencies {
+                p.observed.record_latency(now, &o.tier, *series, *ms);
+            }
+        }
+        if unavailable > 0 {
+            self.saved.borrow_mut().rejected_unavailable += unavailable;
+            self.save().await?;
+        }
+        self.save_pending().await?;
+        self.schedule_push().await
+    }
+
+    /// Sends the user's gauges and the pending observations to its registry
+    /// shard. Shards that left the set are dropped first.
+    async fn push_to_registry(&self, now: u64) -> worker::Result<()> {
+        self.push_at.set(None);
+        let (user, tier) = {
+            let s = self.saved.borrow();
+            (s.user.clone(), s.tier.clone())
+        };
+        if user.is_empty() {
+            return Ok(());
+        }
+        let report = {
+            let mut p = self.pending.borrow_mut();
+            let listed = self.saved.borrow();
+            p.gauges
+                .retain(|name, _| listed.ledger.shards.contains_key(name));
+            let mut u = UserMetrics::new(&user, &tier, &p.policy);
+            for g in p.gauges.values() {
+                u.set_gauges(g.clone());
+            }
+            u.observed = std::mem::take(&mut p.observed);
+            u
+        };
+        let n = runtime::config(&self.env)
+            .map(|c| c.registry_shards)
+            .unwrap_or(1);
+        let sent = match runtime::stub(
+            &self.env,
+            placement::REGISTRY_BINDING,
+            &placement::registry_name(&user, n),
+        ) {
+            Ok(stub) => runtime::call::<_, serde_json::Value>(&stub, "/ingest", None, &report)
+                .await
+                .map(|_| ()),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = sent {
+            console_error!("registry push failed: {e}");
+            self.pending.borrow_mut().observed.merge(&report.observed);
+            self.push_at.set(Some(now + PUSH_EVERY_MS));
+        }
+        self.save_pending().await
     }
 
     async fn release(&self, r: Release) -> worker::Result<()> {

@@ -1,14 +1,17 @@
 //! Admin endpoints: bearer `ADMIN_TOKEN`, compared in constant time. User
 //! tokens never pass, whatever they claim.
 
-use worker::{Env, Request, Response};
+use worker::{Env, Headers, Request, Response};
 
 use crate::auth;
 use crate::config::Config;
+use crate::exposition::{self, ExpositionOptions};
+use crate::metrics::GlobalMetrics;
 use crate::placement;
 use crate::protocol::ApiError;
 use crate::rpc::Knob;
 use crate::runtime;
+use crate::slo;
 
 pub fn authorize(req: &Request, cfg: &Config) -> Result<(), ApiError> {
     if cfg.admin_token.is_empty() {
@@ -75,4 +78,75 @@ pub async fn test_shard(mut req: Request, env: &Env, cfg: &Config) -> Result<Res
         .map_err(internal)?;
     runtime::json(200, &serde_json::json!({"shard": body.shard, "knob": set}))
         .map_err(|e| ApiError::new(500, "internal", e.to_string()))
+}
+
+/// Every registry object's snapshot, merged: the global view. A registry
+/// that does not answer is left out (the view under-counts; it never fails).
+async fn global(env: &Env, cfg: &Config) -> GlobalMetrics {
+    let names = placement::registry_names(cfg.registry_shards);
+    let calls = names.iter().map(|name| async move {
+        let stub = runtime::stub(env, placement::REGISTRY_BINDING, name).ok()?;
+        let r = runtime::timeout(
+            cfg.fanout_timeout_ms,
+            runtime::call::<_, GlobalMetrics>(&stub, "/snapshot", None, &serde_json::json!({})),
+        )
+        .await;
+        match r {
+            Some(Ok(g)) => Some(g),
+            _ => {
+                worker::console_error!("registry {name} did not answer");
+                None
+            }
+        }
+    });
+    let mut all = GlobalMetrics::default();
+    for g in futures::future::join_all(calls).await.into_iter().flatten() {
+        all.merge(&g);
+    }
+    all
+}
+
+/// `GET /metrics`: Prometheus text exposition.
+pub async fn metrics(req: &Request, env: &Env, cfg: &Config) -> Result<Response, ApiError> {
+    authorize(req, cfg)?;
+    let g = global(env, cfg).await;
+    let opts = ExpositionOptions {
+        max_users: cfg.metrics_max_user_series as usize,
+        ..ExpositionOptions::default()
+    };
+    let body = exposition::render(&g, &cfg.tiers, &opts);
+    let internal = |e: worker::Error| ApiError::new(500, "internal", e.to_string());
+    let headers = Headers::new();
+    headers
+        .set("content-type", exposition::CONTENT_TYPE)
+        .map_err(internal)?;
+    Ok(Response::ok(body).map_err(internal)?.with_headers(headers))
+}
+
+/// `GET /admin/stats`: global totals and the top users by connections.
+pub async fn stats(req: &Request, env: &Env, cfg: &Config) -> Result<Response, ApiError> {
+    authorize(req, cfg)?;
+    let g = global(env, cfg).await;
+    let top = query_usize(req, "top").unwrap_or(20).clamp(1, 1000);
+    runtime::json(
+        200,
+        &slo::admin_stats(&g, &cfg.tiers, runtime::now_ms(), top),
+    )
+    .map_err(|e| ApiError::new(500, "internal", e.to_string()))
+}
+
+/// `GET /admin/slo`: the per-tier SLO report.
+pub async fn slo(req: &Request, env: &Env, cfg: &Config) -> Result<Response, ApiError> {
+    authorize(req, cfg)?;
+    let g = global(env, cfg).await;
+    runtime::json(200, &slo::slo_report(&g, &cfg.tiers, runtime::now_ms()))
+        .map_err(|e| ApiError::new(500, "internal", e.to_string()))
+}
+
+fn query_usize(req: &Request, key: &str) -> Option<usize> {
+    req.url()
+        .ok()?
+        .query_pairs()
+        .find(|(k, _)| k == key)
+        .and_then(|(_, v)| v.parse().ok())
 }

@@ -4,19 +4,25 @@
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use worker::{Env, Request, Response};
+use worker::{Context, Env, Request, Response};
 
-use super::authenticate;
+use super::{authenticate, observe_later};
 use shard_policies::{KnownShard, ShardPolicy};
 
 use crate::config::Config;
+use crate::metrics::Series;
 use crate::placement;
 use crate::protocol::{self, ApiError, BroadcastResult};
-use crate::rpc::{Delivered, DirectoryView};
+use crate::rpc::{Delivered, DirectoryView, Observed};
 use crate::runtime;
 use crate::stats::{self, ShardStats, UserContext};
 
-pub async fn broadcast(mut req: Request, env: &Env, cfg: &Config) -> Result<Response, ApiError> {
+pub async fn broadcast(
+    mut req: Request,
+    env: &Env,
+    ctx: &Context,
+    cfg: &Config,
+) -> Result<Response, ApiError> {
     let caller = authenticate(&req, cfg)?;
     let limit = cfg.max_message_bytes;
     let declared = req
@@ -35,10 +41,25 @@ pub async fn broadcast(mut req: Request, env: &Env, cfg: &Config) -> Result<Resp
     if body.len() > limit {
         return Err(too_large(limit));
     }
-    let delivery = protocol::parse_broadcast_body(&body, runtime::now_ms())?;
+    let started = runtime::now_ms();
+    let delivery = protocol::parse_broadcast_body(&body, started)?;
     let view = directory_view(env, &caller.claims.sub).await?;
     let shards = targets(cfg, &view);
-    let (answers, failed) = fan_out::<_, Delivered>(env, &shards, "/deliver", &delivery, cfg).await;
+    let (answers, failed, _) =
+        fan_out::<_, Delivered>(env, &shards, "/deliver", &delivery, cfg).await;
+    observe_later(
+        env,
+        ctx,
+        &caller.claims.sub,
+        Observed {
+            tier: caller.claims.tier.clone(),
+            outcomes: Vec::new(),
+            latencies: vec![(
+                Series::BroadcastDelivery,
+                runtime::now_ms().saturating_sub(started) as f64,
+            )],
+        },
+    );
     ok_json(&BroadcastResult {
         success: true,
         delivered: answers.iter().map(|d| d.delivered).sum(),
@@ -47,12 +68,32 @@ pub async fn broadcast(mut req: Request, env: &Env, cfg: &Config) -> Result<Resp
     })
 }
 
-pub async fn stats(req: &Request, env: &Env, cfg: &Config) -> Result<Response, ApiError> {
+pub async fn stats(
+    req: &Request,
+    env: &Env,
+    ctx: &Context,
+    cfg: &Config,
+) -> Result<Response, ApiError> {
     let caller = authenticate(req, cfg)?;
     let view = directory_view(env, &caller.claims.sub).await?;
     let shards = targets(cfg, &view);
-    let (answers, failed) =
+    let (answers, failed, took) =
         fan_out::<_, ShardStats>(env, &shards, "/stats", &serde_json::json!({}), cfg).await;
+    if !took.is_empty() {
+        observe_later(
+            env,
+            ctx,
+            &caller.claims.sub,
+            Observed {
+                tier: caller.claims.tier.clone(),
+                outcomes: Vec::new(),
+                latencies: took
+                    .into_iter()
+                    .map(|ms| (Series::DoResponse, ms))
+                    .collect(),
+            },
+        );
+    }
     let ctx = UserContext {
         tier: caller.claims.tier.clone(),
         limit: caller.tier.limit,
@@ -115,16 +156,17 @@ async fn directory_view(env: &Env, user: &str) -> Result<DirectoryView, ApiError
         .map_err(unavailable)
 }
 
-/// Calls `path` on every shard concurrently; returns the answers and the
-/// names of shards that failed or timed out.
+/// Calls `path` on every shard concurrently; returns the answers, the names
+/// of shards that failed or timed out, and each answer's time in ms.
 pub async fn fan_out<B: Serialize, T: DeserializeOwned>(
     env: &Env,
     shards: &[String],
     path: &str,
     body: &B,
     cfg: &Config,
-) -> (Vec<T>, Vec<String>) {
+) -> (Vec<T>, Vec<String>, Vec<f64>) {
     let calls = shards.iter().map(|name| async move {
+        let started = runtime::now_ms();
         let r = match runtime::stub(env, placement::SHARD_BINDING, name) {
             Ok(stub) => {
                 runtime::timeout(
@@ -135,13 +177,17 @@ pub async fn fan_out<B: Serialize, T: DeserializeOwned>(
             }
             Err(e) => Some(Err(e)),
         };
-        (name, r)
+        (name, r, runtime::now_ms().saturating_sub(started) as f64)
     });
     let mut ok = Vec::with_capacity(shards.len());
     let mut failed = Vec::new();
-    for (name, r) in futures::future::join_all(calls).await {
+    let mut took = Vec::with_capacity(shards.len());
+    for (name, r, ms) in futures::future::join_all(calls).await {
         match r {
-            Some(Ok(v)) => ok.push(v),
+            Some(Ok(v)) => {
+                ok.push(v);
+                took.push(ms);
+            }
             Some(Err(e)) => {
                 worker::console_error!("{path} on {name} failed: {e}");
                 failed.push(name.clone());
@@ -152,5 +198,5 @@ pub async fn fan_out<B: Serialize, T: DeserializeOwned>(
             }
         }
     }
-    (ok, failed)
+    (ok, failed, took)
 }

@@ -32,8 +32,13 @@ pub async fn handle(req: Request, env: Env, ctx: Context) -> worker::Result<Resp
         (Method::Get, "/v1/updates" | "/v1/websocket") => {
             upgrade::upgrade(&req, &env, &ctx, &cfg).await
         }
-        (Method::Post, "/v1/websocket/broadcast") => fanout::broadcast(req, &env, &cfg).await,
-        (Method::Get, "/v1/websocket/stats") => fanout::stats(&req, &env, &cfg).await,
+        (Method::Post, "/v1/websocket/broadcast") => {
+            fanout::broadcast(req, &env, &ctx, &cfg).await
+        }
+        (Method::Get, "/v1/websocket/stats") => fanout::stats(&req, &env, &ctx, &cfg).await,
+        (Method::Get, "/metrics") => admin::metrics(&req, &env, &cfg).await,
+        (Method::Get, "/admin/stats") => admin::stats(&req, &env, &cfg).await,
+        (Method::Get, "/admin/slo") => admin::slo(&req, &env, &cfg).await,
         (Method::Post, "/admin/test/shard") if cfg.test_knobs => {
             admin::test_shard(req, &env, &cfg).await
         }
@@ -41,11 +46,12 @@ pub async fn handle(req: Request, env: Env, ctx: Context) -> worker::Result<Resp
             Err(method_not_allowed("GET"))
         }
         (_, "/v1/websocket/broadcast") => Err(method_not_allowed("POST")),
+        (_, "/metrics" | "/admin/stats" | "/admin/slo") => Err(method_not_allowed("GET")),
         _ => Err(ApiError::new(
             404,
             "not_found",
             format!(
-                "no route {}; see /health, /v1/updates, /v1/websocket/broadcast, /v1/websocket/stats",
+                "no route {}; see /health, /v1/updates, /v1/websocket/broadcast, /v1/websocket/stats, /metrics, /admin/stats, /admin/slo",
                 crate::protocol::truncate(&path, 100)
             ),
         )),
@@ -126,4 +132,20 @@ pub fn authenticate<'c>(req: &Request, cfg: &'c Config) -> Result<Caller<'c>, Ap
         )
     })?;
     Ok(Caller { claims, tier })
+}
+
+/// Sends what the gateway saw for a user to the user's directory, after the
+/// answer (metrics never delay a client).
+pub fn observe_later(env: &Env, ctx: &Context, user: &str, o: crate::rpc::Observed) {
+    let env = env.clone();
+    let name = crate::placement::directory_name(user);
+    ctx.wait_until(async move {
+        let Ok(stub) = runtime::stub(&env, crate::placement::DIRECTORY_BINDING, &name) else {
+            return;
+        };
+        let r: worker::Result<serde_json::Value> = runtime::call(&stub, "/observe", None, &o).await;
+        if let Err(e) = r {
+            worker::console_error!("could not record observations: {e}");
+        }
+    });
 }

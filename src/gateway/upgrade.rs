@@ -1,14 +1,22 @@
 //! `GET /v1/updates`: authenticate, place with the policy, hand the upgrade
 //! to the first candidate shard that takes it.
+//!
+//! Pass 1 tries the candidates in the policy's order; a shard that is full,
+//! draining or over its tier's latency objective refuses with its health.
+//! When none admitted and some were only slow, pass 2 lets the SLO rules
+//! decide: admit on the least-bad shard, or shed the tier (lower tiers first).
 
 use worker::{Context, Env, Headers, Method, Request, Response};
 
-use super::authenticate;
+use super::{authenticate, observe_later};
+use crate::admission::{self, Fallback, Health, TierRank};
 use crate::config::Config;
+use crate::connection_manager::HEALTH_HEADER;
 use crate::ids;
+use crate::metrics::Outcome;
 use crate::placement;
 use crate::protocol::{self, ApiError, SocketMeta};
-use crate::rpc::{Connect, Rejection};
+use crate::rpc::{Connect, Observed};
 use crate::runtime::{self, CONNECT_HEADER, SHARD_HEADER};
 
 /// Most shards one connect tries before answering 503: bounds the
@@ -46,38 +54,116 @@ pub async fn upgrade(
         connected_at: now,
     };
     let candidates = placement::candidates(cfg, caller.tier.limit, &meta, now);
-    let tried = candidates.len().min(MAX_ATTEMPTS);
+    let mut connect = Connect {
+        meta,
+        shard: String::new(),
+        limit: caller.tier.limit,
+        strict: true,
+    };
+    let report = |outcome: Outcome| {
+        observe_later(
+            env,
+            ctx,
+            &caller.claims.sub,
+            Observed {
+                tier: caller.claims.tier.clone(),
+                outcomes: vec![outcome],
+                latencies: Vec::new(),
+            },
+        )
+    };
+
+    let mut healths = Vec::new();
     let mut last: Option<Response> = None;
-    for shard in candidates.into_iter().take(MAX_ATTEMPTS) {
-        let connect = Connect {
-            meta: meta.clone(),
-            shard: shard.clone(),
-            limit: caller.tier.limit,
-        };
+    let mut errored = false;
+    for shard in candidates.iter().take(MAX_ATTEMPTS) {
+        connect.shard.clone_from(shard);
         let resp = match try_shard(env, &connect).await {
             Ok(r) => r,
             Err(e) => {
                 worker::console_error!("connect to {shard} failed: {e}");
+                errored = true;
+                healths.push(Health::Full);
                 continue;
             }
         };
-        match resp.status_code() {
-            // 503: full, draining or no directory: spill to the next candidate.
-            503 => last = Some(resp),
-            // 101, 429 (tier limit: no other shard may help), 4xx: final.
-            _ => return Ok(resp),
+        if resp.status_code() != 503 {
+            // 101, 429 (the tier limit: no other shard may help), 4xx: final.
+            return Ok(resp);
+        }
+        healths.push(health_of(&resp));
+        last = Some(resp);
+    }
+
+    // Pass 2, only when some candidate was merely over its latency objective.
+    if healths
+        .iter()
+        .any(|h| matches!(h, Health::OverLatency { .. }))
+    {
+        if let Some(rank) = TierRank::of(&cfg.tiers, &caller.claims.tier) {
+            let jitter = runtime::random16()[0];
+            match admission::fallback(&healths, rank, jitter) {
+                Fallback::AdmitOn { index, .. } => {
+                    if let Some(shard) = candidates.get(index) {
+                        connect.shard.clone_from(shard);
+                        connect.strict = false;
+                        if let Ok(resp) = try_shard(env, &connect).await {
+                            if resp.status_code() != 503 {
+                                return Ok(resp);
+                            }
+                        }
+                    }
+                }
+                Fallback::Shed {
+                    retry_after_secs,
+                    severity,
+                } => {
+                    report(Outcome::Unavailable);
+                    return Err(ApiError::new(
+                        503,
+                        "shed",
+                        format!(
+                            "every shard for this user is {severity:.1}x over tier `{}`'s latency objective; lower tiers are shed first, retry later",
+                            caller.claims.tier
+                        ),
+                    )
+                    .retry_after(retry_after_secs));
+                }
+                Fallback::AllFull { .. } => {}
+            }
         }
     }
-    report_unavailable(env, ctx, &meta.user_id);
+
+    report(if errored && last.is_none() {
+        Outcome::Failure
+    } else {
+        Outcome::Unavailable
+    });
     match last {
         // With one candidate its own answer (e.g. `shard_full`) is the most precise.
-        Some(resp) if tried == 1 => Ok(resp),
+        Some(resp) if candidates.len() == 1 => Ok(resp),
         _ => Err(ApiError::new(
             503,
             "no_shard_available",
             "every candidate shard for this user is full or unavailable; retry shortly",
         )
         .retry_after(1)),
+    }
+}
+
+/// A refusing shard's health from its `x-edge-health` header; anything
+/// unreadable counts as unable to take the socket.
+fn health_of(resp: &Response) -> Health {
+    let h = resp.headers().get(HEALTH_HEADER).ok().flatten();
+    match h
+        .as_deref()
+        .and_then(|h| h.strip_prefix("over_latency;ratio="))
+    {
+        Some(r) => match r.parse::<f64>() {
+            Ok(ratio) if ratio.is_finite() && ratio > 1.0 => Health::OverLatency { ratio },
+            _ => Health::Full,
+        },
+        None => Health::Full,
     }
 }
 
@@ -89,20 +175,4 @@ async fn try_shard(env: &Env, connect: &Connect) -> worker::Result<Response> {
     headers.set(CONNECT_HEADER, &serde_json::to_string(connect)?)?;
     let req = runtime::internal_request(Method::Get, "/connect", None, headers)?;
     stub.fetch_with_request(req).await
-}
-
-/// Counts the refusal in the user's directory, off the response path.
-fn report_unavailable(env: &Env, ctx: &Context, user: &str) {
-    let env = env.clone();
-    let name = placement::directory_name(user);
-    ctx.wait_until(async move {
-        let Ok(stub) = runtime::stub(&env, placement::DIRECTORY_BINDING, &name) else {
-            return;
-        };
-        let r: worker::Result<serde_json::Value> =
-            runtime::call(&stub, "/rejected", None, &Rejection::Unavailable).await;
-        if let Err(e) = r {
-            worker::console_error!("could not count a rejection: {e}");
-        }
-    });
 }

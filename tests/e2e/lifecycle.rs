@@ -108,12 +108,13 @@ async fn fill_to_the_limit(g: &Gateway, t: &str, limit: usize) -> Vec<Client> {
     opened.into_iter().map(Result::unwrap).collect()
 }
 
+/// Refusals counted by the shards themselves, capacity and tier limit.
 fn shard_rejections(st: &Value) -> u64 {
     st["shards"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|r| r["rejected"].as_u64().unwrap())
+        .map(|r| r["rejected"].as_u64().unwrap() + r["rejectedTierLimit"].as_u64().unwrap())
         .sum()
 }
 

@@ -12,5 +12,6 @@ mod support;
 mod basics;
 mod errors;
 mod lifecycle;
+mod observability;
 mod reliability;
 mod sharding;

@@ -160,8 +160,15 @@ impl Gateway {
             self.vars.retain(|(ek, _)| ek != k);
             self.vars.push(((*k).into(), (*v).into()));
         }
-        // Give the OS a moment to release the port.
-        std::thread::sleep(Duration::from_millis(500));
+        // The old workerd may hold the port a moment longer; take a new one if so.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while TcpListener::bind(("127.0.0.1", self.port)).is_err() {
+            if Instant::now() > deadline {
+                self.port = free_port();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
         self.spawn();
     }
 

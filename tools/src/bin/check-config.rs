@@ -62,6 +62,10 @@ fn check(path: &str) -> Result<Vec<String>, Vec<String>> {
         map.insert("AUTH_SECRET".into(), PLACEHOLDER_SECRET.into());
         map.insert("ADMIN_TOKEN".into(), PLACEHOLDER_SECRET.into());
         match Config::from_vars(&map) {
+            // Injection endpoints must never reach a deployed environment.
+            Ok(c) if c.test_knobs && name.starts_with("env.") => errors.push(format!(
+                "{name}: TEST_KNOBS=\"on\" enables fault injection; deployed environments need \"off\""
+            )),
             Ok(c) => ok.push(format!(
                 "{name}: ok (policy {}, {} tiers, shard cap {})",
                 c.policy,

@@ -1,0 +1,122 @@
+//! What a shard measures about itself and reports to its user's directory.
+//!
+//! Everything is recorded twice: into the full observations (the shard's own
+//! recent latency, which admission reads) and into a pending delta that an
+//! alarm sends upward every few seconds. Both live in memory: a shard is
+//! evicted only after seconds of idleness, by which time the delta is sent.
+
+use worker::console_error;
+
+use super::ConnectionManager;
+use crate::metrics::{Observations, Outcome, Series, ShardGauges, ShardMetrics};
+use crate::placement;
+use crate::runtime;
+
+/// How long a shard batches observations before reporting them.
+pub const REPORT_EVERY_MS: u64 = 5_000;
+
+#[derive(Default)]
+pub struct Observer {
+    pub full: Observations,
+    pending: Observations,
+    /// When the pending delta is due upward; `None` while there is none.
+    pub report_at: Option<u64>,
+}
+
+impl ConnectionManager {
+    fn tier(&self) -> String {
+        self.saved.borrow().tier.clone()
+    }
+
+    /// Records a connect outcome; schedules a report if none is due.
+    pub(super) async fn observe_outcome(&self, outcome: Outcome) {
+        let now = runtime::now_ms();
+        let tier = self.tier();
+        let first = {
+            let mut o = self.observer.borrow_mut();
+            o.full.record_outcome(now, &tier, outcome);
+            o.pending.record_outcome(now, &tier, outcome);
+            o.report_at.is_none()
+        };
+        if first {
+            self.schedule_report(now).await;
+        }
+    }
+
+    pub(super) async fn observe_latency(&self, series: Series, since_ms: u64) {
+        let now = runtime::now_ms();
+        let tier = self.tier();
+        let ms = now.saturating_sub(since_ms) as f64;
+        let first = {
+            let mut o = self.observer.borrow_mut();
+            o.full.record_latency(now, &tier, series, ms);
+            o.pending.record_latency(now, &tier, series, ms);
+            o.report_at.is_none()
+        };
+        if first {
+            self.schedule_report(now).await;
+        }
+    }
+
+    async fn schedule_report(&self, now: u64) {
+        self.observer.borrow_mut().report_at = Some(now + REPORT_EVERY_MS);
+        if let Err(e) = self.rearm().await {
+            console_error!("could not schedule a metrics report: {e}");
+        }
+    }
+
+    /// Sends the pending delta and current gauges to the user's directory.
+    /// On failure the delta is kept and retried at the next report.
+    pub(super) async fn report(&self) {
+        let now = runtime::now_ms();
+        let (user, shard, tier, capacity_rejected) = {
+            let s = self.saved.borrow();
+            (s.user.clone(), s.name.clone(), s.tier.clone(), s.rejected)
+        };
+        let pending = {
+            let mut o = self.observer.borrow_mut();
+            o.report_at = None;
+            o.full.prune(now);
+            std::mem::take(&mut o.pending)
+        };
+        if user.is_empty() || pending.is_empty() && self.open_count(None) == 0 {
+            return;
+        }
+        let stats = self.stats();
+        let policy = runtime::config(&self.env)
+            .map(|c| c.policy_name.clone())
+            .unwrap_or_default();
+        let gauges = ShardGauges {
+            shard,
+            tier,
+            policy,
+            connections: stats.connections,
+            rejected: capacity_rejected,
+            oldest_connection_ms: stats.oldest_connection.map(|t| now.saturating_sub(t)),
+            memory_bytes: stats.memory_usage,
+            ..Default::default()
+        }
+        .with_recent(&self.observer.borrow().full, now);
+        let report = ShardMetrics {
+            user_id: user.clone(),
+            gauges,
+            observed: pending,
+        };
+        let sent = match runtime::stub(
+            &self.env,
+            placement::DIRECTORY_BINDING,
+            &placement::directory_name(&user),
+        ) {
+            Ok(dir) => runtime::call::<_, serde_json::Value>(&dir, "/report", None, &report)
+                .await
+                .map(|_| ()),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = sent {
+            console_error!("metrics report failed: {e}");
+            let mut o = self.observer.borrow_mut();
+            o.pending.merge(&report.observed);
+            o.report_at = Some(now + REPORT_EVERY_MS);
+        }
+    }
+}
