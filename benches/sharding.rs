@@ -22,7 +22,7 @@ use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use support::{token, user, Client, Gateway};
+use support::{sessions, token, user, user_scoped, Client, Gateway};
 
 const SOCKETS: usize = 600;
 const BROADCASTS: usize = 20;
@@ -155,18 +155,6 @@ async fn measure(g: &Gateway, query: Query, churn: bool) -> Measured {
 
 /// The connect query of socket `i`.
 type Query = fn(usize) -> String;
-
-fn user_scoped(_: usize) -> String {
-    String::new()
-}
-
-fn sessions(i: usize) -> String {
-    if i < 60 {
-        String::new()
-    } else {
-        format!("clientType=session-scoped&sessionId=s{}", i % 6)
-    }
-}
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {

@@ -148,3 +148,43 @@ pub async fn call<Req: Serialize, Resp: DeserializeOwned>(
 pub const SHARD_HEADER: &str = "x-edge-shard";
 /// The connect metadata from the gateway, JSON.
 pub const CONNECT_HEADER: &str = "x-edge-connect";
+
+/// The handlers a Durable Object without sockets or TCP still has to
+/// implement: the workers-rs defaults panic, and a panic resets every object
+/// in the isolate. Expands inside `impl DurableObject for ...`.
+macro_rules! socketless_handlers {
+    () => {
+        async fn connect(&self, _socket: worker::Socket) -> worker::Result<()> {
+            Err(worker::Error::RustError(
+                "TCP connect is not supported".into(),
+            ))
+        }
+
+        async fn websocket_message(
+            &self,
+            _ws: worker::WebSocket,
+            _m: worker::WebSocketIncomingMessage,
+        ) -> worker::Result<()> {
+            Ok(())
+        }
+
+        async fn websocket_close(
+            &self,
+            _ws: worker::WebSocket,
+            _code: usize,
+            _reason: String,
+            _clean: bool,
+        ) -> worker::Result<()> {
+            Ok(())
+        }
+
+        async fn websocket_error(
+            &self,
+            _ws: worker::WebSocket,
+            _e: worker::Error,
+        ) -> worker::Result<()> {
+            Ok(())
+        }
+    };
+}
+pub(crate) use socketless_handlers;

@@ -6,7 +6,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use worker::{Context, Env, Request, Response};
 
-use super::{authenticate, observe_later};
+use super::{authenticate, observe_later, Caller};
 use shard_policies::{KnownShard, ShardPolicy};
 
 use crate::config::Config;
@@ -47,19 +47,8 @@ pub async fn broadcast(
     let shards = targets(cfg, &view);
     let (answers, failed, _) =
         fan_out::<_, Delivered>(env, &shards, "/deliver", &delivery, cfg).await;
-    observe_later(
-        env,
-        ctx,
-        &caller.claims.sub,
-        Observed {
-            tier: caller.claims.tier.clone(),
-            outcomes: Vec::new(),
-            latencies: vec![(
-                Series::BroadcastDelivery,
-                runtime::now_ms().saturating_sub(started) as f64,
-            )],
-        },
-    );
+    let took = runtime::now_ms().saturating_sub(started) as f64;
+    observe_latencies(env, ctx, &caller, Series::BroadcastDelivery, vec![took]);
     ok_json(&BroadcastResult {
         success: true,
         delivered: answers.iter().map(|d| d.delivered).sum(),
@@ -79,21 +68,7 @@ pub async fn stats(
     let shards = targets(cfg, &view);
     let (answers, failed, took) =
         fan_out::<_, ShardStats>(env, &shards, "/stats", &serde_json::json!({}), cfg).await;
-    if !took.is_empty() {
-        observe_later(
-            env,
-            ctx,
-            &caller.claims.sub,
-            Observed {
-                tier: caller.claims.tier.clone(),
-                outcomes: Vec::new(),
-                latencies: took
-                    .into_iter()
-                    .map(|ms| (Series::DoResponse, ms))
-                    .collect(),
-            },
-        );
-    }
+    observe_latencies(env, ctx, &caller, Series::DoResponse, took);
     let ctx = UserContext {
         tier: caller.claims.tier.clone(),
         limit: caller.tier.limit,
@@ -121,6 +96,23 @@ fn targets(cfg: &Config, view: &DirectoryView) -> Vec<String> {
         .into_iter()
         .map(|s| s.name.clone())
         .collect()
+}
+
+/// Records the caller's latencies of one series in its directory, after the answer.
+fn observe_latencies(env: &Env, ctx: &Context, caller: &Caller, series: Series, ms: Vec<f64>) {
+    if ms.is_empty() {
+        return;
+    }
+    observe_later(
+        env,
+        ctx,
+        &caller.claims.sub,
+        Observed {
+            tier: caller.claims.tier.clone(),
+            outcomes: Vec::new(),
+            latencies: ms.into_iter().map(|v| (series, v)).collect(),
+        },
+    );
 }
 
 fn too_large(limit: usize) -> ApiError {

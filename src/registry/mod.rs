@@ -74,37 +74,7 @@ impl DurableObject for Registry {
         Response::ok("")
     }
 
-    async fn connect(&self, _socket: worker::Socket) -> worker::Result<()> {
-        Err(worker::Error::RustError(
-            "TCP connect is not supported".into(),
-        ))
-    }
-
-    async fn websocket_message(
-        &self,
-        _ws: worker::WebSocket,
-        _m: worker::WebSocketIncomingMessage,
-    ) -> worker::Result<()> {
-        Ok(())
-    }
-
-    async fn websocket_close(
-        &self,
-        _ws: worker::WebSocket,
-        _code: usize,
-        _reason: String,
-        _clean: bool,
-    ) -> worker::Result<()> {
-        Ok(())
-    }
-
-    async fn websocket_error(
-        &self,
-        _ws: worker::WebSocket,
-        _e: worker::Error,
-    ) -> worker::Result<()> {
-        Ok(())
-    }
+    runtime::socketless_handlers!();
 }
 
 impl Registry {

@@ -180,15 +180,7 @@ async fn invalid_config_is_named_by_health_and_refuses_traffic() {
 }
 
 async fn admin_post(g: &Gateway, bearer: &str, body: &Value) -> (u16, Value) {
-    let r = reqwest::Client::new()
-        .post(format!("{}/admin/test/shard", g.http()))
-        .bearer_auth(bearer)
-        .json(body)
-        .send()
-        .await
-        .unwrap();
-    let status = r.status().as_u16();
-    (status, r.json().await.unwrap_or(Value::Null))
+    g.post_json("/admin/test/shard", bearer, body).await
 }
 
 #[tokio::test]

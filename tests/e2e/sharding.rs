@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use shard_policies::{ClientType, ConnectionRequest, PolicyConfig, ShardPolicy};
 
-use crate::support::{connect_many, token, user, Client, Gateway};
+use crate::support::{connect_many, sessions, token, user, user_scoped, Client, Gateway};
 
 const QUIET: Duration = Duration::from_millis(300);
 /// The `load` tier of the test tiers allows 1000 sockets; the shard cap stays 200.
@@ -20,19 +20,6 @@ struct Policy {
     spec: &'static str,
     /// The connect query of socket `i`.
     query: fn(usize) -> String,
-}
-
-fn user_scoped(_: usize) -> String {
-    String::new()
-}
-
-/// 60 user-scoped sockets on the base shard, the rest over six sessions.
-fn sessions(i: usize) -> String {
-    if i < 60 {
-        String::new()
-    } else {
-        format!("clientType=session-scoped&sessionId=s{}", i % 6)
-    }
 }
 
 const HASH: Policy = Policy {

@@ -261,16 +261,21 @@ impl Gateway {
         Ok(c)
     }
 
-    pub async fn broadcast(&self, token: &str, body: &Value) -> (u16, Value) {
+    /// POSTs JSON with a bearer token; returns the status and the JSON answer.
+    pub async fn post_json(&self, path: &str, bearer: &str, body: &Value) -> (u16, Value) {
         let r = reqwest::Client::new()
-            .post(format!("{}/v1/websocket/broadcast", self.http()))
-            .bearer_auth(token)
+            .post(format!("{}{path}", self.http()))
+            .bearer_auth(bearer)
             .json(body)
             .send()
             .await
             .unwrap();
         let status = r.status().as_u16();
         (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn broadcast(&self, token: &str, body: &Value) -> (u16, Value) {
+        self.post_json("/v1/websocket/broadcast", token, body).await
     }
 
     pub async fn stats(&self, token: &str) -> Value {
@@ -330,6 +335,20 @@ pub fn user(prefix: &str) -> String {
     static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     format!("{prefix}-{}-{n}", std::process::id())
+}
+
+/// Connect query: a user-scoped socket.
+pub fn user_scoped(_: usize) -> String {
+    String::new()
+}
+
+/// Connect query: 60 user-scoped sockets, the rest over six sessions.
+pub fn sessions(i: usize) -> String {
+    if i < 60 {
+        String::new()
+    } else {
+        format!("clientType=session-scoped&sessionId=s{}", i % 6)
+    }
 }
 
 /// Opens `n` sockets, `parallel` at a time; `query(i)` gives socket i's query.
