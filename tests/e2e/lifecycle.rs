@@ -120,18 +120,39 @@ fn shard_rejections(st: &Value) -> u64 {
 
 #[tokio::test]
 async fn a_restarted_workerd_keeps_counters_and_leaks_no_slots() {
-    let mut g = Gateway::start("restart", &[("SHARD_POLICY", "hash:shards=4")]);
+    // Four shards of two sockets each: 8 slots per user, the `tiny` tier allows 5.
+    let mut g = Gateway::start(
+        "restart",
+        &[
+            ("SHARD_POLICY", "hash:shards=4"),
+            ("SHARD_MAX_CONNECTIONS", "2"),
+        ],
+    );
     let u = user("restart");
     let t = token(&u, "tiny");
     let before = fill_to_the_limit(&g, &t, 5).await;
+    // A second user fills all four shards, so the ninth connect is refused for capacity.
+    let v = user("restart-full");
+    let tv = token(&v, "load");
+    let full = connect_many(&g, &tv, 8, 4, |_| String::new()).await;
+    assert!(full.iter().all(Result::is_ok));
+    assert_eq!(g.try_connect(&tv, "").await.err().unwrap().0, 503);
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let st = g.stats(&t).await;
-    assert_eq!(st["totalConnections"], 5);
-    assert_eq!(st["rejectedTierLimit"], 1);
-    let rejected_before = shard_rejections(&st);
-    assert!(rejected_before >= 1, "{st}");
+    assert_eq!(
+        (
+            st["totalConnections"].as_u64(),
+            st["rejectedTierLimit"].as_u64()
+        ),
+        (Some(5), Some(1))
+    );
+    let sv = g.stats(&tv).await;
+    assert_eq!(sv["rejectedUnavailable"], 1, "{sv}");
+    let shard_refusals = shard_rejections(&sv);
+    assert!(shard_refusals >= 4, "every full shard refused once: {sv}");
 
     g.restart(&[]);
-    drop(before);
+    drop((before, full));
 
     let st = g.stats(&t).await;
     assert_eq!(
@@ -139,7 +160,9 @@ async fn a_restarted_workerd_keeps_counters_and_leaks_no_slots() {
         "sockets do not survive a restart: {st}"
     );
     assert_eq!(st["rejectedTierLimit"], 1, "counters survive: {st}");
-    assert_eq!(shard_rejections(&st), rejected_before, "{st}");
+    let sv = g.stats(&tv).await;
+    assert_eq!(sv["rejectedUnavailable"], 1, "{sv}");
+    assert_eq!(shard_rejections(&sv), shard_refusals, "{sv}");
     // Every slot the dead sockets held comes back: exactly the limit is admitted again.
     let _after = fill_to_the_limit(&g, &t, 5).await;
     let st = g.stats(&t).await;
