@@ -9,6 +9,7 @@ PORT ?= 8787
 POLICY ?=
 TIER ?= pro
 MODE ?= smoke
+POLICIES ?=
 ENV ?=
 # `make token USER=bob`: USER is also the login name in the environment, so only a
 # USER given on the command line counts.
@@ -20,7 +21,7 @@ WRANGLER := node_modules/.bin/wrangler
 TOOLS := target/debug/token target/debug/check-config
 
 .PHONY: help bootstrap build dev dev-vars test unit lint e2e load-smoke dry-run check-config \
-        token load deploy bench bench-sharding fuzz-smoke check-ops clean
+        token load deploy bench bench-sharding fuzz-smoke check-ops compare clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -46,7 +47,7 @@ token: $(TOOLS) dev-vars ## print a dev token: make token USER=alice TIER=pro
 check-config: $(TOOLS) ## validate wrangler.toml's vars for every environment
 	@target/debug/check-config wrangler.toml
 
-test: bootstrap lint unit build check-config check-ops dry-run fuzz-smoke e2e ## install, build and run every test
+test: bootstrap lint unit build check-config check-ops dry-run fuzz-smoke e2e load-smoke ## install, build and run every test
 	@echo "make test: all passed"
 
 lint:
@@ -58,7 +59,7 @@ unit:
 	cargo test -p shard-policies --tests -q
 
 e2e: build dev-vars ## integration tests against real workerd
-	SKIP_WORKER_BUILD=1 cargo test --test e2e -q -- --test-threads=4
+	cargo test --test e2e -q -- --test-threads=4
 
 load-smoke: build dev-vars $(TOOLS)
 	scripts/load.sh --fresh smoke
@@ -80,6 +81,9 @@ dry-run: build ## validate the production bundle and config for every environmen
 load: $(TOOLS) dev-vars ## run a k6 scenario against `make dev`: make load MODE=smoke
 	scripts/load.sh $(MODE)
 
+compare: build dev-vars $(TOOLS) ## compare policies under load: make compare MODE=quick [POLICIES="single hash:shards=auto"]
+	scripts/compare.sh $(MODE) $(POLICIES)
+
 deploy: build check-config ## deploy: make deploy ENV=staging|production
 	@case "$(ENV)" in staging|production) ;; *) echo "make deploy needs ENV=staging or ENV=production"; exit 2;; esac
 	SKIP_WORKER_BUILD=1 $(WRANGLER) deploy --env $(ENV)
@@ -88,7 +92,7 @@ bench: ## placement benchmarks (criterion)
 	cargo bench -p shard-policies --bench placement
 
 bench-sharding: build dev-vars ## fan-out and per-policy figures on local workerd -> docs/results/
-	SKIP_WORKER_BUILD=1 cargo bench --bench sharding
+	cargo bench --bench sharding
 
 clean:
 	rm -rf build target/wasm32-unknown-unknown

@@ -100,8 +100,36 @@ impl Gateway {
 
     fn launch(mut self) -> Gateway {
         self.port = free_port();
+        self.prepare_app();
         self.spawn();
         self
+    }
+
+    /// A private copy of the built Worker with `wrangler.toml` minus its `[build]` table:
+    /// `wrangler dev` on the repository config watches `src/` and reloads (dropping every
+    /// socket) on each edit, and would pick up a rebuild in the middle of a run.
+    fn prepare_app(&self) {
+        let app = self.state_dir.join("app");
+        let build = app.join("build");
+        std::fs::create_dir_all(build.join("worker")).unwrap();
+        for f in ["index.js", "index_bg.wasm", "package.json", "worker/shim.mjs"] {
+            let from = root().join("build").join(f);
+            if from.exists() {
+                std::fs::copy(&from, build.join(f)).unwrap();
+            }
+        }
+        let config = std::fs::read_to_string(root().join("wrangler.toml")).unwrap();
+        let mut skip = false;
+        let kept: Vec<&str> = config
+            .lines()
+            .filter(|l| {
+                if l.starts_with('[') {
+                    skip = l.trim() == "[build]";
+                }
+                !skip
+            })
+            .collect();
+        std::fs::write(app.join("wrangler.toml"), kept.join("\n")).unwrap();
     }
 
     fn spawn(&self) {
@@ -112,7 +140,10 @@ impl Gateway {
         let mut cmd = Command::new(root().join("tests/support/watchdog.sh"));
         cmd.arg(std::process::id().to_string())
             .arg(root().join("node_modules/.bin/wrangler"))
-            .args(["dev", "--ip", "127.0.0.1", "--port"])
+            .arg("dev")
+            .arg("--config")
+            .arg(self.state_dir.join("app/wrangler.toml"))
+            .args(["--ip", "127.0.0.1", "--port"])
             .arg(self.port.to_string())
             .arg("--inspector-port")
             .arg(free_port().to_string())
@@ -123,8 +154,7 @@ impl Gateway {
         for (k, v) in &self.vars {
             cmd.arg("--var").arg(format!("{k}:{v}"));
         }
-        cmd.current_dir(root())
-            .env("SKIP_WORKER_BUILD", "1")
+        cmd.current_dir(self.state_dir.join("app"))
             .env("WRANGLER_SEND_METRICS", "false")
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())

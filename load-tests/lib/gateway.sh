@@ -1,0 +1,134 @@
+# shellcheck shell=bash
+# Sourced by scripts/load.sh and scripts/compare.sh: start and stop a private local gateway
+# (wrangler dev -> workerd) on free loopback ports with its own state directory.
+#
+#   gw_snapshot_build DEST                     consistent copy of build/ (set GW_BUILD_DIR=DEST to reuse it)
+#   gw_start POLICY [extra wrangler args...]   sets GW_URL GW_PORT GW_PGID GW_DIR GW_LOG GW_BUILD_SHA
+#   gw_stop                                    stops the whole process group (idempotent)
+#   gw_cleanup                                 gw_stop, then removes GW_DIR
+#   gw_workerd_rss_kb                          RSS (KiB) of this gateway's workerd runtime and proxy
+#
+# Needs ROOT (the repository root) and the Worker already built in $ROOT/build.
+
+gw_free_port() {
+  # Bind port 0 and report what the kernel picked; the tiny race with another process
+  # taking it before wrangler does is acceptable for a local test.
+  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# Copies the built Worker (build/index.js, index_bg.wasm, worker/, package.json) to DEST.
+# Another process may be rebuilding build/ at the same moment: the copy is accepted only when
+# the wasm's checksum matches the source's after copying.
+gw_snapshot_build() {
+  local dest=$1 _
+  for _ in 1 2 3 4 5; do
+    rm -rf "$dest" && mkdir -p "$dest"
+    cp "$ROOT/build/index.js" "$ROOT/build/index_bg.wasm" "$dest/"
+    if [ -d "$ROOT/build/worker" ]; then cp -R "$ROOT/build/worker" "$dest/"; fi
+    if [ -f "$ROOT/build/package.json" ]; then cp "$ROOT/build/package.json" "$dest/"; fi
+    if [ "$(sha256sum <"$dest/index_bg.wasm")" = "$(sha256sum <"$ROOT/build/index_bg.wasm")" ] \
+      && [ "$(sha256sum <"$dest/index.js")" = "$(sha256sum <"$ROOT/build/index.js")" ]; then
+      return 0
+    fi
+    sleep 2 # a rebuild is in progress
+  done
+  echo "error: build/ kept changing while it was copied; retry when the build is done" >&2
+  return 1
+}
+
+GW_PGID=""
+gw_start() {
+  local policy=$1
+  shift
+  if [ ! -f "$ROOT/build/index.js" ]; then
+    echo "error: $ROOT/build/index.js is missing; build the Worker first (make build)" >&2
+    return 1
+  fi
+  if [ ! -f "$ROOT/.dev.vars" ]; then
+    echo "error: $ROOT/.dev.vars is missing; create it with scripts/dev-vars.sh (make dev-vars)" >&2
+    return 1
+  fi
+  GW_DIR=$(mktemp -d "${TMPDIR:-/tmp}/edge-gw.XXXXXX")
+  GW_LOG="$GW_DIR/wrangler.log"
+  # Run a snapshot of the built Worker with a copy of wrangler.toml minus its [build] table:
+  # `wrangler dev` watches src/ and reloads on every edit (dropping every socket) and would
+  # pick up a concurrent rebuild of build/ mid-run. The snapshot keeps a run on one build.
+  local app="$GW_DIR/app"
+  if [ -n "${GW_BUILD_DIR:-}" ]; then
+    mkdir -p "$app" && cp -R "$GW_BUILD_DIR" "$app/build"
+  else
+    gw_snapshot_build "$app/build" || { gw_cleanup; return 1; }
+  fi
+  awk '/^\[/ { skip = ($0 ~ /^\[build\][[:space:]]*$/) } !skip' "$ROOT/wrangler.toml" >"$app/wrangler.toml"
+  (umask 077 && cp "$ROOT/.dev.vars" "$app/.dev.vars") # wrangler reads it next to the config
+  # shellcheck disable=SC2034 # read by the callers
+  GW_BUILD_SHA=$(sha256sum "$app/build/index_bg.wasm" | cut -c1-12)
+  GW_PORT=$(gw_free_port)
+  local iport
+  iport=$(gw_free_port)
+  GW_URL="http://127.0.0.1:$GW_PORT"
+  # setsid: wrangler and the workerd it spawns share a fresh process group we can kill whole.
+  (cd "$ROOT" && WRANGLER_SEND_METRICS=false exec setsid \
+    node_modules/.bin/wrangler dev --config "$app/wrangler.toml" --ip 127.0.0.1 --port "$GW_PORT" \
+    --inspector-port "$iport" --persist-to "$GW_DIR/state" --show-interactive-dev-session=false \
+    --var "SHARD_POLICY:$policy" "$@" >"$GW_LOG" 2>&1) &
+  GW_PGID=$!
+  local body code
+  for _ in $(seq 1 120); do
+    code=$(curl -s -o "$GW_DIR/health" -w '%{http_code}' --max-time 2 "$GW_URL/health" 2>/dev/null || true)
+    body=$(cat "$GW_DIR/health" 2>/dev/null || true)
+    if [ "$code" = 200 ]; then
+      echo "gateway: $GW_URL up (policy ${policy}; $body)"
+      return 0
+    fi
+    if [ "$code" = 503 ] && printf '%s' "$body" | grep -q invalid_config; then
+      # Up but misconfigured (e.g. a bad SHARD_POLICY): waiting will not fix it.
+      echo "error: the gateway rejects its configuration: $body" >&2
+      gw_cleanup
+      return 1
+    fi
+    if ! kill -0 "$GW_PGID" 2>/dev/null; then
+      echo "error: the gateway exited during startup; last lines of $GW_LOG:" >&2
+      tail -n 20 "$GW_LOG" >&2
+      GW_PGID=""
+      gw_cleanup
+      return 1
+    fi
+    sleep 0.5
+  done
+  echo "error: $GW_URL/health did not answer 200 within 60 s; last lines of $GW_LOG:" >&2
+  tail -n 20 "$GW_LOG" >&2
+  curl -s --max-time 2 "$GW_URL/health" >&2 || true
+  gw_cleanup
+  return 1
+}
+
+gw_stop() {
+  [ -n "$GW_PGID" ] || return 0
+  local pgid=$GW_PGID
+  GW_PGID=""
+  kill -TERM -- "-$pgid" 2>/dev/null || return 0
+  # wrangler shuts workerd down on SIGTERM; give it a few seconds, then force.
+  for _ in $(seq 1 20); do
+    pgrep -g "$pgid" >/dev/null 2>&1 || return 0
+    sleep 0.25
+  done
+  kill -KILL -- "-$pgid" 2>/dev/null || true
+}
+
+# Stops the gateway and removes its temporary directory (state, snapshot, log).
+gw_cleanup() {
+  gw_stop
+  if [ -n "${GW_DIR:-}" ] && [ -d "$GW_DIR" ]; then rm -rf "$GW_DIR"; fi
+  GW_DIR=""
+}
+
+# "RUNTIME_KB PROXY_KB": wrangler dev runs two workerd processes: the runtime that hosts the
+# Worker and its Durable Objects (it has --debug-port), and an entry proxy in front of it
+# (every socket passes through it too; production has no such proxy).
+gw_workerd_rss_kb() {
+  [ -n "$GW_PGID" ] || { echo "0 0"; return; }
+  ps -o rss=,args= -g "$GW_PGID" 2>/dev/null | awk '
+    $2 ~ /\/workerd$/ { if ($0 ~ /--debug-port/) r += $1; else p += $1 }
+    END { printf "%d %d\n", r, p }'
+}

@@ -1,0 +1,668 @@
+#!/usr/bin/env python3
+"""Writes the policy-comparison report from one scripts/compare.sh run.
+
+    compare_report.py RUN_DIR OUT_DIR
+
+RUN_DIR (load-tests/out/compare-MODE-STAMP/) holds run.json and, per policy NN-slug:
+  .meta.json       policy, k6 exit code, times, idle workerd RSS
+  .summary.json    k6 --summary-export (end-of-test aggregates, threshold results)
+  .k6.csv.gz       k6 --out csv (every sample, for time windows)
+  .samples.jsonl   the runner's samples every few seconds: workerd RSS, k6 VUs, the user's stats
+OUT_DIR gets MODE-DATE.md in the capacity guide's "Test Results Template" form and its SVG
+charts (MODE-DATE-*.svg). Every figure comes from those files; nothing is typed in.
+Standard library only.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import gzip
+import json
+import math
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import svg  # noqa: E402
+
+WINDOW_S = 10  # time-window width for degradation points
+MIB = 1024 * 1024
+
+# The guide's targets per threshold set (ms, or a fraction for rates), used for degradation
+# points; k6 enforces the same numbers as thresholds in the scenario.
+TARGETS = {
+    "standard": {"connect": 2000, "ping": 100, "broadcast": 500},
+    "extreme": {"connect": 5000, "ping": 500, "broadcast": 2000},
+}
+EXTREME_MODES = {"extreme", "spikeExtreme", "quick"}
+MODE_SHAPES = {
+    "smoke": "10 VUs for 30 s",
+    "scale": "ramp to 120 VUs in three 30 s steps, 90 s at 120 (3 min)",
+    "sustained": "30 s ramp to 100 VUs, 6.5 min at 100 (7 min)",
+    "stress": "ramp to 200 VUs in 1 min, 3 min at 200 (4 min)",
+    "extreme": "gradual ramp to 750 VUs (+100 per minute, last step +150), 3 min at 750 (10 min)",
+    "spikeExtreme": "50 VUs, a 10 s burst to 600, 170 s at 600, drop to 50 (5 min)",
+    "quick": "compressed extreme: +150 VUs every 20 s to 750, 40 s at 750 (2 min 20 s)",
+}
+
+
+def p95(values: list[float]) -> float | None:
+    if not values:
+        return None
+    s = sorted(values)
+    # k6's percentile: linear interpolation between closest ranks.
+    k = (len(s) - 1) * 0.95
+    lo, hi = math.floor(k), math.ceil(k)
+    return s[lo] + (s[hi] - s[lo]) * (k - lo)
+
+
+def ms(v: float | None) -> str:
+    if v is None:
+        return "n/a"
+    if v >= 1000:
+        return f"{v / 1000:.2f}".rstrip("0").rstrip(".") + " s"
+    return f"{v:.0f} ms"
+
+
+def pct(v: float | None) -> str:
+    return "n/a" if v is None else f"{v * 100:.1f}%"
+
+
+def mib(kb: float | None) -> str:
+    return "n/a" if kb is None else f"{kb / 1024:.0f} MiB"
+
+
+def mmss(s: float) -> str:
+    s = max(0, int(round(s)))
+    return f"{s // 60:02d}:{s % 60:02d}"
+
+
+class Policy:
+    """Everything measured for one policy."""
+
+    def __init__(self, run_dir: Path, slug: str):
+        self.slug = slug
+        self.meta = json.loads((run_dir / f"{slug}.meta.json").read_text())
+        self.name = self.meta["policy"]
+        sp = run_dir / f"{slug}.summary.json"
+        self.summary = json.loads(sp.read_text()) if sp.exists() else {"metrics": {}}
+        self.m = self.summary.get("metrics", {})
+        self.samples = []
+        samples_path = run_dir / f"{slug}.samples.jsonl"
+        if samples_path.exists():
+            for line in samples_path.read_text().splitlines():
+                if line.strip():
+                    self.samples.append(json.loads(line))
+        self.series: dict[str, list[tuple[float, float, dict]]] = {}
+        csv_path = run_dir / f"{slug}.k6.csv.gz"
+        if csv_path.exists():
+            self._read_csv(csv_path)
+        self.t0 = min([t for rows in self.series.values() for t, _, _ in rows[:1]] + [s["t"] for s in self.samples[:1]]
+                      or [self.meta["start"]])
+
+    WANTED = {"ws_connection_success", "do_connection_rejection_rate", "ws_connection_errors",
+              "ws_message_latency", "ws_connection_time", "ws_broadcast_delivery_time", "do_response_time",
+              "ws_broadcasts_received", "ws_reconnection_time", "ws_reconnects", "vus", "do_connections_rejected",
+              "ws_sockets_opened", "ws_sockets_closed"}
+
+    def _read_csv(self, path: Path) -> None:
+        with gzip.open(path, "rt", newline="") as f:
+            for row in csv.DictReader(f):
+                name = row["metric_name"]
+                if name not in self.WANTED:
+                    continue
+                tags = dict(kv.split("=", 1) for kv in row.get("extra_tags", "").split("&") if "=" in kv)
+                if row.get("status"):
+                    tags["status"] = row["status"]
+                self.series.setdefault(name, []).append((float(row["timestamp"]), float(row["metric_value"]), tags))
+
+    # -- aggregates from the k6 summary ------------------------------------------------
+
+    def stat(self, metric: str, key: str) -> float | None:
+        v = self.m.get(metric, {}).get(key)
+        return None if v is None else float(v)
+
+    def count(self, metric: str) -> int:
+        return int(self.m.get(metric, {}).get("count", 0) or 0)
+
+    @property
+    def attempts(self) -> int:
+        r = self.m.get("ws_connection_success", {})
+        return int(r.get("passes", 0)) + int(r.get("fails", 0))
+
+    def tagged(self, metric: str, **want: str) -> list[float]:
+        return [v for _, v, tags in self.series.get(metric, []) if all(tags.get(k) == x for k, x in want.items())]
+
+    def thresholds(self) -> list[tuple[str, str, bool]]:
+        out = []
+        for metric, body in sorted(self.m.items()):
+            for expr, failed in (body.get("thresholds") or {}).items():
+                out.append((metric, expr, bool(failed)))  # summary-export: true = failed
+        return out
+
+    # -- server-side samples -------------------------------------------------------------
+
+    def loaded_samples(self) -> list[dict]:
+        """Samples with stats until the end-of-test closes start (connections falling below
+        half of the maximum so far), so RSS-vs-connections lines do not run back to zero."""
+        out, most = [], 0
+        for s in self.samples:
+            if not isinstance(s.get("stats"), dict) or not s.get("rss_runtime_kb"):
+                continue
+            c = s["stats"].get("totalConnections", 0)
+            if most and c < most / 2:
+                break
+            most = max(most, c)
+            out.append(s)
+        return out
+
+    def peak_sample(self) -> dict | None:
+        with_stats = [s for s in self.samples if isinstance(s.get("stats"), dict)]
+        if not with_stats:
+            return None
+        return max(with_stats, key=lambda s: (s["stats"].get("totalConnections", 0), -s["t"]))
+
+    def _client_open(self) -> tuple[dict[int, int], int | None]:
+        """Open sockets per second from k6's own counters (opened - closed), and the second
+        from which they stop being exact: k6 interrupts VUs it removes on a ramp-down without
+        letting them count the close, so after the VU count first falls the server's samples
+        are used instead."""
+        if "_open" not in self.__dict__:
+            delta: dict[int, int] = {}
+            for name, sign in (("ws_sockets_opened", 1), ("ws_sockets_closed", -1)):
+                for t, v, _ in self.series.get(name, []):
+                    delta[int(t)] = delta.get(int(t), 0) + sign * int(v)
+            open_at, n = {}, 0
+            if delta:
+                for sec in range(min(delta), max(delta) + 1):
+                    n += delta.get(sec, 0)
+                    open_at[sec] = n
+            exact_until, most = None, 0
+            for t, v, _ in self.series.get("vus", []):
+                if v < most:
+                    exact_until = int(t)
+                    break
+                most = max(most, v)
+            self._open = (open_at, exact_until)
+        return self._open
+
+    def connections_at(self, t: float) -> int | None:
+        """Open connections at time t: k6's exact per-second count while it is exact,
+        otherwise the server's count interpolated between the runner's samples."""
+        open_at, exact_until = self._client_open()
+        if open_at and (exact_until is None or t < exact_until):
+            sec = min(max(int(t), min(open_at)), max(open_at))
+            return open_at[sec]
+        return self.server_connections_at(t)
+
+    def server_connections_at(self, t: float) -> int | None:
+        """Server-side connections at time t, interpolated between the runner's samples."""
+        pts = [(s["t"], s["stats"].get("totalConnections", 0)) for s in self.samples if isinstance(s.get("stats"), dict)]
+        if not pts:
+            return None
+        if t <= pts[0][0]:
+            return pts[0][1]
+        for (t0, c0), (t1, c1) in zip(pts, pts[1:]):
+            if t0 <= t <= t1:
+                return round(c0 + (c1 - c0) * (t - t0) / (t1 - t0)) if t1 > t0 else c1
+        return pts[-1][1]
+
+    def vus_at(self, t: float) -> int | None:
+        best = None
+        for s in self.samples:
+            if s["t"] <= t + 0.5 and s.get("vus") is not None:
+                best = s["vus"]
+        return best
+
+    def bytes_per_connection(self) -> tuple[float | None, float | None, float | None]:
+        """(runtime RSS delta / peak connections, same incl. the dev proxy, least-squares
+        slope of runtime RSS over connections during the ramp), in bytes. The slope leaves out
+        fixed costs (isolate start, first objects) and what happens after the peak (e.g. RSS
+        growing from rejected-connect churn while connections stay flat)."""
+        peak = self.peak_sample()
+        if not peak:
+            return None, None, None
+        conns = peak["stats"].get("totalConnections", 0)
+        idle_rt = self.meta.get("idle_rss_runtime_kb") or 0
+        idle_px = self.meta.get("idle_rss_proxy_kb") or 0
+        if conns <= 0:
+            return None, None, None
+        rt = (peak["rss_runtime_kb"] - idle_rt) * 1024 / conns
+        total = (peak["rss_runtime_kb"] + peak["rss_proxy_kb"] - idle_rt - idle_px) * 1024 / conns
+        pts = []
+        for s in self.loaded_samples():
+            pts.append((s["stats"]["totalConnections"], s["rss_runtime_kb"] * 1024))
+            if s["stats"]["totalConnections"] >= conns:
+                break  # the ramp ends at the first sample at peak
+        slope = None
+        if len(pts) >= 3:
+            mx = sum(x for x, _ in pts) / len(pts)
+            my = sum(y for _, y in pts) / len(pts)
+            sxx = sum((x - mx) ** 2 for x, _ in pts)
+            if sxx > 0:
+                slope = sum((x - mx) * (y - my) for x, y in pts) / sxx
+        return rt, total, slope
+
+    # -- time windows ----------------------------------------------------------------------
+
+    def windows(self) -> list[dict]:
+        if not self.series:
+            return []
+        end = max(t for rows in self.series.values() for t, _, _ in rows[-1:])
+        n = int((end - self.t0) // WINDOW_S) + 1
+        ws = [{"start": self.t0 + i * WINDOW_S, "attempts": 0, "rejected": 0, "dropped": 0, "failed": 0,
+               "first_rejected": None, "first_dropped": None, "first_failed": None,
+               "ping": [], "connect": [], "broadcast": [], "stats": []} for i in range(n)]
+
+        def at(t: float) -> dict:
+            return ws[min(n - 1, max(0, int((t - self.t0) // WINDOW_S)))]
+        for t, v, _ in self.series.get("do_connection_rejection_rate", []):
+            w = at(t)
+            w["attempts"] += 1
+            if v > 0:
+                w["rejected"] += 1
+                w["first_rejected"] = min(t, w["first_rejected"] or t)
+        for t, _, tags in self.series.get("ws_connection_errors", []):
+            kind = tags.get("kind", "")
+            key = "dropped" if kind == "dropped" else "failed" if kind != "rejected" else None
+            if key:
+                w = at(t)
+                w[key] += 1
+                w["first_" + key] = min(t, w["first_" + key] or t)
+        for metric, key in (("ws_message_latency", "ping"), ("ws_connection_time", "connect"),
+                            ("ws_broadcast_delivery_time", "broadcast"), ("do_response_time", "stats")):
+            for t, v, _ in self.series.get(metric, []):
+                at(t)[key].append(v)
+        for w in ws:
+            mid = w["start"] + WINDOW_S / 2
+            w["connections"] = self.connections_at(mid)
+            w["vus"] = self.vus_at(mid)
+            for key in ("ping", "connect", "broadcast", "stats"):
+                w[key + "_p95"] = p95(w[key])
+            w["rejection_rate"] = w["rejected"] / w["attempts"] if w["attempts"] else None
+        return ws
+
+
+def _when(w: dict, event: str | None) -> float:
+    """When a degradation showed: the first such event, or the window's middle for a p95."""
+    return (w.get(event) if event else None) or (w["start"] + WINDOW_S / 2)
+
+
+def _checks(targets: dict) -> list[tuple[str, object, object, str | None]]:
+    """(label, is-degraded(window), describe(window), event key for the exact time)."""
+    return [
+        ("rejection rate above 5% (alert: warning)", lambda w: (w["rejection_rate"] or 0) > 0.05,
+         lambda w: f"{pct(w['rejection_rate'])} of {w['attempts']} connects rejected", "first_rejected"),
+        ("rejection rate above 20% (alert: critical)", lambda w: (w["rejection_rate"] or 0) > 0.20,
+         lambda w: f"{pct(w['rejection_rate'])} of {w['attempts']} connects rejected", "first_rejected"),
+        (f"ping p95 above {targets['ping']} ms (target)", lambda w: (w["ping_p95"] or 0) > targets["ping"],
+         lambda w: f"ping p95 {ms(w['ping_p95'])}", None),
+        ("ping p95 above 2 s (alert: critical)", lambda w: (w["ping_p95"] or 0) > 2000,
+         lambda w: f"ping p95 {ms(w['ping_p95'])}", None),
+        (f"connect p95 above {ms(targets['connect'])} (target)", lambda w: (w["connect_p95"] or 0) > targets["connect"],
+         lambda w: f"connect p95 {ms(w['connect_p95'])}", None),
+        (f"broadcast delivery p95 above {ms(targets['broadcast'])} (target)",
+         lambda w: (w["broadcast_p95"] or 0) > targets["broadcast"], lambda w: f"broadcast p95 {ms(w['broadcast_p95'])}", None),
+        ("stats (DO) response p95 above 1 s (alert: warning)", lambda w: (w["stats_p95"] or 0) > 1000,
+         lambda w: f"stats p95 {ms(w['stats_p95'])}", None),
+        ("sockets dropped by the server", lambda w: w["dropped"] > 0, lambda w: f"{w['dropped']} sockets dropped in 10 s",
+         "first_dropped"),
+        ("connects failed (not 101, not 429/503)", lambda w: w["failed"] > 0,
+         lambda w: f"{w['failed']} connects failed in 10 s", "first_failed"),
+    ]
+
+
+def degradation_points(p: Policy, targets: dict, cap: int) -> list[str]:
+    """First window in which each kind of degradation shows, with the load at that time."""
+    ws = p.windows()
+    found = []
+    for label, hit, describe, event in _checks(targets):
+        first = next((w for w in ws if hit(w)), None)
+        if first is None:
+            continue
+        t = _when(first, event)
+        conns, vus = p.connections_at(t), p.vus_at(t)
+        found.append((t, f"At {conns if conns is not None else '?'} connections ({vus if vus is not None else '?'} VUs, "
+                         f"t={mmss(t - p.t0)}): {label}: {describe(first)}"))
+    over = [s for s in p.samples if isinstance(s.get("stats"), dict)
+            and any(x.get("connections", 0) > 400 for x in s["stats"].get("shards", []))]
+    if over:
+        s = over[0]
+        found.append((s["t"], f"At {s['stats']['totalConnections']} connections (t={mmss(s['t'] - p.t0)}): a shard held "
+                              "more than 400 sockets (alert: warning)"))
+    full = next((s for s in p.samples if isinstance(s.get("stats"), dict)
+                 and any(x.get("connections", 0) >= cap for x in s["stats"].get("shards", []))), None)
+    if full is not None:
+        shards = full["stats"].get("shards", [])
+        n_full = sum(1 for x in shards if x.get("connections", 0) >= cap)
+        found.append((full["t"], f"At {full['stats']['totalConnections']} connections (t={mmss(full['t'] - p.t0)}): "
+                                 f"first shard at the per-object cap ({n_full} of {len(shards)} shard(s) at {cap}); "
+                                 "its new sockets must spill to another candidate or are refused"))
+    return [text for _, text in sorted(found, key=lambda x: x[0])]
+
+
+def healthy_up_to(p: Policy, targets: dict) -> int | None:
+    """Connections when the first target broke (or 5% rejections), else the peak."""
+    ws = p.windows()
+    if not ws:
+        return None
+    bad_times = []
+    for _, hit, _, ev in _checks(targets):
+        first = next((w for w in ws if hit(w)), None)
+        if first is not None:
+            bad_times.append(_when(first, ev))
+    if not bad_times:
+        peak = p.peak_sample()
+        return peak["stats"]["totalConnections"] if peak else None
+    return p.connections_at(min(bad_times))
+
+
+def main() -> int:
+    if len(sys.argv) != 3:
+        print(__doc__, file=sys.stderr)
+        return 2
+    run_dir, out_dir = Path(sys.argv[1]), Path(sys.argv[2])
+    run = json.loads((run_dir / "run.json").read_text())
+    mode = run["mode"]
+    tset = "extreme" if mode in EXTREME_MODES else "standard"
+    targets = TARGETS[tset]
+    cap = int(run["shard_max_connections"])
+    slugs = sorted(p.name[: -len(".meta.json")] for p in run_dir.glob("*.meta.json"))
+    if not slugs:
+        print(f"compare_report: no *.meta.json in {run_dir}", file=sys.stderr)
+        return 1
+    policies = [Policy(run_dir, s) for s in slugs]
+    date = dt.datetime.fromtimestamp(policies[0].meta["start"]).strftime("%Y-%m-%d")
+    base = f"{mode}-{date}"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    names = [p.name for p in policies]
+
+    # ---- figures per policy
+    rows: list[tuple[str, list[str]]] = []
+
+    def row(label: str, f) -> None:
+        rows.append((label, [f(p) for p in policies]))
+
+    def peak_conns(p: Policy) -> int | None:
+        s = p.peak_sample()
+        return s["stats"]["totalConnections"] if s else None
+
+    row("Peak Connections (server count)", lambda p: str(peak_conns(p) if peak_conns(p) is not None else "n/a"))
+    row("Peak VUs (one socket each, plus the broadcaster and stats VUs)", lambda p: str(int(p.stat("vus", "max") or 0)))
+    row("**Rejection Rate** (429/503 per connect attempt)", lambda p: pct(p.stat("do_connection_rejection_rate", "value")))
+    row("Rejected connects / attempts", lambda p: f"{p.count('do_connections_rejected')} / {p.attempts}")
+    row("Rejections counted by the gateway (stats `rejected`, last poll)", lambda p: str(int(p.stat("do_stats_rejected", "max") or 0)))
+    row("Rejections by status and error code", lambda p: ", ".join(
+        f"{c} x{n}" for c, n in sorted(_counts(p).items())) or "none")
+    row("Connection errors (rejected + failed + dropped)", lambda p: str(p.count("ws_connection_errors")))
+    row("Sockets dropped by the server", lambda p: str(sum(1 for _, _, t in p.series.get("ws_connection_errors", [])
+                                                          if t.get("kind") == "dropped")))
+    row("Connection success rate", lambda p: pct(p.stat("ws_connection_success", "value")))
+    row("**p95 Latency**: connect (ws_connection_time)", lambda p: ms(p.stat("ws_connection_time", "p(95)")))
+    row("**p95 Latency**: ping round trip (ws_message_latency)", lambda p: ms(p.stat("ws_message_latency", "p(95)")))
+    row("**p95 Latency**: broadcast delivery (ws_broadcast_delivery_time)",
+        lambda p: ms(p.stat("ws_broadcast_delivery_time", "p(95)")))
+    row("p95 broadcast delivery: HTTP / client frame", lambda p: f"{ms(p95(p.tagged('ws_broadcast_delivery_time', via='http')))}"
+        f" / {ms(p95(p.tagged('ws_broadcast_delivery_time', via='client')))}")
+    row("HTTP broadcasts received / delivered (server count)", lambda p: _ratio(
+        len(p.tagged("ws_broadcasts_received", via="http")), p.count("ws_broadcast_delivered")))
+    row("**DO Response Time (p95)** (stats fan-out)", lambda p: ms(p.stat("do_response_time", "p(95)")))
+    row("Reconnects (rotation, drop); p95 reconnection time", lambda p: (
+        f"{len(p.tagged('ws_reconnects', reason='rotation'))}, {len(p.tagged('ws_reconnects', reason='drop'))}; "
+        f"{ms(p.stat('ws_reconnection_time', 'p(95)'))}"))
+    row("Shards at peak; most sockets on one shard; imbalance (max/mean)", lambda p: _shards(p))
+    row("workerd RSS idle -> peak (runtime + dev proxy)", lambda p: _rss(p))
+    row("**Bytes per open connection** (slope of runtime RSS over connections during the ramp)",
+        lambda p: _bytes(p.bytes_per_connection()[2]))
+    row("(RSS at peak - idle) / peak connections: runtime; incl. dev proxy", lambda p: (
+        f"{_bytes(p.bytes_per_connection()[0])}; {_bytes(p.bytes_per_connection()[1])}"))
+    row("DO memory estimate per connection (stats memoryUsage)", lambda p: _estimate(p))
+    row("Mean 1-min load average during the run (2 CPUs)", lambda p: _load(p))
+    row(f"Thresholds ({tset} set)", lambda p: _thresholds(p))
+
+    # ---- charts
+    charts = []
+
+    def save(kind: str, title: str, doc: str) -> None:
+        name = f"{base}-{kind}.svg"
+        (out_dir / name).write_text(doc)
+        charts.append((title, name))
+
+    save("rejection-rate", "Rejection rate per policy", svg.bar_chart(
+        f"Rejection rate per policy ({mode})", names,
+        [("rejection rate", [(p.stat("do_connection_rejection_rate", "value") or 0) * 100 for p in policies])],
+        "% of connect attempts rejected (429/503)",
+        refs=[(5, "5% warning", "#e69f00"), (20, "20% critical", "#d62728")], y_max=100))
+    save("latency-p95", "Connect, ping and broadcast p95 per policy", svg.bar_chart(
+        f"p95 latency per policy ({mode}; log scale)", names,
+        [("connect (ws_connection_time)", [p.stat("ws_connection_time", "p(95)") for p in policies]),
+         ("ping round trip (ws_message_latency)", [p.stat("ws_message_latency", "p(95)") for p in policies]),
+         ("broadcast delivery (ws_broadcast_delivery_time)", [p.stat("ws_broadcast_delivery_time", "p(95)") for p in policies])],
+        "p95 (log scale)", log=True,
+        refs=[(targets["connect"], f"connect target {ms(targets['connect'])}", svg.PALETTE[0]),
+              (targets["ping"], f"ping target {ms(targets['ping'])}", svg.PALETTE[1]),
+              (targets["broadcast"], f"broadcast target {ms(targets['broadcast'])}", svg.PALETTE[2])],
+        value_fmt=ms))
+    panels = []
+    for p in policies:
+        s = p.peak_sample()
+        shards = sorted(((x["name"], float(x["connections"])) for x in (s["stats"].get("shards", []) if s else [])),
+                        key=lambda kv: -kv[1])
+        panels.append((f"{p.name}: {peak_conns(p) or 0} connections at peak", shards))
+    save("shards", "Connections per shard at peak", svg.small_multiples(
+        f"Connections per shard at the peak sample ({mode})", panels, cap, "open sockets"))
+    conn_series = [(p.name, [(s["t"] - p.t0, s["stats"]["totalConnections"]) for s in p.samples
+                             if isinstance(s.get("stats"), dict)], False) for p in policies]
+    vus_ref = policies[0]
+    conn_series.append(("k6 VUs (first policy's run)", [(s["t"] - vus_ref.t0, s["vus"]) for s in vus_ref.samples
+                                                         if s.get("vus") is not None], True))
+    save("connections", "Open connections over time", svg.line_chart(
+        f"Open connections over time ({mode})", conn_series, "seconds since start", "open sockets (server count)"))
+    save("memory", "workerd runtime RSS over open connections", svg.line_chart(
+        f"workerd runtime RSS vs. open connections ({mode})",
+        [(p.name, [(s["stats"]["totalConnections"], s["rss_runtime_kb"] / 1024) for s in p.loaded_samples()],
+          False) for p in policies],
+        "open sockets (server count)", "runtime RSS (MiB)"))
+
+    # ---- markdown
+    total_s = run.get("total_s", 0)
+    per = [p.meta["end"] - p.meta["start"] for p in policies]
+    first = policies[0]
+    md = [
+        f"# WebSocket capacity: `{mode}` policy comparison, {date}",
+        "",
+        f"Generated by `scripts/compare.sh {mode}` (`load-tests/report/compare_report.py`) from the raw data in "
+        f"`{run_dir.as_posix()}` (k6 summaries and time series, RSS and stats samples, gateway logs; not committed). "
+        "Every number below is computed from those files.",
+        "",
+        f"## Test Run: {date}",
+        "",
+        "### Environment",
+        "",
+        "- Target: local `wrangler dev` (workerd) on 127.0.0.1, **not** staging or production. Each policy ran "
+        "against its own freshly started gateway with empty state, " + _builds(policies) + ".",
+        f"- Test Mode: `{mode}` ({MODE_SHAPES.get(mode, mode)}), {tset} thresholds.",
+        f"- Duration: {', '.join(f'{mmss(s)}' for s in per)} per policy (load plus start/stop); "
+        f"the whole comparison took {mmss(total_s)} (mm:ss).",
+        f"- Machine: {run.get('cpus', '?')} CPUs ({run.get('cpu', '?')}), {run.get('memory', '?')}. k6 (up to "
+        f"{int(first.stat('vus_max', 'max') or 0)} VUs), wrangler and workerd share these CPUs, so absolute latencies "
+        "include client-side queueing; compare policies with each other, not with production.",
+        f"- Software: wrangler {run.get('wrangler', '?')} (its bundled workerd), {run.get('k6', '?')}.",
+        f"- Load: **one user** (`load-alice`, the capacity guide's single-token test) in a tier `load` with limit "
+        f"{run.get('tier_limit')}, above the peak, so **every rejection comes from the per-object cap "
+        f"`SHARD_MAX_CONNECTIONS={cap}`, not from the tier limit** (the default tiers end at enterprise = 500).",
+        "- Clients: one socket per VU. Client mix 60% session-scoped (VUs in blocks of 5 share a session id), "
+        "25% user-scoped, 15% machine-scoped; ping every 5 s (exact `{\"event\":\"ping\"}`, answered by "
+        "auto-response); an HTTP broadcast to all of the user's sockets every 2 s; client `broadcast` frames from "
+        "every 150th VU every 15 s; stats polled every 5 s. Rejected connects are retried honouring `Retry-After` "
+        "with capped (10 s) exponential backoff and full jitter, so rejection rates count retries too. "
+        "`reconnect` frames are followed (reconnection time = hint to new `connected` frame).",
+        "- Memory: workerd's RSS sampled with `ps` every few seconds; the *runtime* process hosts the Worker and all "
+        "Durable Objects (all shards share it locally); the dev *proxy* in front of it exists only under "
+        "`wrangler dev`.",
+        "",
+        "### Results",
+        "",
+        "| | " + " | ".join(f"`{n}`" for n in names) + " |",
+        "|---|" + "---|" * len(names),
+    ]
+    md += [f"| {label} | " + " | ".join(vals) + " |" for label, vals in rows]
+    md += ["", "### Charts", ""]
+    md += [f"![{t}]({n})" for t, n in charts]
+    gaps = sorted(b["t"] - a["t"] for p in policies for a, b in zip(p.samples, p.samples[1:]))
+    sample_s = gaps[len(gaps) // 2] if gaps else 0.0
+    md += ["", "### Degradation Points", "",
+           f"When each kind of degradation first appeared (k6 samples in {WINDOW_S}-second windows; for rejections, "
+           "drops and failures the time of the first such event), with the open connections at that moment (k6's "
+           "per-second count of sockets opened minus closed; after a ramp-down, the server's count interpolated "
+           f"between the runner's stats samples, every {sample_s:.0f} s) and k6's VU count. Targets are the guide's "
+           f"{tset} column; alert levels are its monitoring rules.", ""]
+    for p in policies:
+        pts = degradation_points(p, targets, cap)
+        md.append(f"**`{p.name}`**")
+        md.append("")
+        if pts:
+            md += [f"- {x}" for x in pts]
+        else:
+            peak = peak_conns(p)
+            md.append(f"- No degradation observed up to {peak} connections.")
+        md.append("")
+    md += ["### Recommendations", ""]
+    md += recommendations(policies, targets, cap, tset)
+    md += ["", "### Raw threshold results", "", "| policy | metric | threshold | result |", "|---|---|---|---|"]
+    for p in policies:
+        for metric, expr, failed in p.thresholds():
+            md.append(f"| `{p.name}` | `{metric}` | `{expr}` | {'**failed**' if failed else 'passed'} |")
+    md.append("")
+    report = out_dir / f"{base}.md"
+    report.write_text("\n".join(md))
+    print(f"compare_report: wrote {report} and {len(charts)} charts")
+    return 0
+
+
+def _counts(p: Policy) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for _, _, tags in p.series.get("do_connections_rejected", []):
+        key = f"{tags.get('status', '?')} {tags.get('code') or '(no code)'}"
+        out[key] = out.get(key, 0) + 1
+    return out
+
+
+def _ratio(a: int, b: int) -> str:
+    return f"{a} / {b}" + (f" ({a / b * 100:.1f}%)" if b else "")
+
+
+def _shards(p: Policy) -> str:
+    s = p.peak_sample()
+    if not s:
+        return "n/a"
+    shards = s["stats"].get("shards", [])
+    most = max((x.get("connections", 0) for x in shards), default=0)
+    return f"{len(shards)}; {most}; {s['stats'].get('imbalance', 0):.2f}"
+
+
+def _rss(p: Policy) -> str:
+    s = p.peak_sample()
+    idle = (p.meta.get("idle_rss_runtime_kb") or 0) + (p.meta.get("idle_rss_proxy_kb") or 0)
+    peak = max((x["rss_runtime_kb"] + x["rss_proxy_kb"] for x in p.samples), default=None)
+    if s is None or peak is None:
+        return "n/a"
+    return (f"{mib(idle)} -> {mib(peak)} ({mib(p.meta.get('idle_rss_runtime_kb'))} -> "
+            f"{mib(max(x['rss_runtime_kb'] for x in p.samples))} runtime)")
+
+
+def _bytes(b: float | None) -> str:
+    if b is None:
+        return "n/a"
+    return f"{b / 1024:.1f} KiB" if abs(b) >= 1024 else f"{b:.0f} B"
+
+
+def _estimate(p: Policy) -> str:
+    s = p.peak_sample()
+    if not s or not s["stats"].get("totalConnections"):
+        return "n/a"
+    return _bytes(s["stats"].get("memoryUsage", 0) / s["stats"]["totalConnections"])
+
+
+def _builds(policies: list[Policy]) -> str:
+    shas = sorted({p.meta.get("build_sha256", "?") for p in policies})
+    if len(shas) == 1:
+        return f"the same Worker build (`index_bg.wasm` sha256 {shas[0]}…)"
+    return ("**different Worker builds** (" + ", ".join(f"`{p.name}`: {p.meta.get('build_sha256', '?')}…" for p in policies)
+            + "): the build changed between policies, so differences may come from the code, not the policy")
+
+
+def _load(p: Policy) -> str:
+    loads = [s["loadavg1"] for s in p.samples if s.get("loadavg1") is not None]
+    return f"{sum(loads) / len(loads):.1f} (max {max(loads):.1f})" if loads else "n/a"
+
+
+def _thresholds(p: Policy) -> str:
+    th = p.thresholds()
+    failed = [f"{m} `{e}`" for m, e, f in th if f]
+    if not th:
+        return "no summary"
+    return "all passed" if not failed else "**failed**: " + ", ".join(failed)
+
+
+def recommendations(policies: list[Policy], targets: dict, cap: int, tset: str) -> list[str]:
+    """Derived from the measurements: which policy held up, where `single` degraded,
+    what the memory figures imply for a 128 MB object."""
+    out = []
+    scored = []
+    for p in policies:
+        failed = sum(1 for _, _, f in p.thresholds() if f)
+        rej = p.stat("do_connection_rejection_rate", "value") or 0
+        ping = p.stat("ws_message_latency", "p(95)") or float("inf")
+        peak = p.peak_sample()
+        scored.append((failed, rej, ping, p, peak["stats"]["totalConnections"] if peak else 0))
+    scored.sort(key=lambda x: (x[0], x[1], x[2]))
+    best = scored[0]
+    degraded = {x[3].name for x in scored if degradation_points(x[3], targets, cap) or x[0]}
+    single = next((x for x in scored if x[3].name == "single"), None)
+    if single is not None and single[3].name in degraded:
+        up_to = healthy_up_to(single[3], targets)
+        out.append(f"- [ ] Adjust connection limit to {up_to} for users served by one object (`single`): it met every "
+                   f"{tset} target and stayed under 5% rejections up to {up_to} connections, and peaked at "
+                   f"{single[4]} (the per-object cap is {cap}).")
+        out.append(f"- [ ] Implement `{best[3].name}` for users exceeding {up_to} connections: of the policies compared "
+                   f"it had the fewest failed thresholds ({best[0]}), a {pct(best[1])} rejection rate and "
+                   f"{ms(best[2])} ping p95 while serving up to {best[4]} connections.")
+    elif single is not None:
+        out.append(f"- No limit change indicated: `single` met every {tset} target up to its peak of {single[4]} "
+                   "connections, so this load does not bound the per-object limit; use a heavier mode "
+                   "(`quick`, `extreme`) to find it.")
+    if not degraded:
+        out.append("- Every policy met every target at this load; choose between them on other grounds "
+                   "(rotation, isolation, fan-out cost).")
+    elif single is None:
+        out.append(f"- [ ] Implement `{best[3].name}`: fewest failed thresholds ({best[0]}), {pct(best[1])} rejection "
+                   f"rate, {ms(best[2])} ping p95, up to {best[4]} connections.")
+    for failed, rej, ping, p, peak in scored:
+        if failed:
+            broken = ", ".join(sorted({m for m, _, f in p.thresholds() if f}))
+            out.append(f"- `{p.name}` failed {failed} threshold(s) ({broken}); its rejection rate was {pct(rej)}.")
+    # Per-socket memory from the policy with the most sockets per object (least per-object
+    # overhead in the RSS growth); the spread across policies shows what objects cost.
+    mem = []
+    for p in policies:
+        b, peak = p.bytes_per_connection()[2], p.peak_sample()
+        if b and b > 0 and peak:
+            n_shards = max(1, len(peak["stats"].get("shards", [])))
+            mem.append((peak["stats"]["totalConnections"] / n_shards, b, p.name, n_shards))
+    if mem:
+        _, b, name, _ = max(mem)
+        fits = int(128 * MIB / b)
+        verdict = (f"so memory does not limit an object at the {cap}-socket cap" if fits > cap else
+                   f"so memory, not the {cap}-socket cap, would limit one object: lower SHARD_MAX_CONNECTIONS")
+        hi = max(mem, key=lambda x: x[1])
+        out.append(f"- Memory: workerd runtime RSS grew by {_bytes(b)} per open socket during the ramp under `{name}` "
+                   f"(the most sockets per object), about {fits:,} sockets per 128 MB if one object paid it all (an "
+                   f"upper bound: the growth includes the isolate's broadcast and stats work), {verdict}. The highest "
+                   f"figure, {_bytes(hi[1])} under `{hi[2]}`, also pays for {hi[3]} objects.")
+    return out
+
+
+if __name__ == "__main__":
+    sys.exit(main())

