@@ -112,7 +112,12 @@ impl Gateway {
         let app = self.state_dir.join("app");
         let build = app.join("build");
         std::fs::create_dir_all(build.join("worker")).unwrap();
-        for f in ["index.js", "index_bg.wasm", "package.json", "worker/shim.mjs"] {
+        for f in [
+            "index.js",
+            "index_bg.wasm",
+            "package.json",
+            "worker/shim.mjs",
+        ] {
             let from = root().join("build").join(f);
             if from.exists() {
                 std::fs::copy(&from, build.join(f)).unwrap();
