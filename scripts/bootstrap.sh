@@ -52,5 +52,14 @@ if [ ! -x .venv/bin/k6 ] || ! .venv/bin/python -c 'import websockets' 2>/dev/nul
   touch .venv/.installed
 fi
 
+# The load runner's helpers; on this kind of machine they are preinstalled.
+for tool in jq curl setsid; do
+  if ! command -v "$tool" >/dev/null; then
+    pkg=$tool; [ "$tool" = setsid ] && pkg=util-linux
+    say "installing $pkg (apt)"
+    apt-get install -y -q "$pkg" >/dev/null
+  fi
+done
+
 took=$(( $(date +%s) - start ))
 if [ "$took" -gt 2 ]; then say "done in ${took}s"; fi

@@ -89,6 +89,31 @@ pub fn scheduled(at_ms: u64) -> worker::ScheduledTime {
     )))
 }
 
+fn promise<F: std::future::Future<Output = ()> + 'static>(fut: F) -> js_sys::Promise {
+    worker::wasm_bindgen_futures::future_to_promise(async move {
+        fut.await;
+        Ok(wasm_bindgen::JsValue::UNDEFINED)
+    })
+}
+
+/// `ctx.waitUntil` without the unwrap inside `Context::wait_until`: a panic
+/// would reset every object in the isolate, a failed registration is only logged.
+pub fn wait_until(ctx: &worker::Context, fut: impl std::future::Future<Output = ()> + 'static) {
+    if let Err(e) = ctx.as_ref().wait_until(&promise(fut)) {
+        worker::console_error!("waitUntil failed: {e:?}");
+    }
+}
+
+/// `state.waitUntil` for Durable Objects, likewise without an unwrap.
+pub fn object_wait_until(
+    state: &worker::State,
+    fut: impl std::future::Future<Output = ()> + 'static,
+) {
+    if let Err(e) = state.as_raw().wait_until(&promise(fut)) {
+        worker::console_error!("waitUntil failed: {e:?}");
+    }
+}
+
 pub async fn sleep(ms: u32) {
     Delay::from(Duration::from_millis(u64::from(ms))).await;
 }

@@ -417,7 +417,7 @@ impl Directory {
         let env = self.env.clone();
         let members = members.clone();
         let except = except.map(str::to_owned);
-        self.state.wait_until(async move {
+        runtime::object_wait_until(&self.state, async move {
             let targets: Vec<&String> = members
                 .shards
                 .iter()

@@ -139,7 +139,7 @@ pub fn authenticate<'c>(req: &Request, cfg: &'c Config) -> Result<Caller<'c>, Ap
 pub fn observe_later(env: &Env, ctx: &Context, user: &str, o: crate::rpc::Observed) {
     let env = env.clone();
     let name = crate::placement::directory_name(user);
-    ctx.wait_until(async move {
+    runtime::wait_until(ctx, async move {
         let Ok(stub) = runtime::stub(&env, crate::placement::DIRECTORY_BINDING, &name) else {
             return;
         };
