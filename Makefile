@@ -21,7 +21,7 @@ WRANGLER := node_modules/.bin/wrangler
 TOOLS := target/debug/token target/debug/check-config
 
 .PHONY: help bootstrap build dev dev-vars test unit lint e2e load-smoke dry-run check-config \
-        token load deploy bench bench-sharding fuzz-smoke check-ops compare clean
+        token load deploy bench bench-sharding fuzz-smoke check-ops compare soak clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -38,7 +38,7 @@ $(TOOLS): bootstrap
 dev-vars:
 	@scripts/dev-vars.sh
 
-dev: bootstrap build dev-vars $(TOOLS) ## serve on 127.0.0.1:$(PORT) via wrangler dev (POLICY=... to switch)
+dev: bootstrap build dev-vars $(TOOLS) ## serve on 127.0.0.1:8787 via wrangler dev (POLICY=..., PORT=... to change)
 	@scripts/dev.sh
 
 token: $(TOOLS) dev-vars ## print a dev token: make token USER=alice TIER=pro
@@ -87,6 +87,13 @@ compare: build dev-vars $(TOOLS) ## compare policies under load: make compare MO
 deploy: build check-config ## deploy: make deploy ENV=staging|production
 	@case "$(ENV)" in staging|production) ;; *) echo "make deploy needs ENV=staging or ENV=production"; exit 2;; esac
 	SKIP_WORKER_BUILD=1 $(WRANGLER) deploy --env $(ENV)
+
+SOAK_POLICIES ?= hash:shards=auto session:others=hash,shards=auto rotate:period=2m,drain=30s,shards=auto
+FUZZ_SECONDS ?= 300
+
+soak: build dev-vars $(TOOLS) ## long runs: the seed's sustained mode per sharded policy (~25 min), then every fuzz target for FUZZ_SECONDS
+	scripts/compare.sh sustained $(SOAK_POLICIES)
+	scripts/fuzz.sh $(FUZZ_SECONDS)
 
 bench: ## placement benchmarks (criterion)
 	cargo bench -p shard-policies --bench placement
