@@ -34,6 +34,12 @@ const RECLAIM_TIMEOUT_MS: u32 = 2_000;
 /// the user never runs short of slots.
 const RECONCILE_EVERY_MS: u64 = 60_000;
 
+/// How long shard-set changes are gathered before one push: 200 ms, plus
+/// 8 ms per shard in the set, at most 2 s.
+fn members_window_ms(shards: u32) -> u32 {
+    200u32.saturating_add(shards.saturating_mul(8)).min(2_000)
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default)]
 struct Saved {
@@ -63,6 +69,8 @@ pub struct Directory {
     saved: Rc<RefCell<Saved>>,
     pending: Rc<RefCell<Pending>>,
     push_at: Cell<Option<u64>>,
+    /// A coalesced shard-set push is scheduled.
+    push_pending: Rc<Cell<bool>>,
     /// One ledger operation at a time, including its reclaim pass.
     lock: Mutex<()>,
 }
@@ -89,6 +97,7 @@ impl DurableObject for Directory {
             saved,
             pending,
             push_at: Cell::new(None),
+            push_pending: Rc::new(Cell::new(false)),
             lock: Mutex::new(()),
         }
     }
@@ -200,7 +209,7 @@ impl Directory {
         }
         let members = self.members();
         if members.version != version_before {
-            self.push_members(&members, Some(&a.shard));
+            self.push_members();
         }
         Ok(Granted {
             granted: grant.granted,
@@ -230,7 +239,7 @@ impl Directory {
             (!members.shards.is_empty()).then_some(now + RECONCILE_EVERY_MS);
         self.save().await?;
         if members.version != version_before {
-            self.push_members(&members, None);
+            self.push_members();
         }
         Ok(())
     }
@@ -370,7 +379,7 @@ impl Directory {
         };
         self.save().await?;
         if changed {
-            self.push_members(&self.members(), None);
+            self.push_members();
         }
         Ok(())
     }
@@ -412,18 +421,31 @@ impl Directory {
         in_transit
     }
 
-    /// Tells the shards the new shard set, after the answer is on its way.
-    fn push_members(&self, members: &Members, except: Option<&str>) {
+    /// Tells the shards the new shard set, coalescing changes: one push per
+    /// window carries the latest set, however many shards joined or left in
+    /// it. Pushing on every change costs N calls per change (N^2 over a burst
+    /// of new session shards) and saturated a spike. The window grows with
+    /// the set, so pushes stay near a few hundred calls per second; until it
+    /// ends, a client frame relayed from an older shard misses the newest.
+    fn push_members(&self) {
+        if self.push_pending.replace(true) {
+            return;
+        }
         let env = self.env.clone();
-        let members = members.clone();
-        let except = except.map(str::to_owned);
+        let saved = self.saved.clone();
+        let pending = self.push_pending.clone();
         runtime::object_wait_until(&self.state, async move {
-            let targets: Vec<&String> = members
-                .shards
-                .iter()
-                .filter(|n| Some(n.as_str()) != except.as_deref())
-                .collect();
-            let calls = targets.into_iter().map(|name| {
+            let n = saved.borrow().ledger.shards.len() as u32;
+            runtime::sleep(members_window_ms(n)).await;
+            pending.set(false);
+            let members = {
+                let s = saved.borrow();
+                Members {
+                    version: s.ledger.version,
+                    shards: s.ledger.names(),
+                }
+            };
+            let calls = members.shards.iter().map(|name| {
                 let env = &env;
                 let members = &members;
                 async move {
