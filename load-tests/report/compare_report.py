@@ -676,10 +676,13 @@ def recommendations(policies: list[Policy], targets: dict, cap: int, tset: str) 
         verdict = (f"so memory does not limit an object at the {cap}-socket cap" if fits > cap else
                    f"so memory, not the {cap}-socket cap, would limit one object: lower SHARD_MAX_CONNECTIONS")
         hi = max(mem, key=lambda x: x[1])
-        out.append(f"- Memory: workerd runtime RSS grew by {_bytes(b)} per open socket during the ramp under `{name}` "
-                   f"(the most sockets per object), about {fits:,} sockets per 128 MB if one object paid it all (an "
-                   f"upper bound: the growth includes the isolate's broadcast and stats work), {verdict}. The highest "
-                   f"figure, {_bytes(hi[1])} under `{hi[2]}`, also pays for {hi[3]} objects.")
+        line = (f"- Memory: workerd runtime RSS grew by {_bytes(b)} per open socket during the ramp under `{name}` "
+                f"(the most sockets per object), about {fits:,} sockets per 128 MB if one object paid it all (an "
+                f"upper bound: the growth includes the isolate's broadcast and stats work), {verdict}.")
+        if hi[2] != name:
+            line += (f" The highest figure, {_bytes(hi[1])} under `{hi[2]}`, also pays for {hi[3]} "
+                     f"object{'s' if hi[3] != 1 else ''}.")
+        out.append(line)
     return out
 
 
