@@ -21,7 +21,7 @@ WRANGLER := node_modules/.bin/wrangler
 TOOLS := target/debug/token target/debug/check-config
 
 .PHONY: help bootstrap build dev dev-vars test unit lint e2e load-smoke dry-run check-config \
-        token load deploy bench bench-sharding fuzz-smoke check-ops compare soak clean
+        token load deploy bench bench-sharding fuzz-smoke check-ops compare compare-smoke soak clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -47,7 +47,7 @@ token: $(TOOLS) dev-vars ## print a dev token: make token USER=alice TIER=pro
 check-config: $(TOOLS) ## validate wrangler.toml's vars for every environment
 	@target/debug/check-config wrangler.toml
 
-test: bootstrap lint unit build check-config check-ops dry-run fuzz-smoke e2e load-smoke ## install, build and run every test
+test: bootstrap lint unit build check-config check-ops dry-run fuzz-smoke e2e load-smoke compare-smoke ## install, build and run every test
 	@echo "make test: all passed"
 
 lint:
@@ -63,6 +63,14 @@ e2e: build dev-vars ## integration tests against real workerd
 
 load-smoke: build dev-vars $(TOOLS)
 	scripts/load.sh --fresh smoke
+
+# The compare pipeline end to end on a CI-sized run: cap 5, so `single` must fail at 5 sockets
+# and `hash` must hold all 10 (load-tests/report/check_compare_smoke.py).
+compare-smoke: build dev-vars $(TOOLS)
+	rm -rf build/compare-smoke
+	LOAD_TIER_LIMIT=20 SHARD_MAX_CONNECTIONS=5 RESULTS_DIR=build/compare-smoke \
+	  scripts/compare.sh smoke single hash:shards=auto
+	python3 load-tests/report/check_compare_smoke.py build/compare-smoke
 
 check-ops: ## Prometheus rules (check + unit tests) and the Grafana dashboard; installs promtool
 	@ops/check.sh

@@ -7,7 +7,7 @@
 # run the k6 scenario in MODE against it as one user, sample workerd's RSS and the user's
 # stats while it runs, keep the k6 summary, stop the gateway. Then write
 # docs/results/MODE-DATE.md (the capacity guide's result template, one table across the
-# policies) and its SVG charts.
+# policies), its SVG charts and MODE-DATE.json (headline figures; RESULTS_DIR moves all three).
 #
 # The load is one user (load-alice) in a tier `load` whose limit (LOAD_TIER_LIMIT, default
 # 1000) is above the mode's peak, so every rejection comes from the per-object cap
@@ -24,6 +24,7 @@ K6=${K6:-$ROOT/.venv/bin/k6}
 LOAD_TIER_LIMIT=${LOAD_TIER_LIMIT:-1000}
 CAP=${SHARD_MAX_CONNECTIONS:-200}
 SAMPLE_S=${SAMPLE_INTERVAL:-5}
+RESULTS_DIR=${RESULTS_DIR:-docs/results}
 
 usage() {
   echo "usage: scripts/compare.sh MODE [POLICY...]   (or POLICIES=\"...\")" >&2
@@ -180,4 +181,4 @@ jq -n --arg mode "$mode" --argjson planned "$planned_s" --argjson total "$total"
   >"$run_dir/run.json"
 echo
 echo "compare: all $n policies ran in $(fmt_s "$total"); writing the report"
-python3 load-tests/report/compare_report.py "$run_dir" docs/results
+python3 load-tests/report/compare_report.py "$run_dir" "$RESULTS_DIR"

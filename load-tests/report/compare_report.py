@@ -8,8 +8,8 @@ RUN_DIR (load-tests/out/compare-MODE-STAMP/) holds run.json and, per policy NN-s
   .summary.json    k6 --summary-export (end-of-test aggregates, threshold results)
   .k6.csv.gz       k6 --out csv (every sample, for time windows)
   .samples.jsonl   the runner's samples every few seconds: workerd RSS, k6 VUs, the user's stats
-OUT_DIR gets MODE-DATE.md in the capacity guide's "Test Results Template" form and its SVG
-charts (MODE-DATE-*.svg). Every figure comes from those files; nothing is typed in.
+OUT_DIR gets MODE-DATE.md in the capacity guide's "Test Results Template" form, its SVG
+charts (MODE-DATE-*.svg) and MODE-DATE.json (the headline figures per policy, for scripts). Every figure comes from those files; nothing is typed in.
 Standard library only.
 """
 
@@ -542,8 +542,36 @@ def main() -> int:
     md.append("")
     report = out_dir / f"{base}.md"
     report.write_text("\n".join(md))
-    print(f"compare_report: wrote {report} and {len(charts)} charts")
+    summary = {"mode": mode, "date": date, "threshold_set": tset, "shard_max_connections": cap,
+               "tier_limit": run.get("tier_limit"), "charts": [n for _, n in charts],
+               "policies": [_summary(p, peak_conns(p)) for p in policies]}
+    (out_dir / f"{base}.json").write_text(json.dumps(summary, indent=1) + "\n")
+    print(f"compare_report: wrote {report}, {base}.json and {len(charts)} charts")
     return 0
+
+
+def _summary(p: Policy, peak: int | None) -> dict:
+    """The report's headline figures for one policy, for scripts (and the pipeline's own test)."""
+    s = p.peak_sample()
+    shards = s["stats"].get("shards", []) if s else []
+    return {
+        "policy": p.name,
+        "k6_exit": p.meta.get("k6_exit"),
+        "peak_connections": peak,
+        "attempts": p.attempts,
+        "rejected": p.count("do_connections_rejected"),
+        "rejection_rate": p.stat("do_connection_rejection_rate", "value"),
+        "rejections_by_code": _counts(p),
+        "connection_errors": p.count("ws_connection_errors"),
+        "dropped": sum(1 for _, _, t in p.series.get("ws_connection_errors", []) if t.get("kind") == "dropped"),
+        "p95_ms": {"connect": p.stat("ws_connection_time", "p(95)"), "ping": p.stat("ws_message_latency", "p(95)"),
+                   "broadcast": p.stat("ws_broadcast_delivery_time", "p(95)"),
+                   "do_response": p.stat("do_response_time", "p(95)")},
+        "shards_at_peak": len(shards),
+        "max_on_one_shard": max((x.get("connections", 0) for x in shards), default=0),
+        "bytes_per_connection": p.bytes_per_connection()[2],
+        "thresholds_failed": sorted({m for m, _, f in p.thresholds() if f}),
+    }
 
 
 def _counts(p: Policy) -> dict[str, int]:
