@@ -244,6 +244,34 @@ class Policy:
                 slope = sum((x - mx) * (y - my) for x, y in pts) / sxx
         return rt, total, slope
 
+    def hold_memory(self) -> dict | None:
+        """workerd RSS while the load holds at its peak (samples with at least 98 % of the
+        peak's connections, from the first to the last such sample): first and last values
+        and the least-squares trend of runtime RSS, over the whole hold and over its second
+        half, in KiB per minute. Flat memory means the trend is near zero, not the absolute."""
+        peak = self.peak_sample()
+        if not peak:
+            return None
+        level = 0.98 * peak["stats"].get("totalConnections", 0)
+        at_peak = [i for i, s in enumerate(self.samples) if isinstance(s.get("stats"), dict)
+                   and s.get("rss_runtime_kb") and s["stats"].get("totalConnections", 0) >= level]
+        if len(at_peak) < 4:
+            return None
+        hold = [s for s in self.samples[at_peak[0]: at_peak[-1] + 1] if s.get("rss_runtime_kb")]
+
+        def trend(rows: list[dict]) -> float | None:
+            pts = [(s["t"] / 60, float(s["rss_runtime_kb"])) for s in rows]
+            if len(pts) < 3:
+                return None
+            mx, my = sum(x for x, _ in pts) / len(pts), sum(y for _, y in pts) / len(pts)
+            sxx = sum((x - mx) ** 2 for x, _ in pts)
+            return sum((x - mx) * (y - my) for x, y in pts) / sxx if sxx > 0 else None
+        return {"seconds": hold[-1]["t"] - hold[0]["t"],
+                "runtime_first_kb": hold[0]["rss_runtime_kb"], "runtime_last_kb": hold[-1]["rss_runtime_kb"],
+                "runtime_trend_kb_per_min": trend(hold),
+                "runtime_trend_second_half_kb_per_min": trend(hold[len(hold) // 2:]),
+                "proxy_first_kb": hold[0].get("rss_proxy_kb"), "proxy_last_kb": hold[-1].get("rss_proxy_kb")}
+
     # -- time windows ----------------------------------------------------------------------
 
     def windows(self) -> list[dict]:
@@ -417,6 +445,7 @@ def main() -> int:
         lambda p: _bytes(p.bytes_per_connection()[2]))
     row("(RSS at peak - idle) / peak connections: runtime; incl. dev proxy", lambda p: (
         f"{_bytes(p.bytes_per_connection()[0])}; {_bytes(p.bytes_per_connection()[1])}"))
+    row("Runtime RSS while holding the peak: first -> last; trend (whole hold, second half)", lambda p: _hold(p))
     row("DO memory estimate per connection (stats memoryUsage)", lambda p: _estimate(p))
     row("Mean 1-min load average during the run (2 CPUs)", lambda p: _load(p))
     row(f"Thresholds ({tset} set)", lambda p: _thresholds(p))
@@ -570,6 +599,7 @@ def _summary(p: Policy, peak: int | None) -> dict:
         "shards_at_peak": len(shards),
         "max_on_one_shard": max((x.get("connections", 0) for x in shards), default=0),
         "bytes_per_connection": p.bytes_per_connection()[2],
+        "hold_memory": p.hold_memory(),
         "thresholds_failed": sorted({m for m, _, f in p.thresholds() if f}),
     }
 
@@ -603,6 +633,17 @@ def _rss(p: Policy) -> str:
         return "n/a"
     return (f"{mib(idle)} -> {mib(peak)} ({mib(p.meta.get('idle_rss_runtime_kb'))} -> "
             f"{mib(max(x['rss_runtime_kb'] for x in p.samples))} runtime)")
+
+
+def _hold(p: Policy) -> str:
+    h = p.hold_memory()
+    if not h:
+        return "n/a"
+
+    def kpm(v: float | None) -> str:
+        return "n/a" if v is None else f"{v:+.0f} KiB/min"
+    return (f"{mib(h['runtime_first_kb'])} -> {mib(h['runtime_last_kb'])} over {mmss(h['seconds'])}; "
+            f"{kpm(h['runtime_trend_kb_per_min'])}, {kpm(h['runtime_trend_second_half_kb_per_min'])}")
 
 
 def _bytes(b: float | None) -> str:
