@@ -385,7 +385,9 @@ impl ConnectionManager {
         if let Some(m) = attachment(ws) {
             self.bad_frames.borrow_mut().remove(&m.connection_id);
         }
-        self.settle(Some(ws)).await
+        self.settle(Some(ws)).await?;
+        self.observe_gauges().await;
+        Ok(())
     }
 
     async fn set_members(&self, m: Members) -> worker::Result<()> {

@@ -21,6 +21,10 @@ pub struct Observer {
     pending: Observations,
     /// When the pending delta is due upward; `None` while there is none.
     pub report_at: Option<u64>,
+    /// Open sockets in the last report the directory took: a close is news
+    /// even when nothing else was recorded, or `/metrics` would show sockets
+    /// that are gone until the next reconcile.
+    reported_connections: Option<u64>,
 }
 
 impl ConnectionManager {
@@ -58,6 +62,13 @@ impl ConnectionManager {
         }
     }
 
+    /// The open-socket count changed (a close): report it if no report is due.
+    pub(super) async fn observe_gauges(&self) {
+        if self.observer.borrow().report_at.is_none() {
+            self.schedule_report(runtime::now_ms()).await;
+        }
+    }
+
     async fn schedule_report(&self, now: u64) {
         self.observer.borrow_mut().report_at = Some(now + REPORT_EVERY_MS);
         if let Err(e) = self.rearm().await {
@@ -79,10 +90,11 @@ impl ConnectionManager {
             o.full.prune(now);
             std::mem::take(&mut o.pending)
         };
-        if user.is_empty() || pending.is_empty() && self.open_count(None) == 0 {
+        let stats = self.stats();
+        let unchanged = self.observer.borrow().reported_connections == Some(stats.connections);
+        if user.is_empty() || pending.is_empty() && unchanged {
             return;
         }
-        let stats = self.stats();
         let policy = runtime::config(&self.env)
             .map(|c| c.policy_name.clone())
             .unwrap_or_default();
@@ -112,11 +124,14 @@ impl ConnectionManager {
                 .map(|_| ()),
             Err(e) => Err(e),
         };
-        if let Err(e) = sent {
-            console_error!("metrics report failed: {e}");
-            let mut o = self.observer.borrow_mut();
-            o.pending.merge(&report.observed);
-            o.report_at = Some(now + REPORT_EVERY_MS);
+        let mut o = self.observer.borrow_mut();
+        match sent {
+            Ok(()) => o.reported_connections = Some(report.gauges.connections),
+            Err(e) => {
+                console_error!("metrics report failed: {e}");
+                o.pending.merge(&report.observed);
+                o.report_at = Some(now + REPORT_EVERY_MS);
+            }
         }
     }
 }

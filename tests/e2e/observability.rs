@@ -178,6 +178,16 @@ async fn metrics_slo_and_admin_stats_reflect_real_traffic() {
         let (status, _, _) = admin_get(g, path, &t).await;
         assert_eq!(status, 401, "{path}");
     }
+
+    // Closes reach the gauges within a report or two, not at the next reconcile (60 s).
+    for c in socks.drain(..3) {
+        c.close().await;
+    }
+    metrics_when(g, |m| total(m, "do_connections_total", me) == 2.0).await;
+    for c in socks.drain(..) {
+        c.close().await;
+    }
+    metrics_when(g, |m| total(m, "do_connections_total", me) == 0.0).await;
 }
 
 #[tokio::test]
