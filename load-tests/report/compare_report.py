@@ -47,6 +47,16 @@ MODE_SHAPES = {
 }
 
 
+def _slope(pts: list[tuple[float, float]]) -> float | None:
+    """Least-squares slope of y over x; None for fewer than 3 points or no spread in x."""
+    if len(pts) < 3:
+        return None
+    mx = sum(x for x, _ in pts) / len(pts)
+    my = sum(y for _, y in pts) / len(pts)
+    sxx = sum((x - mx) ** 2 for x, _ in pts)
+    return sum((x - mx) * (y - my) for x, y in pts) / sxx if sxx > 0 else None
+
+
 def p95(values: list[float]) -> float | None:
     if not values:
         return None
@@ -157,6 +167,15 @@ class Policy:
             out.append(s)
         return out
 
+    def dropped(self) -> int:
+        """Sockets the server dropped (not closed by the client or a rotation)."""
+        return sum(1 for _, _, t in self.series.get("ws_connection_errors", []) if t.get("kind") == "dropped")
+
+    def peak_shards(self) -> list[dict]:
+        """The per-shard rows of the peak stats sample."""
+        s = self.peak_sample()
+        return s["stats"].get("shards", []) if s else []
+
     def peak_sample(self) -> dict | None:
         with_stats = [s for s in self.samples if isinstance(s.get("stats"), dict)]
         if not with_stats:
@@ -235,14 +254,7 @@ class Policy:
             pts.append((s["stats"]["totalConnections"], s["rss_runtime_kb"] * 1024))
             if s["stats"]["totalConnections"] >= conns:
                 break  # the ramp ends at the first sample at peak
-        slope = None
-        if len(pts) >= 3:
-            mx = sum(x for x, _ in pts) / len(pts)
-            my = sum(y for _, y in pts) / len(pts)
-            sxx = sum((x - mx) ** 2 for x, _ in pts)
-            if sxx > 0:
-                slope = sum((x - mx) * (y - my) for x, y in pts) / sxx
-        return rt, total, slope
+        return rt, total, _slope(pts)
 
     def hold_memory(self) -> dict | None:
         """workerd RSS while the load holds at its peak (samples with at least 98 % of the
@@ -260,12 +272,7 @@ class Policy:
         hold = [s for s in self.samples[at_peak[0]: at_peak[-1] + 1] if s.get("rss_runtime_kb")]
 
         def trend(rows: list[dict]) -> float | None:
-            pts = [(s["t"] / 60, float(s["rss_runtime_kb"])) for s in rows]
-            if len(pts) < 3:
-                return None
-            mx, my = sum(x for x, _ in pts) / len(pts), sum(y for _, y in pts) / len(pts)
-            sxx = sum((x - mx) ** 2 for x, _ in pts)
-            return sum((x - mx) * (y - my) for x, y in pts) / sxx if sxx > 0 else None
+            return _slope([(s["t"] / 60, float(s["rss_runtime_kb"])) for s in rows])
         return {"seconds": hold[-1]["t"] - hold[0]["t"],
                 "runtime_first_kb": hold[0]["rss_runtime_kb"], "runtime_last_kb": hold[-1]["rss_runtime_kb"],
                 "runtime_trend_kb_per_min": trend(hold),
@@ -424,8 +431,7 @@ def main() -> int:
     row("Rejections by status and error code", lambda p: ", ".join(
         f"{c} x{n}" for c, n in sorted(_counts(p).items())) or "none")
     row("Connection errors (rejected + failed + dropped)", lambda p: str(p.count("ws_connection_errors")))
-    row("Sockets dropped by the server", lambda p: str(sum(1 for _, _, t in p.series.get("ws_connection_errors", [])
-                                                          if t.get("kind") == "dropped")))
+    row("Sockets dropped by the server", lambda p: str(p.dropped()))
     row("Connection success rate", lambda p: pct(p.stat("ws_connection_success", "value")))
     row("**p95 Latency**: connect (ws_connection_time)", lambda p: ms(p.stat("ws_connection_time", "p(95)")))
     row("**p95 Latency**: ping round trip (ws_message_latency)", lambda p: ms(p.stat("ws_message_latency", "p(95)")))
@@ -581,8 +587,7 @@ def main() -> int:
 
 def _summary(p: Policy, peak: int | None) -> dict:
     """The report's headline figures for one policy, for scripts (and the pipeline's own test)."""
-    s = p.peak_sample()
-    shards = s["stats"].get("shards", []) if s else []
+    shards = p.peak_shards()
     return {
         "policy": p.name,
         "k6_exit": p.meta.get("k6_exit"),
@@ -592,7 +597,7 @@ def _summary(p: Policy, peak: int | None) -> dict:
         "rejection_rate": p.stat("do_connection_rejection_rate", "value"),
         "rejections_by_code": _counts(p),
         "connection_errors": p.count("ws_connection_errors"),
-        "dropped": sum(1 for _, _, t in p.series.get("ws_connection_errors", []) if t.get("kind") == "dropped"),
+        "dropped": p.dropped(),
         "p95_ms": {"connect": p.stat("ws_connection_time", "p(95)"), "ping": p.stat("ws_message_latency", "p(95)"),
                    "broadcast": p.stat("ws_broadcast_delivery_time", "p(95)"),
                    "do_response": p.stat("do_response_time", "p(95)")},
@@ -620,7 +625,7 @@ def _shards(p: Policy) -> str:
     s = p.peak_sample()
     if not s:
         return "n/a"
-    shards = s["stats"].get("shards", [])
+    shards = p.peak_shards()
     most = max((x.get("connections", 0) for x in shards), default=0)
     return f"{len(shards)}; {most}; {s['stats'].get('imbalance', 0):.2f}"
 

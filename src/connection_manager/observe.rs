@@ -36,40 +36,36 @@ impl ConnectionManager {
     pub(super) async fn observe_outcome(&self, outcome: Outcome) {
         let now = runtime::now_ms();
         let tier = self.tier();
-        let first = {
+        {
             let mut o = self.observer.borrow_mut();
             o.full.record_outcome(now, &tier, outcome);
             o.pending.record_outcome(now, &tier, outcome);
-            o.report_at.is_none()
-        };
-        if first {
-            self.schedule_report(now).await;
         }
+        self.report_soon(now).await;
     }
 
     pub(super) async fn observe_latency(&self, series: Series, since_ms: u64) {
         let now = runtime::now_ms();
         let tier = self.tier();
         let ms = now.saturating_sub(since_ms) as f64;
-        let first = {
+        {
             let mut o = self.observer.borrow_mut();
             o.full.record_latency(now, &tier, series, ms);
             o.pending.record_latency(now, &tier, series, ms);
-            o.report_at.is_none()
-        };
-        if first {
-            self.schedule_report(now).await;
         }
+        self.report_soon(now).await;
     }
 
-    /// The open-socket count changed (a close): report it if no report is due.
+    /// The open-socket count changed (a close): the directory's gauges are stale.
     pub(super) async fn observe_gauges(&self) {
-        if self.observer.borrow().report_at.is_none() {
-            self.schedule_report(runtime::now_ms()).await;
-        }
+        self.report_soon(runtime::now_ms()).await;
     }
 
-    async fn schedule_report(&self, now: u64) {
+    /// Schedules a report unless one is already due.
+    async fn report_soon(&self, now: u64) {
+        if self.observer.borrow().report_at.is_some() {
+            return;
+        }
         self.observer.borrow_mut().report_at = Some(now + REPORT_EVERY_MS);
         if let Err(e) = self.rearm().await {
             console_error!("could not schedule a metrics report: {e}");
@@ -90,11 +86,12 @@ impl ConnectionManager {
             o.full.prune(now);
             std::mem::take(&mut o.pending)
         };
-        let stats = self.stats();
-        let unchanged = self.observer.borrow().reported_connections == Some(stats.connections);
+        let open = u64::from(self.open_count(None));
+        let unchanged = self.observer.borrow().reported_connections == Some(open);
         if user.is_empty() || pending.is_empty() && unchanged {
             return;
         }
+        let stats = self.stats();
         let policy = runtime::config(&self.env)
             .map(|c| c.policy_name.clone())
             .unwrap_or_default();

@@ -40,6 +40,14 @@ fn members_window_ms(shards: u32) -> u32 {
     200u32.saturating_add(shards.saturating_mul(8)).min(2_000)
 }
 
+/// The shard set as the shards learn it.
+fn members_of(s: &Saved) -> Members {
+    Members {
+        version: s.ledger.version,
+        shards: s.ledger.names(),
+    }
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default)]
 struct Saved {
@@ -151,11 +159,7 @@ impl Directory {
     }
 
     fn members(&self) -> Members {
-        let s = self.saved.borrow();
-        Members {
-            version: s.ledger.version,
-            shards: s.ledger.names(),
-        }
+        members_of(&self.saved.borrow())
     }
 
     fn view(&self) -> DirectoryView {
@@ -438,13 +442,7 @@ impl Directory {
             let n = saved.borrow().ledger.shards.len() as u32;
             runtime::sleep(members_window_ms(n)).await;
             pending.set(false);
-            let members = {
-                let s = saved.borrow();
-                Members {
-                    version: s.ledger.version,
-                    shards: s.ledger.names(),
-                }
-            };
+            let members = members_of(&saved.borrow());
             let calls = members.shards.iter().map(|name| {
                 let env = &env;
                 let members = &members;
