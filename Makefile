@@ -21,7 +21,7 @@ WRANGLER := node_modules/.bin/wrangler
 TOOLS := target/debug/token target/debug/check-config
 
 .PHONY: help bootstrap build dev dev-vars test unit lint e2e load-smoke dry-run check-config \
-        token load deploy bench bench-sharding fuzz-smoke check-ops compare compare-smoke soak clean
+        token tier load deploy bench bench-sharding fuzz-smoke check-ops compare compare-smoke soak clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -41,8 +41,16 @@ dev-vars:
 dev: bootstrap build dev-vars $(TOOLS) ## serve on 127.0.0.1:8787 via wrangler dev (POLICY=..., PORT=... to change)
 	@scripts/dev.sh
 
-token: $(TOOLS) dev-vars ## print a dev token: make token USER=alice TIER=pro
-	@target/debug/token --user $(TOKEN_USER) --tier $(TIER)
+token: $(TOOLS) dev-vars ## print a platform token: make token USER=alice
+	@target/debug/token --user $(TOKEN_USER)
+
+tier: dev-vars ## set a user's tier on the running `make dev`: make tier USER=alice TIER=enterprise (TIER=default clears)
+	@admin=$$(sed -n 's/^ADMIN_TOKEN=//p' .dev.vars); \
+	if [ "$(TIER)" = default ]; then \
+	  curl -sS -X DELETE http://127.0.0.1:$(PORT)/admin/users/$(TOKEN_USER)/tier -H "Authorization: Bearer $$admin"; \
+	else \
+	  curl -sS -X PUT http://127.0.0.1:$(PORT)/admin/users/$(TOKEN_USER)/tier -H "Authorization: Bearer $$admin" -d '{"tier":"$(TIER)"}'; \
+	fi; echo
 
 check-config: $(TOOLS) ## validate wrangler.toml's vars for every environment
 	@target/debug/check-config wrangler.toml
@@ -103,8 +111,9 @@ soak: build dev-vars $(TOOLS) ## long runs: the seed's sustained mode per sharde
 	scripts/compare.sh sustained $(SOAK_POLICIES)
 	scripts/fuzz.sh $(FUZZ_SECONDS)
 
-bench: ## placement benchmarks (criterion)
+bench: ## placement and credential benchmarks (criterion)
 	cargo bench -p shard-policies --bench placement
+	cargo bench --bench auth
 
 bench-sharding: build dev-vars ## fan-out and per-policy figures on local workerd -> docs/results/
 	cargo bench --bench sharding

@@ -22,7 +22,7 @@ use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use support::{sessions, token, user, user_scoped, Client, Gateway};
+use support::{sessions, user, user_scoped, Client, Gateway};
 
 const SOCKETS: usize = 600;
 const BROADCASTS: usize = 20;
@@ -77,7 +77,7 @@ async fn open(g: &Gateway, t: &str, query: &str, m: &mut Measured) -> Option<Cli
 async fn measure(g: &Gateway, query: Query, churn: bool) -> Measured {
     let mut m = Measured::default();
     let u = user("bench");
-    let t = token(&u, "load");
+    let t = g.token(&u, "load").await;
     let mut clients: Vec<Client> = Vec::with_capacity(SOCKETS);
     // 20 connects in flight at a time, each timed on its own.
     for chunk in (0..SOCKETS).collect::<Vec<_>>().chunks(20) {

@@ -27,8 +27,9 @@ HOLDER=""
 finish() { [ -z "$HOLDER" ] || kill "$HOLDER" 2>/dev/null || true; gw_cleanup; }
 trap finish EXIT
 tiers='{"load":{"limit":2000,"latencyP95Ms":500,"availability":99.5}}'
-gw_start "$policy" --var "TIERS:$tiers" --var "SHARD_MAX_CONNECTIONS:200"
-tok=$(target/debug/token --user "memprobe" --tier load)
+# The probe's only tier is every user's default, so no tier needs setting.
+gw_start "$policy" --var "TIERS:$tiers" --var "DEFAULT_TIER:load" --var "SHARD_MAX_CONNECTIONS:200"
+tok=$(target/debug/token --user "memprobe")
 
 if [ "$what" != fanout ]; then
   deflate=0; [ "$what" = sockets-deflate ] && deflate=1

@@ -81,6 +81,9 @@ for p in "${policies[@]}"; do
   gw_cleanup
 done
 
+admin=$(sed -n 's/^ADMIN_TOKEN=//p' .dev.vars | tail -n 1)
+[ -n "$admin" ] || { echo "error: .dev.vars has no ADMIN_TOKEN (make dev-vars)" >&2; exit 2; }
+
 # The capacity guide's tiers plus `load`, high enough for the whole run.
 tiers=$(jq -cn --argjson l "$LOAD_TIER_LIMIT" '{
   free: {limit: 20, latencyP95Ms: 500, availability: 99.5},
@@ -115,13 +118,14 @@ for policy in "${policies[@]}"; do
   echo
   echo "compare: [$i/$n] $policy"
   gw_start "$policy" --var "TIERS:$tiers" --var "SHARD_MAX_CONNECTIONS:$CAP"
-  token=$(target/debug/token --user load-alice --tier load --ttl 86400)
+  token=$(target/debug/token --user load-alice --ttl 86400)
   sleep 2 # let the fresh runtime settle before the idle RSS sample
   read -r idle_rt idle_px < <(gw_workerd_rss_kb)
   api_port=$(gw_free_port)
 
   t0=$(date +%s)
-  AUTH_TOKEN=$token "$K6" run --address "127.0.0.1:$api_port" \
+  # The scenario's setup puts load-alice in tier `load` through the admin API.
+  AUTH_TOKEN=$token LOAD_TIER=load ADMIN_TOKEN=$admin "$K6" run --address "127.0.0.1:$api_port" \
     --summary-export "$run_dir/$slug.summary.json" --out "csv=$run_dir/$slug.k6.csv.gz" \
     -e "TEST_MODE=$mode" -e "BASE_URL=$GW_URL" "$SCENARIO" >"$run_dir/$slug.k6.log" 2>&1 &
   K6_PID=$!

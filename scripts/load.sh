@@ -11,9 +11,10 @@
 # With --fresh: starts a private gateway on free loopback ports with a temporary state
 # directory (SHARD_POLICY from POLICY, default hash:shards=auto), runs, and stops it.
 #
-# Env: LOAD_TIER (token tier, default enterprise; not TIER, which `make` exports for `make dev`
-# and `make token`), AUTH_TOKEN (skip minting), USERS / TIER_MIX
-# (many users; AUTH_SECRET is read from .dev.vars), POLICY and GATEWAY_VARS (--fresh only:
+# Env: LOAD_TIER (the one user's tier, set through the admin API, default enterprise; not
+# TIER, which `make` exports for `make tier`), AUTH_TOKEN (skip minting), USERS / TIER_MIX
+# (many users: platform tokens minted into a file, tiers set by the scenario's setup), the
+# master secret and ADMIN_TOKEN from .dev.vars, POLICY and GATEWAY_VARS (--fresh only:
 # extra `--var NAME:VALUE` for wrangler, space-separated). Everything else the scenario reads
 # (PING_INTERVAL, CLIENT_MIX, ...) passes through the environment unchanged.
 # The k6 summary (JSON) and log are kept under load-tests/out/.
@@ -63,6 +64,7 @@ cleanup() {
   trap - EXIT INT TERM
   if [ -n "$K6_PID" ]; then kill -TERM "$K6_PID" 2>/dev/null || true; wait "$K6_PID" 2>/dev/null || true; fi
   if [ -n "${GW_DIR:-}" ] && [ -n "${gw_log_copy:-}" ] && [ -f "$GW_LOG" ]; then cp "$GW_LOG" "$gw_log_copy"; fi
+  if [ -n "${tokens_file:-}" ]; then rm -f "$tokens_file"; fi
   gw_cleanup
   exit "$rc"
 }
@@ -70,7 +72,7 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-dev_secret() { sed -n 's/^AUTH_SECRET=//p' .dev.vars 2>/dev/null | tail -n 1; }
+admin_token() { sed -n 's/^ADMIN_TOKEN=//p' .dev.vars 2>/dev/null | tail -n 1; }
 
 policy_label="server's"
 if [ "$fresh" = 1 ]; then
@@ -93,23 +95,24 @@ else
 fi
 
 k6_env=(-e "TEST_MODE=$mode" -e "BASE_URL=$base_url")
+# Through the environment, not the command line, so it does not show up in ps.
+ADMIN_TOKEN=${ADMIN_TOKEN:-$(admin_token)}
+export ADMIN_TOKEN
+mkdir -p load-tests/out
 if [ -n "${USERS:-}" ]; then
-  secret=${AUTH_SECRET:-$(dev_secret)}
-  if [ -z "$secret" ]; then echo "error: USERS needs AUTH_SECRET (env or .dev.vars)" >&2; exit 2; fi
-  # Through the environment, not the command line, so it does not show up in ps.
-  export AUTH_SECRET=$secret
-  k6_env+=(-e "USERS=$USERS" -e "TIER_MIX=${TIER_MIX:-pro:1}")
+  tokens_file=load-tests/out/tokens-$$.json
+  target/debug/token --users "$USERS" --prefix load-u --ttl 86400 > "$tokens_file"
+  k6_env+=(-e "USERS=$USERS" -e "TOKENS_FILE=$ROOT/$tokens_file" -e "TIER_MIX=${TIER_MIX:-pro:1}")
   who="$USERS users (${TIER_MIX:-pro:1})"
 else
   tier=${LOAD_TIER:-enterprise}
   if [ -z "${AUTH_TOKEN:-}" ]; then
-    AUTH_TOKEN=$(target/debug/token --user load-alice --tier "$tier" --ttl 86400)
+    AUTH_TOKEN=$(target/debug/token --user load-alice --ttl 86400)
   fi
-  export AUTH_TOKEN
+  export AUTH_TOKEN LOAD_TIER=$tier
   who="user load-alice, tier $tier"
 fi
 
-mkdir -p load-tests/out
 stamp=$(date +%Y%m%d-%H%M%S)
 slug=$(printf '%s' "$policy_label" | tr -c 'A-Za-z0-9_.-' '_')
 summary="load-tests/out/$mode-$slug-$stamp.json"

@@ -9,6 +9,10 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use shard_policies::PolicyConfig;
 
+use crate::auth::TokenKeys;
+use crate::cors::CorsPolicy;
+use crate::routing::ack_id::AckKey;
+
 /// Where configuration values come from: the Worker env, a TOML table, a map.
 pub trait VarSource {
     fn var(&self, name: &str) -> Option<String>;
@@ -40,6 +44,13 @@ pub struct Tier {
     pub availability: f64,
 }
 
+/// Only reachable through a hand-built `Config` whose default tier is missing.
+const FALLBACK_TIER: Tier = Tier {
+    limit: 20,
+    latency_p95_ms: 500,
+    availability: 99.5,
+};
+
 /// The seed's tiers (capacity guide, "SLO Recommendations").
 pub const DEFAULT_TIERS: &str = r#"{"free":{"limit":20,"latencyP95Ms":500,"availability":99.5},"pro":{"limit":100,"latencyP95Ms":200,"availability":99.9},"enterprise":{"limit":500,"latencyP95Ms":100,"availability":99.95}}"#;
 
@@ -57,9 +68,20 @@ pub const VARS: &[(&str, Option<&str>)] = &[
     ("TEST_KNOBS", Some("off")),
     ("REGISTRY_SHARDS", Some("8")),
     ("METRICS_MAX_USER_SERIES", Some("50")),
-    ("AUTH_SECRET", None),
+    ("DEFAULT_TIER", Some("pro")),
+    ("CORS_ORIGINS", Some(DEFAULT_CORS_ORIGINS)),
+    // The platform's master secret; the deprecated name is read when the new one is unset.
+    ("HAPPY_MASTER_SECRET", None),
+    ("HANDY_MASTER_SECRET", None),
     ("ADMIN_TOKEN", Some("")),
 ];
+
+/// The platform's production CORS rules (platform-protocol.md §7.5): local origins and its
+/// own web apps.
+pub const DEFAULT_CORS_ORIGINS: &str = "localhost,https://happy.enflamemedia.com,https://happy-dev.enflamemedia.com,https://happy-vue.enflamemedia.com,https://happy-vue-dev.enflamemedia.com,https://happy.app,https://www.happy.app,https://api.happy.app";
+
+/// The shortest master secret accepted (the platform's own test secrets are longer).
+pub const MIN_SECRET_BYTES: usize = 16;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
@@ -79,8 +101,40 @@ pub struct Config {
     pub registry_shards: u32,
     /// Users with their own series in `/metrics`; the rest fold into `_other`.
     pub metrics_max_user_series: u32,
-    pub auth_secret: String,
-    pub admin_token: String,
+    /// The tier of a user without an operator override (`PUT /admin/users/{id}/tier`).
+    pub default_tier: String,
+    pub cors: CorsPolicy,
+    /// The platform's master secret: the ticket HMAC key, as its raw UTF-8 bytes.
+    pub master_secret: Secret,
+    /// The token keys derived from it (HKDF), once per isolate with the config.
+    pub token_keys: TokenKeys,
+    /// Seals the references that carry RPC answers back to their caller.
+    pub ack_key: AckKey,
+    pub admin_token: Secret,
+}
+
+/// A secret string that never shows in `Debug` output.
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Self(s.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("(secret hidden)")
+    }
 }
 
 /// A configuration error names the var, the value and what is allowed.
@@ -101,14 +155,34 @@ impl Config {
             allowed: format!("{e}"),
         })?;
         let tiers = parse_tiers(&get(src, "TIERS"))?;
-        let auth_secret = get(src, "AUTH_SECRET");
-        if auth_secret.len() < 16 {
+        let master_secret = match get(src, "HAPPY_MASTER_SECRET") {
+            s if s.is_empty() => get(src, "HANDY_MASTER_SECRET"),
+            s => s,
+        };
+        if master_secret.len() < MIN_SECRET_BYTES {
             return Err(ConfigError {
-                var: "AUTH_SECRET",
+                var: "HAPPY_MASTER_SECRET",
                 value: "(secret hidden)".into(),
-                allowed: "a secret of at least 16 bytes; set it with `wrangler secret put AUTH_SECRET` (locally in .dev.vars)".into(),
+                allowed: format!("the platform's master secret, at least {MIN_SECRET_BYTES} bytes (HANDY_MASTER_SECRET is read when it is unset); set it with `wrangler secret put HAPPY_MASTER_SECRET` (locally in .dev.vars)"),
             });
         }
+        let default_tier = get(src, "DEFAULT_TIER").trim().to_owned();
+        if !tiers.contains_key(&default_tier) {
+            return Err(ConfigError {
+                var: "DEFAULT_TIER",
+                value: default_tier,
+                allowed: format!(
+                    "one of the tiers in TIERS: {}",
+                    tiers.keys().cloned().collect::<Vec<_>>().join(", ")
+                ),
+            });
+        }
+        let cors_value = get(src, "CORS_ORIGINS");
+        let cors = CorsPolicy::parse(&cors_value).map_err(|allowed| ConfigError {
+            var: "CORS_ORIGINS",
+            value: crate::protocol::truncate(&cors_value, 200),
+            allowed,
+        })?;
         let admin_token = get(src, "ADMIN_TOKEN");
         // An unset ADMIN_TOKEN disables the admin endpoints instead of the
         // whole gateway; a short one is a mistake worth refusing.
@@ -131,13 +205,29 @@ impl Config {
             test_knobs: switch(src, "TEST_KNOBS")?,
             registry_shards: int(src, "REGISTRY_SHARDS", 1, 256)?,
             metrics_max_user_series: int(src, "METRICS_MAX_USER_SERIES", 1, 10_000)?,
-            auth_secret,
-            admin_token,
+            default_tier,
+            cors,
+            token_keys: TokenKeys::derive(&master_secret),
+            ack_key: AckKey::derive(&master_secret),
+            master_secret: Secret(master_secret),
+            admin_token: Secret(admin_token),
         })
     }
 
     pub fn tier(&self, name: &str) -> Option<&Tier> {
         self.tiers.get(name)
+    }
+
+    /// A user's tier: the operator's override when it is still configured, else the default.
+    pub fn resolve_tier<'a>(&'a self, overridden: Option<&'a str>) -> (&'a str, &'a Tier) {
+        if let Some((name, t)) = overridden.and_then(|n| self.tiers.get_key_value(n)) {
+            return (name.as_str(), t);
+        }
+        match self.tiers.get_key_value(&self.default_tier) {
+            Some((name, t)) => (name.as_str(), t),
+            // from_vars checked that the default is configured; the fallback keeps this total.
+            None => (self.default_tier.as_str(), &FALLBACK_TIER),
+        }
     }
 
     /// The configured tier names, for error messages.
@@ -231,7 +321,7 @@ mod tests {
     use super::*;
 
     const SECRETS: [(&str, &str); 2] = [
-        ("AUTH_SECRET", "0123456789abcdef0123"),
+        ("HAPPY_MASTER_SECRET", "0123456789abcdef0123"),
         ("ADMIN_TOKEN", "fedcba9876543210fedc"),
     ];
 
@@ -310,13 +400,14 @@ mod tests {
     fn secrets_are_required_and_not_echoed() {
         let e =
             Config::from_vars([("ADMIN_TOKEN", "fedcba9876543210fedc")].as_slice()).unwrap_err();
-        assert_eq!(e.var, "AUTH_SECRET");
+        assert_eq!(e.var, "HAPPY_MASTER_SECRET");
         assert!(!e.to_string().contains("fedcba"));
-        let c = Config::from_vars([("AUTH_SECRET", "0123456789abcdef0123")].as_slice()).unwrap();
-        assert_eq!(c.admin_token, "");
+        let c = Config::from_vars([("HAPPY_MASTER_SECRET", "0123456789abcdef0123")].as_slice())
+            .unwrap();
+        assert!(c.admin_token.is_empty());
         let e = Config::from_vars(
             [
-                ("AUTH_SECRET", "0123456789abcdef0123"),
+                ("HAPPY_MASTER_SECRET", "0123456789abcdef0123"),
                 ("ADMIN_TOKEN", "short"),
             ]
             .as_slice(),
@@ -324,5 +415,51 @@ mod tests {
         .unwrap_err();
         assert_eq!(e.var, "ADMIN_TOKEN");
         assert!(!e.to_string().contains("short"));
+        let e = Config::from_vars([("HAPPY_MASTER_SECRET", "short")].as_slice()).unwrap_err();
+        assert_eq!(e.var, "HAPPY_MASTER_SECRET");
+        assert!(!e.to_string().contains("short"));
+    }
+
+    #[test]
+    fn the_deprecated_secret_name_is_a_fallback() {
+        let old = "the-deprecated-secret-name-0123";
+        let c = Config::from_vars([("HANDY_MASTER_SECRET", old)].as_slice()).unwrap();
+        assert_eq!(c.master_secret.expose(), old);
+        assert_eq!(format!("{:?}", c.master_secret), "(secret hidden)");
+        assert_eq!(c.token_keys, TokenKeys::derive(old));
+        let c = Config::from_vars(
+            [
+                ("HANDY_MASTER_SECRET", old),
+                ("HAPPY_MASTER_SECRET", "the-current-name-0123456"),
+            ]
+            .as_slice(),
+        )
+        .unwrap();
+        assert_eq!(c.master_secret.expose(), "the-current-name-0123456");
+    }
+
+    #[test]
+    fn default_tier_and_resolution() {
+        let c = with(&[]).unwrap();
+        assert_eq!(c.default_tier, "pro");
+        assert_eq!(c.resolve_tier(None).0, "pro");
+        assert_eq!(c.resolve_tier(Some("enterprise")).1.limit, 500);
+        // An override naming a tier that is no longer configured falls back to the default.
+        assert_eq!(c.resolve_tier(Some("gone")).0, "pro");
+        let e = with(&[("DEFAULT_TIER", "gold")]).unwrap_err();
+        assert_eq!(e.var, "DEFAULT_TIER");
+        assert!(e.allowed.contains("enterprise, free, pro"), "{e}");
+    }
+
+    #[test]
+    fn cors_origins_are_checked() {
+        let c = with(&[]).unwrap();
+        assert_eq!(
+            c.cors.allow_origin(Some("https://happy.app")).as_deref(),
+            Some("https://happy.app")
+        );
+        assert_eq!(c.cors.allow_origin(Some("https://evil.example")), None);
+        let e = with(&[("CORS_ORIGINS", "happy.app")]).unwrap_err();
+        assert_eq!(e.var, "CORS_ORIGINS");
     }
 }

@@ -7,7 +7,9 @@
 //!
 //! Pure modules, tested natively, never touching `worker::*`:
 //! - [`protocol`]: the wire protocol: connect query, frames, broadcast bodies, errors.
-//! - [`auth`]: HS256 JWT verification and minting; the admin token compare.
+//! - [`auth`]: the platform's credentials: Ed25519 tokens, tickets, the ticket book, the
+//!   verified-token cache, credential precedence, the admin token compare.
+//! - [`cors`]: CORS for the browser calls.
 //! - [`config`]: every var and secret, parsed and validated through [`config::VarSource`].
 //! - [`ids`]: the id rule and connection ids.
 //! - [`lease`]: exact tier limits across shards (directory ledger, shard leases).
@@ -28,11 +30,13 @@
 pub mod admission;
 pub mod auth;
 pub mod config;
+pub mod cors;
 pub mod exposition;
 pub mod ids;
 pub mod lease;
 pub mod metrics;
 pub mod protocol;
+pub mod routing;
 pub mod rpc;
 pub mod slo;
 pub mod stats;

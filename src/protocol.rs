@@ -1,8 +1,9 @@
-//! The wire protocol (DESIGN.md §3): connect query, socket frames in both
-//! directions, the HTTP broadcast body and the JSON error body.
+//! The wire protocol (DESIGN.md §3): the connect query, socket metadata and tags, the frames
+//! the edge itself sends, the HTTP broadcast body, the filters and the JSON error body. The
+//! client envelope and the routing rules are in `routing`.
 //!
-//! Everything here is pure: frames are parsed from and rendered to strings,
-//! so the frame parser is fuzzable and the socket owner stays thin.
+//! Everything here is pure: frames are parsed from and rendered to strings, so the parsers
+//! are fuzzable and the socket owner stays thin.
 
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -88,10 +89,27 @@ pub struct ConnectQuery {
     pub machine_id: Option<String>,
 }
 
-/// Parses the connect query parameters (the token is handled by `auth`).
-/// Unknown parameters are ignored so clients can add their own.
+/// The CLI sends its connect parameters only as headers (platform-protocol.md §8.1).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HeaderIds<'a> {
+    /// `X-Client-Type`
+    pub client_type: Option<&'a str>,
+    /// `X-Session-Id`
+    pub session_id: Option<&'a str>,
+    /// `X-Machine-Id`
+    pub machine_id: Option<&'a str>,
+}
+
+/// The platform's exact texts (its tests match them), kept as our errors' messages.
+pub const SESSION_ID_REQUIRED: &str = "Session ID required for session-scoped connections";
+pub const MACHINE_ID_REQUIRED: &str = "Machine ID required for machine-scoped connections";
+
+/// Parses the connect parameters: each of `clientType`, `sessionId` and `machineId` from the
+/// query, else from its header; an empty value counts as absent. Unknown parameters are
+/// ignored so clients can add their own (the React app's `correlationId`).
 pub fn parse_connect_query<'a>(
     pairs: impl IntoIterator<Item = (&'a str, &'a str)>,
+    headers: HeaderIds<'a>,
 ) -> Result<ConnectQuery, ApiError> {
     let mut client_type = None;
     let mut session_id = None;
@@ -104,8 +122,12 @@ pub fn parse_connect_query<'a>(
             _ => {}
         }
     }
+    let present = |v: Option<&'a str>| v.filter(|v| !v.is_empty());
+    let client_type = present(client_type).or(present(headers.client_type));
+    let session_id = present(session_id).or(present(headers.session_id));
+    let machine_id = present(machine_id).or(present(headers.machine_id));
     let client_type = match client_type {
-        None | Some("") => ClientType::UserScoped,
+        None => ClientType::UserScoped,
         Some(v) => ClientType::parse(v).ok_or_else(|| {
             ApiError::bad_request(
                 "invalid_client_type",
@@ -121,11 +143,11 @@ pub fn parse_connect_query<'a>(
     match client_type {
         ClientType::SessionScoped if session_id.is_none() => Err(ApiError::bad_request(
             "missing_session_id",
-            "clientType=session-scoped needs a sessionId query parameter",
+            SESSION_ID_REQUIRED,
         )),
         ClientType::MachineScoped if machine_id.is_none() => Err(ApiError::bad_request(
             "missing_machine_id",
-            "clientType=machine-scoped needs a machineId query parameter",
+            MACHINE_ID_REQUIRED,
         )),
         _ => Ok(ConnectQuery {
             client_type,
@@ -160,77 +182,6 @@ pub fn truncate(s: &str, max_chars: usize) -> String {
 
 /// The exact text that the Durable Object answers by auto-response, without waking.
 pub const PING_FRAME: &str = r#"{"event":"ping"}"#;
-
-/// A frame a client sent, parsed.
-#[derive(Debug)]
-pub enum ClientFrame<'a> {
-    Ping,
-    /// `data` kept as raw JSON so relaying does not re-encode it.
-    Broadcast(&'a RawValue),
-}
-
-impl PartialEq for ClientFrame<'_> {
-    fn eq(&self, other: &Self) -> bool {
-        match (self, other) {
-            (ClientFrame::Ping, ClientFrame::Ping) => true,
-            (ClientFrame::Broadcast(a), ClientFrame::Broadcast(b)) => a.get() == b.get(),
-            _ => false,
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum FrameError {
-    #[error("frame is {size} bytes; the limit is {limit}")]
-    TooLarge { size: usize, limit: usize },
-    #[error("binary frames are not accepted; send JSON text")]
-    Binary,
-    #[error("frame is not a JSON object with an `event` string")]
-    InvalidJson,
-    #[error("unknown event `{0}`; known events: ping, broadcast")]
-    UnknownEvent(String),
-    #[error("a broadcast frame needs a `data` field")]
-    MissingData,
-}
-
-impl FrameError {
-    pub fn code(&self) -> &'static str {
-        match self {
-            FrameError::TooLarge { .. } => "frame_too_large",
-            FrameError::Binary => "binary_frame",
-            FrameError::InvalidJson => "invalid_json",
-            FrameError::UnknownEvent(_) => "unknown_event",
-            FrameError::MissingData => "missing_data",
-        }
-    }
-}
-
-#[derive(Deserialize)]
-struct RawFrame<'a> {
-    #[serde(borrow)]
-    event: std::borrow::Cow<'a, str>,
-    #[serde(borrow, default)]
-    data: Option<&'a RawValue>,
-}
-
-/// Parses a text frame. Size is checked before parsing.
-pub fn parse_client_frame(text: &str, max_bytes: usize) -> Result<ClientFrame<'_>, FrameError> {
-    if text.len() > max_bytes {
-        return Err(FrameError::TooLarge {
-            size: text.len(),
-            limit: max_bytes,
-        });
-    }
-    let raw: RawFrame<'_> = serde_json::from_str(text).map_err(|_| FrameError::InvalidJson)?;
-    match raw.event.as_ref() {
-        "ping" => Ok(ClientFrame::Ping),
-        "broadcast" => raw
-            .data
-            .map(ClientFrame::Broadcast)
-            .ok_or(FrameError::MissingData),
-        other => Err(FrameError::UnknownEvent(truncate(other, 64))),
-    }
-}
 
 /// Metadata of one socket, kept in its hibernation attachment (<= 2 KiB:
 /// ids are at most 128 chars each).
@@ -325,21 +276,12 @@ pub fn pong_frame(now_ms: u64) -> String {
     format!(r#"{{"event":"pong","data":{{"timestamp":{now_ms}}}}}"#)
 }
 
-/// A client broadcast as the other sockets receive it.
-pub fn relay_frame(data: &RawValue, from: &str) -> String {
+/// A client broadcast as the other sockets receive it (`from` is ours; clients ignore it).
+pub fn relay_frame(data: Option<&RawValue>, from: &str) -> String {
     render(&Out {
         event: "broadcast",
         data,
         from: Some(from),
-        timestamp: None,
-    })
-}
-
-pub fn error_frame(code: &str, message: &str) -> String {
-    render(&Out {
-        event: "error",
-        data: serde_json::json!({"code": code, "message": message}),
-        from: None,
         timestamp: None,
     })
 }
@@ -370,6 +312,12 @@ pub enum Filter {
     Machine { machine_id: String },
     #[serde(rename = "exclude", rename_all = "camelCase")]
     Exclude { connection_id: String },
+    /// Every user-scoped socket, plus the machine-scoped sockets of `machine_id`.
+    #[serde(rename = "machine-scoped-only", rename_all = "camelCase")]
+    MachineScopedOnly { machine_id: String },
+    /// The session-scoped sockets of `session_id`, plus every user-scoped socket.
+    #[serde(rename = "all-interested-in-session", rename_all = "camelCase")]
+    AllInterestedInSession { session_id: String },
 }
 
 /// What the shards need to deliver a broadcast: the rendered frame and the filter.
@@ -446,7 +394,7 @@ pub fn parse_broadcast_body(body: &[u8], now_ms: u64) -> Result<Delivery, ApiErr
 }
 
 fn parse_filter(f: &serde_json::Value) -> Result<Filter, ApiError> {
-    const ALLOWED: &str = "all, user-scoped-only, session (+sessionId), machine (+machineId), exclude (+connectionId)";
+    const ALLOWED: &str = "all, user-scoped-only, session (+sessionId), machine (+machineId), exclude (+connectionId), machine-scoped-only (+machineId), all-interested-in-session (+sessionId)";
     let ty = f.get("type").and_then(|t| t.as_str()).ok_or_else(|| {
         ApiError::bad_request(
             "invalid_filter",
@@ -476,6 +424,12 @@ fn parse_filter(f: &serde_json::Value) -> Result<Filter, ApiError> {
         "exclude" => Ok(Filter::Exclude {
             connection_id: id("connectionId")?,
         }),
+        "machine-scoped-only" => Ok(Filter::MachineScopedOnly {
+            machine_id: id("machineId")?,
+        }),
+        "all-interested-in-session" => Ok(Filter::AllInterestedInSession {
+            session_id: id("sessionId")?,
+        }),
         other => Err(ApiError::bad_request(
             "invalid_filter",
             format!(
@@ -501,7 +455,7 @@ mod tests {
     use super::*;
 
     fn q(pairs: &[(&'static str, &'static str)]) -> Result<ConnectQuery, ApiError> {
-        parse_connect_query(pairs.iter().copied())
+        parse_connect_query(pairs.iter().copied(), HeaderIds::default())
     }
 
     #[test]
@@ -529,74 +483,57 @@ mod tests {
     fn bad_ids_and_types_are_400() {
         let e = q(&[("clientType", "robot")]).unwrap_err();
         assert_eq!((e.status, e.code), (400, "invalid_client_type"));
-        for bad in ["a/b", "ü", "", "a b"] {
+        for bad in ["a/b", "ü", "a b"] {
             let pairs = [("sessionId", bad)];
-            let e = parse_connect_query(pairs).unwrap_err();
+            let e = parse_connect_query(pairs, HeaderIds::default()).unwrap_err();
             assert_eq!((e.status, e.code), (400, "invalid_id"), "{bad}");
         }
         let long = "x".repeat(129);
-        let e = parse_connect_query([("machineId", long.as_str())]).unwrap_err();
+        let e =
+            parse_connect_query([("machineId", long.as_str())], HeaderIds::default()).unwrap_err();
         assert_eq!(e.code, "invalid_id");
     }
 
     #[test]
-    fn frames_parse() {
-        assert_eq!(parse_client_frame(PING_FRAME, 100), Ok(ClientFrame::Ping));
-        assert_eq!(
-            parse_client_frame(r#"{"event":"ping","data":{"t":1}}"#, 100),
-            Ok(ClientFrame::Ping)
-        );
-        match parse_client_frame(r#"{"event":"broadcast","data":{"a":[1,2]}}"#, 100) {
-            Ok(ClientFrame::Broadcast(d)) => assert_eq!(d.get(), r#"{"a":[1,2]}"#),
-            other => panic!("{other:?}"),
-        }
+    fn empty_values_count_as_absent() {
+        let c = q(&[("clientType", ""), ("sessionId", "")]).unwrap();
+        assert_eq!(c.client_type, ClientType::UserScoped);
+        assert_eq!(c.session_id, None);
+        let e = q(&[("clientType", "session-scoped"), ("sessionId", "")]).unwrap_err();
+        assert_eq!(e.message, SESSION_ID_REQUIRED);
+        let e = q(&[("clientType", "machine-scoped")]).unwrap_err();
+        assert_eq!(e.message, MACHINE_ID_REQUIRED);
     }
 
     #[test]
-    fn frame_errors() {
-        assert_eq!(
-            parse_client_frame("not json", 100),
-            Err(FrameError::InvalidJson)
-        );
-        assert_eq!(
-            parse_client_frame(r#"{"data":1}"#, 100),
-            Err(FrameError::InvalidJson)
-        );
-        assert_eq!(
-            parse_client_frame(r#"{"event":"dance"}"#, 100),
-            Err(FrameError::UnknownEvent("dance".into()))
-        );
-        assert_eq!(
-            parse_client_frame(r#"{"event":"broadcast"}"#, 100),
-            Err(FrameError::MissingData)
-        );
-        assert_eq!(
-            parse_client_frame(&"x".repeat(101), 100),
-            Err(FrameError::TooLarge {
-                size: 101,
-                limit: 100
-            })
-        );
-    }
-
-    #[test]
-    fn escaped_event_names_are_understood() {
-        assert_eq!(
-            parse_client_frame(r#"{"event":"p\u0069ng"}"#, 100),
-            Ok(ClientFrame::Ping)
-        );
-    }
-
-    #[test]
-    fn relay_keeps_data_verbatim() {
-        let ClientFrame::Broadcast(d) =
-            parse_client_frame(r#"{"event":"broadcast","data":{"x":"y"}}"#, 100).unwrap()
-        else {
-            panic!()
+    fn headers_fill_what_the_query_leaves_out() {
+        // The CLI: headers only.
+        let h = HeaderIds {
+            client_type: Some("session-scoped"),
+            session_id: Some("s-cli"),
+            machine_id: None,
+        };
+        let c = parse_connect_query([], h).unwrap();
+        assert_eq!(c.client_type, ClientType::SessionScoped);
+        assert_eq!(c.session_id.as_deref(), Some("s-cli"));
+        // The query wins field by field; an empty query value falls back to the header.
+        let h = HeaderIds {
+            client_type: Some("machine-scoped"),
+            session_id: Some("s-h"),
+            machine_id: Some("m-h"),
+        };
+        let c = parse_connect_query([("sessionId", "s-q"), ("clientType", "")], h).unwrap();
+        assert_eq!(c.client_type, ClientType::MachineScoped);
+        assert_eq!(c.session_id.as_deref(), Some("s-q"));
+        assert_eq!(c.machine_id.as_deref(), Some("m-h"));
+        // A bad header value is as bad as a bad query value.
+        let h = HeaderIds {
+            client_type: Some("robot"),
+            ..HeaderIds::default()
         };
         assert_eq!(
-            relay_frame(d, "c1"),
-            r#"{"event":"broadcast","data":{"x":"y"},"from":"c1"}"#
+            parse_connect_query([], h).unwrap_err().code,
+            "invalid_client_type"
         );
     }
 
@@ -678,9 +615,27 @@ mod tests {
                 connection_id: "c".into()
             }
         );
+        assert_eq!(
+            parse(r#"{"type":"machine-scoped-only","machineId":"m"}"#)
+                .unwrap()
+                .filter,
+            Filter::MachineScopedOnly {
+                machine_id: "m".into()
+            }
+        );
+        assert_eq!(
+            parse(r#"{"type":"all-interested-in-session","sessionId":"s"}"#)
+                .unwrap()
+                .filter,
+            Filter::AllInterestedInSession {
+                session_id: "s".into()
+            }
+        );
         for bad in [
             r#"{"type":"nope"}"#,
             r#"{"type":"session"}"#,
+            r#"{"type":"machine-scoped-only"}"#,
+            r#"{"type":"all-interested-in-session","sessionId":"a b"}"#,
             r#"{"type":"machine","machineId":"a/b"}"#,
             r#"{}"#,
             r#""all""#,

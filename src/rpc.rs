@@ -6,14 +6,13 @@ use serde::{Deserialize, Serialize};
 use crate::metrics::{Outcome, Series};
 use crate::protocol::SocketMeta;
 
-/// Gateway -> shard, with the upgrade request.
+/// Gateway -> shard, with the upgrade request. `meta.tier` is the user's tier as the
+/// gateway resolved it (the directory stays the authority for the limit).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Connect {
     pub meta: SocketMeta,
     pub shard: String,
-    /// The user's tier limit, from the token's tier and `TIERS`.
-    pub limit: u32,
     /// First pass: a shard over its latency objective refuses (503) so the
     /// gateway can try a healthier candidate. The second pass admits anyway.
     #[serde(default = "yes")]
@@ -24,13 +23,7 @@ fn yes() -> bool {
     true
 }
 
-/// The shard set as the directory knows it, pushed to shards so client
-/// broadcast frames reach every shard without asking the directory.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Members {
-    pub version: u64,
-    pub shards: Vec<String>,
-}
+pub use crate::routing::view::{PresenceReport, RoutingView};
 
 /// Shard -> directory: lease more slots.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -40,8 +33,6 @@ pub struct Acquire {
     pub want: u32,
     pub need: u32,
     pub open: u32,
-    pub limit: u32,
-    pub tier: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -53,7 +44,43 @@ pub struct Granted {
     /// Nothing now, but slots are on their way to another shard and will be
     /// reclaimable in a moment: ask again shortly instead of refusing.
     pub retry: bool,
-    pub members: Members,
+    /// The user's shards and where its recipients are (see `routing::view`).
+    pub view: RoutingView,
+    /// The user's tier and limit as the directory resolved them for this grant.
+    pub tier: TierInfo,
+}
+
+/// A user's tier as the directory resolves it: the operator's override, else `DEFAULT_TIER`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TierInfo {
+    pub tier: String,
+    pub limit: u32,
+    /// The override the operator set, if any (it may name a tier no longer configured,
+    /// which then resolves to the default).
+    #[serde(rename = "override")]
+    pub overridden: Option<String>,
+}
+
+/// Admin -> directory: set (`Some`) or clear (`None`) the user's tier override.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SetTier {
+    pub tier: Option<String>,
+}
+
+/// Gateway -> directory: redeem a verified ticket's nonce (single use).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Redeem {
+    pub nonce: String,
+    pub exp_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Redeemed {
+    pub result: crate::auth::ticket_book::Redeem,
+    /// The user's tier, so a ticket connect needs no other directory call.
+    pub tier: TierInfo,
 }
 
 /// Shard -> directory: slots given back (already removed from the lease).
@@ -68,14 +95,41 @@ pub struct Release {
     pub reset: bool,
 }
 
-/// Shard -> directory: the answer to a reclaim.
-pub use crate::lease::Returned as Reclaimed;
+/// Shard -> directory: the answer to a reclaim, with the shard's presence (so a reconcile
+/// pass also corrects presence, e.g. after a restart lost every socket).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Reclaimed {
+    #[serde(flatten)]
+    pub lease: crate::lease::Returned,
+    #[serde(default)]
+    pub presence: Option<PresenceReport>,
+}
+
+/// Directory -> shard: the answer to a presence report, the view as it is now.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Presented {
+    pub view: RoutingView,
+}
+
+/// Shard -> shard: an RPC answer for a socket of the receiving shard. `ack_id` is the sealed
+/// reference the target echoed (see `routing::ack_id`); `ack` the JSON to send.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AckRelay {
+    pub ack_id: String,
+    pub ack: String,
+}
 
 /// Directory -> gateway: what fan-outs and stats need.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct DirectoryView {
     pub shards: Vec<ViewShard>,
+    pub tier: TierInfo,
+    /// Where the user's recipients are, so a broadcast visits only shards that may hold one.
+    #[serde(default)]
+    pub routing: RoutingView,
     pub rejected_tier_limit: u64,
     pub rejected_unavailable: u64,
 }
@@ -107,6 +161,11 @@ pub struct Observed {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Delivered {
     pub delivered: u64,
+    /// Of those, the sockets the filter is *about*: the machine's for `machine-scoped-only`,
+    /// the session's for `all-interested-in-session`, all of them otherwise. An RPC is
+    /// answerable only when this is not zero.
+    #[serde(default)]
+    pub primary: u64,
 }
 
 /// Test-only fault and latency injection for one shard (`TEST_KNOBS=on`).

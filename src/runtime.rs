@@ -61,6 +61,19 @@ pub fn json<T: Serialize>(status: u16, body: &T) -> worker::Result<Response> {
     Ok(Response::from_json(body)?.with_status(status))
 }
 
+/// A JSON answer with extra headers (rate limits, retry hints).
+pub fn json_with_headers<T: Serialize>(
+    status: u16,
+    body: &T,
+    extra: &[(&str, String)],
+) -> worker::Result<Response> {
+    let mut resp = json(status, body)?;
+    for (k, v) in extra {
+        resp.headers_mut().set(k, v)?;
+    }
+    Ok(resp)
+}
+
 pub fn error(e: &ApiError) -> worker::Result<Response> {
     let headers = Headers::new();
     headers.set("content-type", "application/json")?;

@@ -51,6 +51,12 @@ pub struct ShardStats {
     pub directory_round_trips: u64,
     pub epoch: Option<u64>,
     pub draining: bool,
+    /// Client frames this shard routed since it started, and the subrequests (deliveries to
+    /// other shards, directory lookups, relayed answers) that routing cost.
+    #[serde(default)]
+    pub frames: u64,
+    #[serde(default)]
+    pub frame_subrequests: u64,
 }
 
 /// A per-shard row in the user's stats.
@@ -93,6 +99,11 @@ pub struct UserStats {
     /// The two counts behind that ratio, for measuring a window (differences).
     pub connects_accepted: u64,
     pub directory_round_trips: u64,
+    /// Client frames routed by the user's shards (since each started) and the subrequests
+    /// their routing cost; `subrequestsPerFrame` is the ratio.
+    pub frames: u64,
+    pub frame_subrequests: u64,
+    pub subrequests_per_frame: f64,
     pub shards: Vec<ShardRow>,
     pub failed_shards: Vec<String>,
 }
@@ -117,6 +128,8 @@ pub fn aggregate(ctx: UserContext, shards: &[ShardStats], failed: Vec<String>) -
     let mut queue = 0u64;
     let mut accepted = 0u64;
     let mut round_trips = 0u64;
+    let mut frames = 0u64;
+    let mut frame_subrequests = 0u64;
     let mut oldest: Option<u64> = None;
     let mut max = 0u64;
     let mut rows = Vec::with_capacity(shards.len());
@@ -129,6 +142,8 @@ pub fn aggregate(ctx: UserContext, shards: &[ShardStats], failed: Vec<String>) -
         queue += s.message_queue_depth;
         accepted += s.accepted;
         round_trips += s.directory_round_trips;
+        frames += s.frames;
+        frame_subrequests += s.frame_subrequests;
         oldest = match (oldest, s.oldest_connection) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -174,14 +189,17 @@ pub fn aggregate(ctx: UserContext, shards: &[ShardStats], failed: Vec<String>) -
         },
         connects_accepted: accepted,
         directory_round_trips: round_trips,
+        frames,
+        frame_subrequests,
+        subrequests_per_frame: if frames == 0 {
+            0.0
+        } else {
+            frame_subrequests as f64 / frames as f64
+        },
         shards: rows,
         failed_shards: failed,
     }
 }
-
-/// Estimated bytes per open socket before its attachment: the runtime's
-/// socket state and buffers as seen from workerd RSS (docs/architecture.md).
-pub const SOCKET_OVERHEAD_BYTES: u64 = 4096;
 
 #[cfg(test)]
 mod tests {

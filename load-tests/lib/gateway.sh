@@ -61,6 +61,15 @@ gw_start() {
   fi
   awk '/^\[/ { skip = ($0 ~ /^\[build\][[:space:]]*$/) } !skip' "$ROOT/wrangler.toml" >"$app/wrangler.toml"
   (umask 077 && cp "$ROOT/.dev.vars" "$app/.dev.vars") # wrangler reads it next to the config
+  # The local D1 database (the RevokedToken table the gateway checks tokens against).
+  cp -R "$ROOT/migrations" "$app/migrations"
+  if ! (cd "$ROOT" && CI=1 WRANGLER_SEND_METRICS=false node_modules/.bin/wrangler d1 migrations apply DB \
+      --local --config "$app/wrangler.toml" --persist-to "$GW_DIR/state" >"$GW_DIR/d1.log" 2>&1); then
+    echo "error: could not apply the D1 migrations:" >&2
+    tail -n 20 "$GW_DIR/d1.log" >&2
+    gw_cleanup
+    return 1
+  fi
   # shellcheck disable=SC2034 # read by the callers
   GW_BUILD_SHA=$(sha256sum "$app/build/index_bg.wasm" | cut -c1-12)
   GW_PORT=$(gw_free_port)

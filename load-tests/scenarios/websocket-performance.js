@@ -1,8 +1,8 @@
 // WebSocket load scenarios for the edge gateway (the capacity guide's HAP-263 / HAP-894 modes).
 //
-//   k6 run -e TEST_MODE=smoke -e AUTH_TOKEN=<jwt> load-tests/scenarios/websocket-performance.js
-//   k6 run -e TEST_MODE=quick -e USERS=20 -e TIER_MIX=free:0.5,pro:0.3,enterprise:0.2 \
-//          -e AUTH_SECRET=<secret> load-tests/scenarios/websocket-performance.js
+//   k6 run -e TEST_MODE=smoke -e AUTH_TOKEN=<platform token> load-tests/scenarios/websocket-performance.js
+//   k6 run -e TEST_MODE=quick -e USERS=20 -e TOKENS_FILE=<json> -e TIER_MIX=free:0.5,pro:0.5 \
+//          -e ADMIN_TOKEN=<admin> load-tests/scenarios/websocket-performance.js
 //
 // Usually started through scripts/load.sh (one run) or scripts/compare.sh (policy comparison).
 // Three scenarios run side by side:
@@ -21,7 +21,6 @@
 import ws from 'k6/ws';
 import http from 'k6/http';
 import exec from 'k6/execution';
-import crypto from 'k6/crypto';
 import encoding from 'k6/encoding';
 import { sleep } from 'k6';
 import { Counter, Gauge, Rate, Trend } from 'k6/metrics';
@@ -159,16 +158,21 @@ function pick(mix, u) {
   return mix[mix.length - 1].name;
 }
 
-// Who the clients are: one user with a given token (the guide's test), or USERS users with
-// tokens minted here from AUTH_SECRET (HS256, like the platform's tokens).
+// Who the clients are: one user with a given token (the guide's test), or USERS users whose
+// platform tokens (Ed25519, which k6 cannot sign) come from TOKENS_FILE, a JSON object
+// {"load-u0": token, ...} written by `target/debug/token --users N --prefix load-u`.
+// Tokens carry no tier: with ADMIN_TOKEN, setup() sets each user's tier the operator's way
+// (PUT /admin/users/{id}/tier), from TIER_MIX for many users or LOAD_TIER for one.
 const USERS = num('USERS', 0, 0, 100000, true);
 const AUTH_TOKEN = __ENV.AUTH_TOKEN || '';
 if (!USERS && !AUTH_TOKEN) {
-  throw new Error('set AUTH_TOKEN (one user) or USERS=N with AUTH_SECRET (tokens minted per user)');
+  throw new Error('set AUTH_TOKEN (one user) or USERS=N with TOKENS_FILE (tokens per user)');
 }
-if (USERS && !__ENV.AUTH_SECRET) {
-  throw new Error('USERS needs AUTH_SECRET to mint the users\' tokens');
+if (USERS && !__ENV.TOKENS_FILE) {
+  throw new Error('USERS needs TOKENS_FILE: target/debug/token --users N --prefix load-u > tokens.json');
 }
+const TOKENS = USERS ? JSON.parse(open(__ENV.TOKENS_FILE)) : {};
+const ADMIN_TOKEN = __ENV.ADMIN_TOKEN || '';
 const TIER_MIX = parseMix('TIER_MIX', __ENV.TIER_MIX || 'pro:1');
 const CLIENT_TYPES = ['user-scoped', 'session-scoped', 'machine-scoped'];
 // Default mix: mostly CLI sessions, some app (user) and daemon (machine) sockets, so the
@@ -202,24 +206,15 @@ const RAMP_DOWN_GRACE_MS = 5000;
 
 const users = [];
 if (USERS) {
-  const exp = Math.floor(Date.now() / 1000) + TOTAL_S + 3600;
   for (let n = 0; n < USERS; n++) {
     // Deterministic tier per user: the first users take the first tier's share, and so on.
     const tier = pick(TIER_MIX, (n + 0.5) / USERS);
-    users.push({ id: `load-u${n}`, tier, token: mint(`load-u${n}`, tier, exp) });
+    const token = TOKENS[`load-u${n}`];
+    if (!token) throw new Error(`TOKENS_FILE has no token for load-u${n}; mint ${USERS} users`);
+    users.push({ id: `load-u${n}`, tier, token });
   }
 } else {
-  users.push({ id: claimOf(AUTH_TOKEN, 'sub') || 'token-user', tier: claimOf(AUTH_TOKEN, 'tier') || '?', token: AUTH_TOKEN });
-}
-
-function b64url(s) {
-  return encoding.b64encode(s, 'rawurl');
-}
-
-function mint(sub, tier, exp) {
-  const h = b64url('{"alg":"HS256","typ":"JWT"}');
-  const p = b64url(JSON.stringify({ sub, tier, exp }));
-  return `${h}.${p}.${crypto.hmac('sha256', __ENV.AUTH_SECRET, `${h}.${p}`, 'base64rawurl')}`;
+  users.push({ id: claimOf(AUTH_TOKEN, 'user') || 'token-user', tier: __ENV.LOAD_TIER || '', token: AUTH_TOKEN });
 }
 
 // For labels only; the gateway verifies the token.
@@ -318,8 +313,18 @@ export function setup() {
     exec.test.abort(`${BASE_URL}/health answered ${r.status} ${String(r.body).slice(0, 200)}: is the gateway running?`);
   }
   const policy = (() => { try { return JSON.parse(r.body).policy; } catch (e) { return '?'; } })();
+  // The operator's tiers for the users, before any of them connects.
+  for (const u of users) {
+    if (!u.tier) continue;
+    if (!ADMIN_TOKEN) exec.test.abort(`tier ${u.tier} for ${u.id} needs ADMIN_TOKEN to set it`);
+    const t = http.put(`${BASE_URL}/admin/users/${u.id}/tier`, JSON.stringify({ tier: u.tier }),
+      { headers: { Authorization: `Bearer ${ADMIN_TOKEN}`, 'Content-Type': 'application/json' }, timeout: '10s' });
+    if (t.status !== 200) {
+      exec.test.abort(`could not set ${u.id}'s tier to ${u.tier}: ${t.status} ${String(t.body).slice(0, 300)}`);
+    }
+  }
   // One token per tier must be accepted, or every connect would fail the same way (expired
-  // token, a tier the gateway does not configure, a secret that does not match).
+  // token, a secret that does not match).
   const seen = {};
   for (const u of users) {
     if (seen[u.tier]) continue;

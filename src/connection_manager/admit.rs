@@ -2,7 +2,7 @@
 //! directory (see `lease`), accepting sockets, and giving slots back.
 
 use wasm_bindgen::JsValue;
-use worker::{console_error, Request, Response, WebSocket, WebSocketPair};
+use worker::{console_error, Request, Response, WebSocketPair};
 
 use super::ConnectionManager;
 use super::{MAX_ADMIT_ROUNDS, RETRY_PAUSE_MS};
@@ -12,7 +12,7 @@ use crate::lease::Admit;
 use crate::metrics::{Outcome, Series};
 use crate::placement;
 use crate::protocol::{self, ApiError};
-use crate::rpc::{self, Connect, Members, Reclaimed};
+use crate::rpc::{self, Connect, Reclaimed};
 use crate::runtime::{self, CONNECT_HEADER};
 
 /// Carries a refusing shard's health to the gateway: `full`, or
@@ -76,7 +76,7 @@ impl ConnectionManager {
         // accept, and a directory that is short while slots are on their way
         // to another shard asks us to retry shortly.
         for round in 0..MAX_ADMIT_ROUNDS {
-            let open = self.open_count(None);
+            let open = self.open_count();
             let admit =
                 self.saved
                     .borrow()
@@ -104,7 +104,7 @@ impl ConnectionManager {
                     let granted = {
                         let _guard = self.directory_lock.lock().await;
                         // Another connect may have leased while we waited.
-                        if self.saved.borrow().lease.leased > self.open_count(None) {
+                        if self.saved.borrow().lease.leased > self.open_count() {
                             continue;
                         }
                         self.acquire(&connect, want, open).await
@@ -116,7 +116,7 @@ impl ConnectionManager {
                             // milliseconds, longer only on a loaded machine.
                             runtime::sleep(RETRY_PAUSE_MS << round).await;
                         }
-                        Ok(_) => {
+                        Ok(g) => {
                             return self
                                 .refuse(
                                     Refusal::TierLimit,
@@ -124,8 +124,8 @@ impl ConnectionManager {
                                         429,
                                         "tier_limit",
                                         format!(
-                                            "tier `{}` allows {} open connections; close one or upgrade the tier",
-                                            connect.meta.tier, connect.limit
+                                            "Connection limit exceeded: tier `{}` allows {} open connections; close one or ask the operator for a higher tier",
+                                            g.tier.tier, g.tier.limit
                                         ),
                                     )
                                     .retry_after(5),
@@ -173,18 +173,18 @@ impl ConnectionManager {
             want,
             need: 1,
             open,
-            limit: c.limit,
-            tier: c.meta.tier.clone(),
         };
         self.saved.borrow_mut().round_trips += 1;
         let g: rpc::Granted = runtime::call(&dir, "/acquire", None, &body).await?;
         {
             let mut s = self.saved.borrow_mut();
             s.lease.apply(g.granted, g.seq);
-            if g.members.version > s.members.version {
-                s.members = g.members.clone();
+            // The directory's resolution wins over the gateway's cached tier.
+            if !g.tier.tier.is_empty() {
+                s.tier.clone_from(&g.tier.tier);
             }
         }
+        self.learn_view(g.view.clone());
         // The grant is saved with the accept that follows; if we die first
         // the directory over-counts this shard, which only leaks a slot.
         Ok(g)
@@ -207,12 +207,18 @@ impl ConnectionManager {
             return runtime::error(&ApiError::new(500, "accept_failed", "could not accept"));
         }
         pair.server.serialize_attachment(&c.meta)?;
+        // `connected` is the first frame (the web clients wait for it): sent before any
+        // await lets a delivery reach the new socket.
         let now = runtime::now_ms();
         let policy = runtime::config(&self.env)
             .map(|cfg| cfg.policy_name.clone())
             .unwrap_or_default();
         pair.server
             .send_with_str(protocol::connected_frame(&c.meta, &c.shard, &policy, now))?;
+        // Counted before any await, so the next connect's admission sees it; presence is
+        // reported before the 101 when it changed, so the socket is routable by then.
+        let bytes = serde_json::to_string(&c.meta).map_or(0, |s| s.len() as u64);
+        self.count_socket(&c.meta, bytes).await;
         let drain_from = {
             let mut s = self.saved.borrow_mut();
             s.accepted += 1;
@@ -271,7 +277,7 @@ impl ConnectionManager {
     /// its health for the gateway's second pass.
     fn over_slo(&self, cfg: &Config, c: &Connect) -> Option<(ApiError, String)> {
         let target = cfg.tier(&c.meta.tier)?.latency_p95_ms;
-        let open = u64::from(self.open_count(None));
+        let open = u64::from(self.open_count());
         let load = ShardLoad::from_observations(
             &self.observer.borrow().full,
             runtime::now_ms(),
@@ -294,16 +300,17 @@ impl ConnectionManager {
         Some((e, format!("over_latency;ratio={ratio:.3}")))
     }
 
-    pub(super) async fn settle(&self, closing: Option<&WebSocket>) -> worker::Result<()> {
+    /// Gives surplus slots back after sockets closed (they are already out of the index).
+    pub(super) async fn settle(&self) -> worker::Result<()> {
         let batch = runtime::config(&self.env)
             .map(|c| c.lease_batch)
             .unwrap_or(8);
-        let open = self.open_count(closing);
+        let open = self.open_count();
         if self.saved.borrow().lease.surplus_after_close(open, batch) == 0 {
             return Ok(());
         }
         let _guard = self.directory_lock.lock().await;
-        let open = self.open_count(closing);
+        let open = self.open_count();
         let (n, user, shard, draining) = {
             let mut s = self.saved.borrow_mut();
             let n = s.lease.surplus_after_close(open, batch);
@@ -336,7 +343,7 @@ impl ConnectionManager {
             console_error!("release failed: {e}");
         }
         if reset {
-            self.saved.borrow_mut().members = Members::default();
+            *self.view.borrow_mut() = None;
         }
         self.save().await
     }
@@ -344,7 +351,7 @@ impl ConnectionManager {
     /// The directory asks for spare slots. Never takes `directory_lock`: the
     /// directory may be serving this shard's own acquire while it asks.
     pub(super) async fn reclaim(&self) -> worker::Result<Reclaimed> {
-        let open = self.open_count(None);
+        let open = self.open_count();
         // Free lock: no acquire of ours is in flight, so no grant can still arrive.
         let quiet = self.directory_lock.try_lock().is_some();
         let (released, draining, applied) = {
@@ -355,11 +362,14 @@ impl ConnectionManager {
             self.save().await?;
         }
         Ok(Reclaimed {
-            released,
-            open,
-            draining,
-            applied,
-            quiet,
+            lease: crate::lease::Returned {
+                released,
+                open,
+                draining,
+                applied,
+                quiet,
+            },
+            presence: self.presence_report(),
         })
     }
 }

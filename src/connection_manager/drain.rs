@@ -21,7 +21,7 @@ impl ConnectionManager {
             self.saved.borrow_mut().drain_at = Some(end);
             return self.save().await;
         }
-        let sockets = self.open_sockets(None);
+        let sockets = self.open_sockets();
         let planned = {
             let mut s = self.saved.borrow_mut();
             if !s.draining {
@@ -45,12 +45,14 @@ impl ConnectionManager {
                 let _ =
                     ws.send_with_str(protocol::reconnect_frame("rotation", slot.retry_after_ms));
                 close(ws, 1012, "rotation");
+                // Closed by us, it may never reach the close handler.
+                self.forget_socket(&m.connection_id).await;
             } else {
                 next = Some(next.map_or(slot.notify_at_ms, |n| n.min(slot.notify_at_ms)));
             }
         }
         // Closed by us, these sockets may never get a close handler: settle now.
-        self.settle(None).await?;
+        self.settle().await?;
         self.saved.borrow_mut().drain_at = next.map(|at| at.min(plan.end_ms()));
         self.save().await
     }

@@ -1,14 +1,23 @@
 //! The shard Durable Object: holds hibernating sockets of one user.
 //!
-//! Hibernation API only: sockets are accepted with tags (type, connection,
-//! session, machine) so filtered broadcasts are tag lookups; per-socket
-//! metadata lives in the attachment; `{"event":"ping"}` is answered by
-//! auto-response without waking the object. What must survive a restart
-//! (the lease, counters, the shard set, drain state) is in storage.
+//! Hibernation API only: sockets are accepted with tags (type, connection, session, machine)
+//! so filtered deliveries are tag lookups; per-socket metadata lives in the attachment;
+//! `{"event":"ping"}` is answered by auto-response without waking the object. Bookkeeping is
+//! an in-memory index kept per connect and close (`routing::index`), rebuilt from the
+//! attachments once after a wake. What must survive a restart (the lease, counters, drain
+//! state) is in storage; the routing view is memory only and asked of the directory again
+//! when it is missing.
+//!
+//! - `admit`: the per-shard cap, SLO check, leases, accept and give back.
+//! - `route`: a frame's routing across the user's shards, RPCs and their answers.
+//! - `presence`: the index and the presence reports to the directory.
+//! - `drain`: rotation drains. `observe`: metrics reports. `state`: what is persisted.
 
 mod admit;
 mod drain;
 mod observe;
+mod presence;
+mod route;
 mod state;
 
 pub use admit::HEALTH_HEADER;
@@ -23,16 +32,15 @@ use worker::{
     WebSocketIncomingMessage, WebSocketRequestResponsePair,
 };
 
+use crate::auth::cache::BoundedMap;
 use crate::config::Config;
-use crate::metrics::Series;
-use crate::placement;
-use crate::protocol::{
-    self, conn_tag, machine_tag, session_tag, ApiError, ClientFrame, ClientType, Delivery, Filter,
-    FrameError, SocketMeta,
-};
-use crate::rpc::{Delivered, Fault, Knob, Members};
+use crate::protocol::{self, conn_tag, machine_tag, session_tag, ApiError, ClientType, Delivery};
+use crate::protocol::{Filter, SocketMeta};
+use crate::routing::index::SocketIndex;
+use crate::routing::view::RoutingView;
+use crate::rpc::{AckRelay, Delivered, Fault, Knob};
 use crate::runtime::{self, SHARD_HEADER};
-use crate::stats::{ByType, ShardStats, SOCKET_OVERHEAD_BYTES};
+use crate::stats::ShardStats;
 use state::Persisted;
 
 /// WebSocket ready state OPEN.
@@ -41,6 +49,8 @@ const OPEN: u16 = 1;
 const MAX_ADMIT_ROUNDS: u32 = 6;
 /// First pause before asking again when slots are on their way to another shard.
 const RETRY_PAUSE_MS: u32 = 10;
+/// RPC answers remembered per shard, to refuse a second answer to one call.
+const ANSWERED_CAPACITY: usize = 4096;
 
 #[durable_object]
 pub struct ConnectionManager {
@@ -51,9 +61,24 @@ pub struct ConnectionManager {
     directory_lock: Mutex<()>,
     /// Bad frames per connection in the current window: (count, window start).
     bad_frames: RefCell<HashMap<String, (u32, u64)>>,
-    /// Cross-shard relays in flight, reported as `messageQueueDepth`.
+    /// Cross-shard deliveries in flight, reported as `messageQueueDepth`.
     relays_in_flight: Cell<u64>,
     observer: RefCell<observe::Observer>,
+    /// The open sockets' bookkeeping; `None` until first needed after a wake.
+    index: RefCell<Option<SocketIndex>>,
+    /// The user's routing view, as last pushed or fetched; `None` after a wake.
+    view: RefCell<Option<Rc<RoutingView>>>,
+    /// One presence report in flight at a time, so reports arrive in order and coalesce.
+    presence_lock: Mutex<()>,
+    /// The index sequence number the directory last accepted.
+    presence_published: Cell<Option<u64>>,
+    /// Tells the directory this object restarted (its sequence numbers start again).
+    incarnation: u64,
+    /// Sealed call references already answered -> their expiry.
+    answered: RefCell<BoundedMap<u64>>,
+    /// Frames routed and the subrequests their routing cost, for stats.
+    frames: Cell<u64>,
+    frame_subrequests: Cell<u64>,
 }
 
 impl DurableObject for ConnectionManager {
@@ -78,6 +103,10 @@ impl DurableObject for ConnectionManager {
             }
             Ok(())
         });
+        // 53 bits: internal JSON is parsed by JavaScript, whose numbers are doubles.
+        let r = runtime::random16();
+        let incarnation =
+            u64::from_le_bytes([r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7]]) & ((1 << 53) - 1);
         Self {
             state,
             env,
@@ -86,6 +115,14 @@ impl DurableObject for ConnectionManager {
             bad_frames: RefCell::new(HashMap::new()),
             relays_in_flight: Cell::new(0),
             observer: RefCell::new(observe::Observer::default()),
+            index: RefCell::new(None),
+            view: RefCell::new(None),
+            presence_lock: Mutex::new(()),
+            presence_published: Cell::new(None),
+            incarnation,
+            answered: RefCell::new(BoundedMap::new(ANSWERED_CAPACITY)),
+            frames: Cell::new(0),
+            frame_subrequests: Cell::new(0),
         }
     }
 
@@ -112,10 +149,16 @@ impl DurableObject for ConnectionManager {
                 }
                 runtime::sleep(knob.latency_ms).await;
                 let d: Delivery = req.json().await?;
+                runtime::json(200, &self.deliver(&d))
+            }
+            (Method::Post, "/ack") => {
+                let a: AckRelay = req.json().await?;
+                let delivered = u64::from(self.answer(&cfg, &a.ack_id, &a.ack));
                 runtime::json(
                     200,
                     &Delivered {
-                        delivered: self.deliver(&d),
+                        delivered,
+                        primary: delivered,
                     },
                 )
             }
@@ -132,9 +175,9 @@ impl DurableObject for ConnectionManager {
                 runtime::json(200, &k)
             }
             (Method::Post, "/reclaim") => runtime::json(200, &self.reclaim().await?),
-            (Method::Post, "/members") => {
-                let m: Members = req.json().await?;
-                self.set_members(m).await?;
+            (Method::Post, "/view") => {
+                let v: RoutingView = req.json().await?;
+                self.learn_view(v);
                 runtime::json(200, &serde_json::json!({"ok": true}))
             }
             _ => runtime::error(&ApiError::new(404, "not_found", format!("no route {path}"))),
@@ -146,50 +189,7 @@ impl DurableObject for ConnectionManager {
         ws: WebSocket,
         message: WebSocketIncomingMessage,
     ) -> worker::Result<()> {
-        let started = runtime::now_ms();
-        let (max, limit) = match runtime::config(&self.env) {
-            Ok(c) => {
-                runtime::sleep(self.knob(&c).latency_ms).await;
-                (c.max_message_bytes, c.bad_frame_limit)
-            }
-            Err(_) => (crate::config::DEFAULT_MAX_MESSAGE_BYTES, 10),
-        };
-        let text = match message {
-            WebSocketIncomingMessage::String(t) => t,
-            WebSocketIncomingMessage::Binary(b) if b.len() > max => {
-                return close_too_big(&ws, b.len(), max);
-            }
-            WebSocketIncomingMessage::Binary(_) => {
-                return self.bad_frame(&ws, &FrameError::Binary, limit);
-            }
-        };
-        match protocol::parse_client_frame(&text, max) {
-            Ok(ClientFrame::Ping) => {
-                ws.send_with_str(protocol::pong_frame(runtime::now_ms()))?;
-                self.observe_latency(Series::MessageLatency, started).await;
-                Ok(())
-            }
-            Ok(ClientFrame::Broadcast(data)) => {
-                let Some(meta) = attachment(&ws) else {
-                    return Ok(());
-                };
-                let delivery = Delivery {
-                    frame: protocol::relay_frame(data, &meta.connection_id),
-                    filter: Filter::Exclude {
-                        connection_id: meta.connection_id.clone(),
-                    },
-                };
-                let relay_started = runtime::now_ms();
-                self.deliver(&delivery);
-                self.relay(&delivery).await;
-                self.observe_latency(Series::BroadcastDelivery, relay_started)
-                    .await;
-                self.observe_latency(Series::MessageLatency, started).await;
-                Ok(())
-            }
-            Err(FrameError::TooLarge { size, limit }) => close_too_big(&ws, size, limit),
-            Err(e) => self.bad_frame(&ws, &e, limit),
-        }
+        self.on_frame(ws, message).await
     }
 
     async fn websocket_close(
@@ -211,7 +211,7 @@ impl DurableObject for ConnectionManager {
 
     async fn websocket_error(&self, ws: WebSocket, error: worker::Error) -> worker::Result<()> {
         console_error!("socket error: {error}");
-        close(&ws, 1011, "socket error");
+        close(&ws, 1011, "Internal error");
         self.after_close(&ws).await
     }
 
@@ -222,6 +222,15 @@ impl DurableObject for ConnectionManager {
         }
         if self.observer.borrow().report_at.is_some_and(|at| at <= now) {
             self.report().await;
+        }
+        if self
+            .saved
+            .borrow()
+            .presence_retry_at
+            .is_some_and(|at| at <= now)
+        {
+            self.saved.borrow_mut().presence_retry_at = None;
+            self.publish_presence().await;
         }
         self.rearm().await?;
         Response::ok("")
@@ -270,22 +279,22 @@ impl ConnectionManager {
         }
     }
 
+    fn name(&self) -> String {
+        self.saved.borrow().name.clone()
+    }
+
     async fn save(&self) -> worker::Result<()> {
         let snapshot = self.saved.borrow().clone();
         self.state.storage().put(state::KEY, snapshot).await
     }
 
-    /// Open sockets, leaving out `except` (a socket being closed still shows
-    /// in `getWebSockets` while its close handler runs).
-    fn open_sockets(&self, except: Option<&WebSocket>) -> Vec<WebSocket> {
+    /// Open sockets (a socket being closed may still show in `getWebSockets` while its close
+    /// handler runs, so the state is checked).
+    fn open_sockets(&self) -> Vec<WebSocket> {
         self.sockets_with(None)
             .into_iter()
-            .filter(|w| Some(w) != except && w.as_ref().ready_state() == OPEN)
+            .filter(|w| w.as_ref().ready_state() == OPEN)
             .collect()
-    }
-
-    fn open_count(&self, except: Option<&WebSocket>) -> u32 {
-        u32::try_from(self.open_sockets(except).len()).unwrap_or(u32::MAX)
     }
 
     fn sockets_with(&self, tag: Option<&str>) -> Vec<WebSocket> {
@@ -303,61 +312,59 @@ impl ConnectionManager {
         }
     }
 
-    /// Sends `d.frame` to the sockets its filter selects; returns how many got it.
-    fn deliver(&self, d: &Delivery) -> u64 {
-        let targets = match &d.filter {
-            Filter::All => self.sockets_with(None),
-            Filter::UserScopedOnly => self.sockets_with(Some(&ClientType::UserScoped.tag())),
-            Filter::Session { session_id } => self.sockets_with(Some(&session_tag(session_id))),
-            Filter::Machine { machine_id } => self.sockets_with(Some(&machine_tag(machine_id))),
+    /// Sends `d.frame` to the sockets its filter selects on this shard.
+    fn deliver(&self, d: &Delivery) -> Delivered {
+        let scoped = |tag: String, t: ClientType| -> Vec<WebSocket> {
+            self.sockets_with(Some(&tag))
+                .into_iter()
+                .filter(|w| attachment(w).is_some_and(|m| m.client_type == t))
+                .collect()
+        };
+        let user_scoped = || self.sockets_with(Some(&ClientType::UserScoped.tag()));
+        let (primary, secondary) = match &d.filter {
+            Filter::All => (self.sockets_with(None), Vec::new()),
+            Filter::UserScopedOnly => (user_scoped(), Vec::new()),
+            Filter::Session { session_id } => (
+                self.sockets_with(Some(&session_tag(session_id))),
+                Vec::new(),
+            ),
+            Filter::Machine { machine_id } => (
+                self.sockets_with(Some(&machine_tag(machine_id))),
+                Vec::new(),
+            ),
             Filter::Exclude { connection_id } => {
                 let excluded = self.sockets_with(Some(&conn_tag(connection_id)));
-                self.sockets_with(None)
+                let rest = self
+                    .sockets_with(None)
                     .into_iter()
                     .filter(|w| !excluded.contains(w))
-                    .collect()
+                    .collect();
+                (rest, Vec::new())
             }
+            Filter::MachineScopedOnly { machine_id } => (
+                scoped(machine_tag(machine_id), ClientType::MachineScoped),
+                user_scoped(),
+            ),
+            Filter::AllInterestedInSession { session_id } => (
+                scoped(session_tag(session_id), ClientType::SessionScoped),
+                user_scoped(),
+            ),
         };
-        targets
-            .iter()
-            .filter(|w| w.as_ref().ready_state() == OPEN && w.send_with_str(&d.frame).is_ok())
-            .count() as u64
+        let send =
+            |w: &WebSocket| w.as_ref().ready_state() == OPEN && w.send_with_str(&d.frame).is_ok();
+        let primary = primary.iter().filter(|w| send(w)).count() as u64;
+        // The scoped halves hold no user-scoped socket, so nothing is sent twice.
+        let delivered = primary + secondary.iter().filter(|w| send(w)).count() as u64;
+        Delivered { delivered, primary }
     }
 
-    /// Sends a client broadcast to the user's other shards, concurrently.
-    async fn relay(&self, d: &Delivery) {
-        let (me, others, timeout_ms) = {
-            let s = self.saved.borrow();
-            let timeout = runtime::config(&self.env)
-                .map(|c| c.fanout_timeout_ms)
-                .unwrap_or(5000);
-            (s.name.clone(), s.members.shards.clone(), timeout)
-        };
-        let targets: Vec<String> = others.into_iter().filter(|n| *n != me).collect();
-        if targets.is_empty() {
-            return;
-        }
-        self.relays_in_flight
-            .set(self.relays_in_flight.get() + targets.len() as u64);
-        let calls = targets.iter().map(|name| async move {
-            let Ok(stub) = runtime::stub(&self.env, placement::SHARD_BINDING, name) else {
-                return;
-            };
-            let r = runtime::timeout(
-                timeout_ms,
-                runtime::call::<_, Delivered>(&stub, "/deliver", Some(name), d),
-            )
-            .await;
-            if !matches!(r, Some(Ok(_))) {
-                console_error!("relay to {name} failed");
-            }
-            self.relays_in_flight
-                .set(self.relays_in_flight.get().saturating_sub(1));
-        });
-        futures::future::join_all(calls).await;
-    }
-
-    fn bad_frame(&self, ws: &WebSocket, e: &FrameError, limit: u32) -> worker::Result<()> {
+    fn bad_frame(
+        &self,
+        ws: &WebSocket,
+        code: u16,
+        message: &str,
+        limit: u32,
+    ) -> worker::Result<()> {
         let key = attachment(ws).map(|m| m.connection_id).unwrap_or_default();
         let now = runtime::now_ms();
         let count = {
@@ -371,96 +378,65 @@ impl ConnectionManager {
             entry.0
         };
         if count > limit {
-            let _ = ws.send_with_str(protocol::error_frame(
-                "too_many_bad_frames",
+            let _ = ws.send_with_str(crate::routing::envelope::error_frame(
+                crate::routing::envelope::POLICY_VIOLATION,
                 &format!("more than {limit} invalid frames in a minute; closing"),
+                now,
             ));
             close(ws, 1008, "too many invalid frames");
             return Ok(());
         }
-        ws.send_with_str(protocol::error_frame(e.code(), &e.to_string()))
+        ws.send_with_str(crate::routing::envelope::error_frame(code, message, now))
     }
 
     async fn after_close(&self, ws: &WebSocket) -> worker::Result<()> {
         if let Some(m) = attachment(ws) {
             self.bad_frames.borrow_mut().remove(&m.connection_id);
+            self.forget_socket(&m.connection_id).await;
         }
-        self.settle(Some(ws)).await?;
+        self.settle().await?;
         self.observe_gauges().await;
         Ok(())
     }
 
-    async fn set_members(&self, m: Members) -> worker::Result<()> {
-        let newer = {
-            let mut s = self.saved.borrow_mut();
-            let newer = m.version > s.members.version;
-            if newer {
-                s.members = m;
-            }
-            newer
-        };
-        if newer {
-            self.save().await?;
-        }
-        Ok(())
-    }
-
     fn stats(&self) -> ShardStats {
-        let sockets = self.open_sockets(None);
-        let mut by_type = ByType::default();
-        let mut sessions = std::collections::BTreeSet::new();
-        let mut machines = std::collections::BTreeSet::new();
-        let mut oldest: Option<u64> = None;
-        let mut memory = 0u64;
-        for ws in &sockets {
-            let Some(m) = attachment(ws) else { continue };
-            match m.client_type {
-                ClientType::UserScoped => by_type.user_scoped += 1,
-                ClientType::SessionScoped => by_type.session_scoped += 1,
-                ClientType::MachineScoped => by_type.machine_scoped += 1,
-            }
-            oldest = Some(oldest.map_or(m.connected_at, |o| o.min(m.connected_at)));
-            memory +=
-                SOCKET_OVERHEAD_BYTES + serde_json::to_string(&m).map_or(0, |s| s.len() as u64);
-            if let Some(s) = m.session_id {
-                sessions.insert(s);
-            }
-            if let Some(mid) = m.machine_id {
-                machines.insert(mid);
-            }
-        }
+        let ix = self.index_snapshot();
         let s = self.saved.borrow();
         ShardStats {
             name: s.name.clone(),
-            connections: sockets.len() as u64,
-            by_type,
-            sessions: sessions.into_iter().collect(),
-            machines: machines.into_iter().collect(),
-            oldest_connection: oldest,
-            memory_usage: memory,
+            connections: u64::from(ix.connections),
+            by_type: ix.by_type,
+            sessions: ix.sessions,
+            machines: ix.machines,
+            oldest_connection: ix.oldest,
+            memory_usage: ix.memory,
             message_queue_depth: self.relays_in_flight.get(),
             rejected: s.rejected,
             rejected_tier_limit: s.rejected_tier_limit,
             accepted: s.accepted,
             directory_round_trips: s.round_trips,
-            epoch: placement::rotation_of(&s.name).map(|(_, e)| e),
+            epoch: crate::placement::rotation_of(&s.name).map(|(_, e)| e),
             draining: s.draining,
+            frames: self.frames.get(),
+            frame_subrequests: self.frame_subrequests.get(),
         }
     }
 
-    /// Sets the one alarm to the earliest of the next drain step and the
-    /// next metrics report.
+    /// Sets the one alarm to the earliest of the next drain step, the next metrics report
+    /// and a presence report to retry.
     async fn rearm(&self) -> worker::Result<()> {
-        let drain = self.saved.borrow().drain_at;
-        let report = self.observer.borrow().report_at;
-        let at = match (drain, report) {
-            (Some(a), Some(b)) => a.min(b),
-            (a, b) => match a.or(b) {
-                Some(at) => at,
-                None => return Ok(()),
-            },
-        };
-        self.state.storage().set_alarm(runtime::scheduled(at)).await
+        let at = [
+            self.saved.borrow().drain_at,
+            self.observer.borrow().report_at,
+            self.saved.borrow().presence_retry_at,
+        ]
+        .into_iter()
+        .flatten()
+        .min();
+        match at {
+            Some(at) => self.state.storage().set_alarm(runtime::scheduled(at)).await,
+            None => Ok(()),
+        }
     }
 }
 
@@ -473,13 +449,4 @@ fn close(ws: &WebSocket, code: u16, reason: &str) {
         // Codes the runtime will not send (e.g. reserved ones) become 1000.
         let _ = ws.close(Some(1000), Some(reason));
     }
-}
-
-fn close_too_big(ws: &WebSocket, size: usize, limit: usize) -> worker::Result<()> {
-    let _ = ws.send_with_str(protocol::error_frame(
-        "frame_too_large",
-        &format!("frame is {size} bytes; MAX_MESSAGE_BYTES is {limit}"),
-    ));
-    close(ws, 1009, "message too big");
-    Ok(())
 }

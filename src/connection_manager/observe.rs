@@ -86,7 +86,7 @@ impl ConnectionManager {
             o.full.prune(now);
             std::mem::take(&mut o.pending)
         };
-        let open = u64::from(self.open_count(None));
+        let open = u64::from(self.open_count());
         let unchanged = self.observer.borrow().reported_connections == Some(open);
         if user.is_empty() || pending.is_empty() && unchanged {
             return;

@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::lease::Lease;
-use crate::rpc::{Knob, Members};
+use crate::rpc::Knob;
 
 pub const KEY: &str = "shard";
 
@@ -22,7 +22,6 @@ pub struct Persisted {
     /// Connects refused because the user was at the tier limit (429).
     pub rejected_tier_limit: u64,
     pub round_trips: u64,
-    pub members: Members,
     pub draining: bool,
     /// Sockets held when the drain began: the drain plan's size.
     pub drain_sockets: u32,
@@ -30,4 +29,8 @@ pub struct Persisted {
     pub drain_at: Option<u64>,
     /// Test-only injection, honoured only while `TEST_KNOBS=on`.
     pub knob: Knob,
+    /// When a failed presence report is retried (memory only: a restarted object reports
+    /// afresh on its next change, and the directory's reconcile covers the rest).
+    #[serde(skip)]
+    pub presence_retry_at: Option<u64>,
 }

@@ -12,12 +12,15 @@ use futures::lock::Mutex;
 use serde::{Deserialize, Serialize};
 use worker::{console_error, durable_object, DurableObject, Env, Method, Request, Response, State};
 
+use crate::auth::ticket_book::{Issue, TicketBook};
 use crate::lease::Ledger;
 use crate::metrics::{Observations, Outcome, ShardGauges, ShardMetrics, UserMetrics};
 use crate::placement;
 use crate::protocol::ApiError;
+use crate::routing::view::{PresenceBook, PresenceReport};
 use crate::rpc::{
-    Acquire, DirectoryView, Granted, Members, Observed, Reclaimed, Release, ViewShard,
+    Acquire, DirectoryView, Granted, Observed, Reclaimed, Redeem, Redeemed, Release, SetTier,
+    TierInfo, ViewShard,
 };
 use crate::runtime;
 
@@ -25,6 +28,9 @@ const KEY: &str = "directory";
 /// Metrics live under their own key: a change of their shape costs metrics,
 /// never the ledger.
 const METRICS_KEY: &str = "metrics";
+/// The ticket rate limit and redeemed nonces: written per ticket, so kept apart from the
+/// ledger to keep those writes small.
+const TICKETS_KEY: &str = "tickets";
 /// How long the directory batches its shards' reports before the registry.
 const PUSH_EVERY_MS: u64 = 5_000;
 /// A reclaim pass waits at most this long for one shard.
@@ -34,19 +40,15 @@ const RECLAIM_TIMEOUT_MS: u32 = 2_000;
 /// the user never runs short of slots.
 const RECONCILE_EVERY_MS: u64 = 60_000;
 
-/// How long shard-set changes are gathered before one push: 200 ms, plus
-/// 8 ms per shard in the set, at most 2 s.
-fn members_window_ms(shards: u32) -> u32 {
-    200u32.saturating_add(shards.saturating_mul(8)).min(2_000)
-}
+/// The user's routing view (shards and presence) lives under its own key: it changes with
+/// every presence report.
+const PRESENCE_KEY: &str = "presence";
+/// After this object starts with machines it believes online, a reconcile pass follows this
+/// soon: a workerd restart closes every socket without a close event, and without the pass
+/// those machines would stay online until the next periodic one.
+const START_RECONCILE_MS: u64 = 2_000;
 
-/// The shard set as the shards learn it.
-fn members_of(s: &Saved) -> Members {
-    Members {
-        version: s.ledger.version,
-        shards: s.ledger.names(),
-    }
-}
+mod presence;
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default)]
@@ -54,7 +56,10 @@ struct Saved {
     ledger: Ledger,
     /// The user this directory serves, learned from its shards' names.
     user: String,
+    /// The tier resolved at the last grant, for the metrics pushed to the registry.
     tier: String,
+    /// The operator's per-user tier (`PUT /admin/users/{id}/tier`); `None`: `DEFAULT_TIER`.
+    tier_override: Option<String>,
     rejected_tier_limit: u64,
     rejected_unavailable: u64,
     reconcile_at: Option<u64>,
@@ -76,9 +81,19 @@ pub struct Directory {
     env: Env,
     saved: Rc<RefCell<Saved>>,
     pending: Rc<RefCell<Pending>>,
+    tickets: Rc<RefCell<TicketBook>>,
+    /// Where the user's recipients are: the view every shard routes by.
+    book: Rc<RefCell<PresenceBook>>,
+    /// Presence notices go out one batch at a time, in order.
+    emit_lock: Rc<Mutex<()>>,
     push_at: Cell<Option<u64>>,
     /// A coalesced shard-set push is scheduled.
     push_pending: Rc<Cell<bool>>,
+    /// An addition's prompt push is running; another addition meanwhile asks for one more.
+    urgent_running: Rc<Cell<bool>>,
+    urgent_again: Rc<Cell<bool>>,
+    /// The view version the shards were last sent, so a push never repeats one.
+    pushed_version: Rc<Cell<u64>>,
     /// One ledger operation at a time, including its reclaim pass.
     lock: Mutex<()>,
 }
@@ -87,11 +102,31 @@ impl DurableObject for Directory {
     fn new(state: State, env: Env) -> Self {
         let saved = Rc::new(RefCell::new(Saved::default()));
         let pending = Rc::new(RefCell::new(Pending::default()));
-        let (slot, metrics) = (saved.clone(), pending.clone());
+        let tickets = Rc::new(RefCell::new(TicketBook::default()));
+        let presence = Rc::new(RefCell::new(PresenceBook::default()));
+        let (slot, metrics, book, known) = (
+            saved.clone(),
+            pending.clone(),
+            tickets.clone(),
+            presence.clone(),
+        );
         let storage = state.storage();
         let _load = state.block_concurrency_while(async move {
             if let Ok(Some(s)) = storage.get::<Saved>(KEY).await {
                 *slot.borrow_mut() = s;
+            }
+            if let Ok(Some(t)) = storage.get::<TicketBook>(TICKETS_KEY).await {
+                *book.borrow_mut() = t;
+            }
+            if let Ok(Some(b)) = storage.get::<PresenceBook>(PRESENCE_KEY).await {
+                *known.borrow_mut() = b;
+            }
+            let soon = runtime::now_ms() + START_RECONCILE_MS;
+            let online = !known.borrow().view.machines_online().is_empty();
+            let due = slot.borrow().reconcile_at.is_some_and(|at| at <= soon);
+            if online && !due {
+                slot.borrow_mut().reconcile_at = Some(soon);
+                storage.set_alarm(runtime::scheduled(soon)).await?;
             }
             // Unreadable metrics (an older shape) are dropped, not fatal.
             if let Ok(Some(p)) = storage.get::<Pending>(METRICS_KEY).await {
@@ -104,8 +139,14 @@ impl DurableObject for Directory {
             env,
             saved,
             pending,
+            tickets,
+            book: presence,
+            emit_lock: Rc::new(Mutex::new(())),
             push_at: Cell::new(None),
             push_pending: Rc::new(Cell::new(false)),
+            urgent_running: Rc::new(Cell::new(false)),
+            urgent_again: Rc::new(Cell::new(false)),
+            pushed_version: Rc::new(Cell::new(0)),
             lock: Mutex::new(()),
         }
     }
@@ -123,6 +164,21 @@ impl DurableObject for Directory {
                 runtime::json(200, &serde_json::json!({"ok": true}))
             }
             (Method::Post, "/view") => runtime::json(200, &self.view()),
+            (Method::Post, "/route") => runtime::json(200, &self.book.borrow().view),
+            (Method::Post, "/presence") => {
+                let r: PresenceReport = req.json().await?;
+                runtime::json(200, &self.presence(r).await?)
+            }
+            (Method::Post, "/tier") => runtime::json(200, &self.tier_info()),
+            (Method::Post, "/tier/set") => {
+                let t: SetTier = req.json().await?;
+                runtime::json(200, &self.set_tier(t).await?)
+            }
+            (Method::Post, "/ticket/issue") => runtime::json(200, &self.issue_ticket().await?),
+            (Method::Post, "/ticket/redeem") => {
+                let r: Redeem = req.json().await?;
+                runtime::json(200, &self.redeem_ticket(r).await?)
+            }
             (Method::Post, "/report") => {
                 let m: ShardMetrics = req.json().await?;
                 self.report(m).await?;
@@ -158,13 +214,81 @@ impl Directory {
         self.state.storage().put(KEY, snapshot).await
     }
 
-    fn members(&self) -> Members {
-        members_of(&self.saved.borrow())
+    /// The user's tier: the override while it names a configured tier, else the default.
+    fn tier_info(&self) -> TierInfo {
+        let overridden = self.saved.borrow().tier_override.clone();
+        match runtime::config(&self.env) {
+            Ok(cfg) => {
+                let (tier, t) = cfg.resolve_tier(overridden.as_deref());
+                TierInfo {
+                    tier: tier.to_owned(),
+                    limit: t.limit,
+                    overridden,
+                }
+            }
+            // Unreachable in practice: the gateway refuses traffic while the config is
+            // invalid. A zero limit grants nothing, which is the safe side.
+            Err(_) => TierInfo {
+                tier: String::new(),
+                limit: 0,
+                overridden,
+            },
+        }
+    }
+
+    /// Sets or clears the override. A lower limit applies to the next connect at once:
+    /// every shard's spare leased slots are reclaimed, so none admits past the new limit.
+    async fn set_tier(&self, t: SetTier) -> worker::Result<TierInfo> {
+        let _guard = self.lock.lock().await;
+        self.saved.borrow_mut().tier_override = t.tier;
+        let info = self.tier_info();
+        {
+            let mut s = self.saved.borrow_mut();
+            s.ledger.limit = info.limit;
+            s.tier.clone_from(&info.tier);
+        }
+        self.save().await?;
+        self.reclaim_from_others("").await;
+        self.save().await?;
+        self.ledger_changed().await?;
+        Ok(info)
+    }
+
+    /// Counts a ticket against the user's per-minute limit, exactly: this object handles one
+    /// request at a time and the count changes before any await.
+    async fn issue_ticket(&self) -> worker::Result<Issue> {
+        let issue = self.tickets.borrow_mut().issue(runtime::now_ms());
+        if matches!(issue, Issue::Allowed { .. }) {
+            self.save_tickets().await?;
+        }
+        Ok(issue)
+    }
+
+    /// Marks a ticket's nonce used, so a replay within its window is refused.
+    async fn redeem_ticket(&self, r: Redeem) -> worker::Result<Redeemed> {
+        let result = self
+            .tickets
+            .borrow_mut()
+            .redeem(&r.nonce, r.exp_ms, runtime::now_ms());
+        self.save_tickets().await?;
+        Ok(Redeemed {
+            result,
+            tier: self.tier_info(),
+        })
+    }
+
+    async fn save_tickets(&self) -> worker::Result<()> {
+        let snapshot = self.tickets.borrow().clone();
+        self.state.storage().put(TICKETS_KEY, snapshot).await
     }
 
     fn view(&self) -> DirectoryView {
+        let tier = self.tier_info();
+        let routing = self.book.borrow().view.clone();
         let s = self.saved.borrow();
         DirectoryView {
+            tier,
+            routing,
             shards: s
                 .ledger
                 .shards
@@ -182,13 +306,14 @@ impl Directory {
 
     async fn acquire(&self, a: Acquire) -> worker::Result<Granted> {
         let _guard = self.lock.lock().await;
-        let version_before = self.saved.borrow().ledger.version;
+        let tier = self.tier_info();
         {
             let mut s = self.saved.borrow_mut();
-            // The limit follows the tier of the latest connect; lowering it
+            // The directory resolves the tier itself (the operator's override, else the
+            // default), so the limit is exact whatever a gateway has cached. Lowering it
             // stops new grants and lets existing sockets finish.
-            s.ledger.limit = a.limit;
-            s.tier = a.tier.clone();
+            s.ledger.limit = tier.limit;
+            s.tier.clone_from(&tier.tier);
             if s.user.is_empty() {
                 if let Some(n) = shard_policies::parse_object_name(&a.shard) {
                     s.user = n.user;
@@ -211,15 +336,13 @@ impl Directory {
         if grant.joined {
             self.ensure_reconcile().await?;
         }
-        let members = self.members();
-        if members.version != version_before {
-            self.push_members();
-        }
+        self.ledger_changed().await?;
         Ok(Granted {
             granted: grant.granted,
             seq: grant.seq,
             retry: grant.granted == 0 && in_transit,
-            members,
+            view: self.book.borrow().view.clone(),
+            tier,
         })
     }
 
@@ -236,15 +359,12 @@ impl Directory {
     /// user has shards.
     async fn reconcile(&self, now: u64) -> worker::Result<()> {
         let _guard = self.lock.lock().await;
-        let version_before = self.saved.borrow().ledger.version;
         self.reclaim_from_others("").await;
-        let members = self.members();
-        self.saved.borrow_mut().reconcile_at =
-            (!members.shards.is_empty()).then_some(now + RECONCILE_EVERY_MS);
+        let any = !self.saved.borrow().ledger.shards.is_empty()
+            || !self.book.borrow().view.shards.is_empty();
+        self.saved.borrow_mut().reconcile_at = any.then_some(now + RECONCILE_EVERY_MS);
         self.save().await?;
-        if members.version != version_before {
-            self.push_members();
-        }
+        self.ledger_changed().await?;
         Ok(())
     }
 
@@ -373,26 +493,32 @@ impl Directory {
 
     async fn release(&self, r: Release) -> worker::Result<()> {
         let _guard = self.lock.lock().await;
-        let changed = {
+        {
             let mut s = self.saved.borrow_mut();
             if r.reset {
-                s.ledger.reset(&r.shard)
+                s.ledger.reset(&r.shard);
             } else {
-                s.ledger.release(&r.shard, r.n, r.open, r.draining)
+                s.ledger.release(&r.shard, r.n, r.open, r.draining);
             }
-        };
-        self.save().await?;
-        if changed {
-            self.push_members();
         }
-        Ok(())
+        self.save().await?;
+        self.ledger_changed().await
     }
 
     /// Asks every other shard holding grants for its spare slots, at once.
     /// A shard that restarted without its sockets gives back all it held.
     /// Returns whether a grant was still on its way to one of them.
     async fn reclaim_from_others(&self, except: &str) -> bool {
-        let targets = self.saved.borrow().ledger.reclaim_targets(except);
+        let mut targets = self.saved.borrow().ledger.reclaim_targets(except);
+        if except.is_empty() {
+            // A full pass also asks every shard the view says holds sockets, so presence
+            // left behind by a shard that lost its sockets (a restart) is corrected.
+            for (name, p) in &self.book.borrow().view.shards {
+                if !p.is_empty() && !targets.contains(name) {
+                    targets.push(name.clone());
+                }
+            }
+        }
         let env = &self.env;
         let calls = targets.iter().map(|name| async move {
             let stub = runtime::stub(env, placement::SHARD_BINDING, name).ok()?;
@@ -416,56 +542,16 @@ impl Directory {
             }
         });
         let answers = futures::future::join_all(calls).await;
-        let mut s = self.saved.borrow_mut();
         let mut in_transit = false;
+        let mut transitions = Vec::new();
         for (name, rec) in answers.into_iter().flatten() {
-            let settled = s.ledger.settle(&name, rec);
+            let settled = self.saved.borrow_mut().ledger.settle(&name, rec.lease);
             in_transit |= settled.in_transit;
+            if let Some(report) = rec.presence {
+                transitions.extend(self.book.borrow_mut().apply(report).unwrap_or_default());
+            }
         }
+        self.emit(transitions);
         in_transit
-    }
-
-    /// Tells the shards the new shard set, coalescing changes: one push per
-    /// window carries the latest set, however many shards joined or left in
-    /// it. Pushing on every change costs N calls per change (N^2 over a burst
-    /// of new session shards) and saturated a spike. The window grows with
-    /// the set, so pushes stay near a few hundred calls per second; until it
-    /// ends, a client frame relayed from an older shard misses the newest.
-    fn push_members(&self) {
-        if self.push_pending.replace(true) {
-            return;
-        }
-        let env = self.env.clone();
-        let saved = self.saved.clone();
-        let pending = self.push_pending.clone();
-        runtime::object_wait_until(&self.state, async move {
-            let n = saved.borrow().ledger.shards.len() as u32;
-            runtime::sleep(members_window_ms(n)).await;
-            pending.set(false);
-            let members = members_of(&saved.borrow());
-            let calls = members.shards.iter().map(|name| {
-                let env = &env;
-                let members = &members;
-                async move {
-                    let Ok(stub) = runtime::stub(env, placement::SHARD_BINDING, name) else {
-                        return;
-                    };
-                    let r = runtime::timeout(
-                        RECLAIM_TIMEOUT_MS,
-                        runtime::call::<_, serde_json::Value>(
-                            &stub,
-                            "/members",
-                            Some(name),
-                            members,
-                        ),
-                    )
-                    .await;
-                    if !matches!(r, Some(Ok(_))) {
-                        console_error!("members push to {name} failed");
-                    }
-                }
-            });
-            futures::future::join_all(calls).await;
-        });
     }
 }

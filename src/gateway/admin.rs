@@ -1,15 +1,16 @@
 //! Admin endpoints: bearer `ADMIN_TOKEN`, compared in constant time. User
 //! tokens never pass, whatever they claim.
 
-use worker::{Env, Headers, Request, Response};
+use worker::{Env, Headers, Method, Request, Response};
 
+use super::identity::{self, directory_call};
 use crate::auth;
 use crate::config::Config;
 use crate::exposition::{self, ExpositionOptions};
 use crate::metrics::GlobalMetrics;
 use crate::placement;
 use crate::protocol::ApiError;
-use crate::rpc::Knob;
+use crate::rpc::{Knob, SetTier, TierInfo};
 use crate::runtime;
 use crate::slo;
 
@@ -22,15 +23,14 @@ pub fn authorize(req: &Request, cfg: &Config) -> Result<(), ApiError> {
         ));
     }
     let header = req.headers().get("authorization").ok().flatten();
-    let given = auth::token_from(None, header.as_deref());
-    if given.is_empty() {
+    let Some(given) = auth::bearer(header.as_deref()) else {
         return Err(ApiError::new(
             401,
             "missing_admin_token",
             "send `Authorization: Bearer <ADMIN_TOKEN>`",
         ));
-    }
-    if !auth::admin_token_matches(given, &cfg.admin_token) {
+    };
+    if !auth::admin_token_matches(given, cfg.admin_token.expose()) {
         return Err(ApiError::new(
             401,
             "invalid_admin_token",
@@ -38,6 +38,67 @@ pub fn authorize(req: &Request, cfg: &Config) -> Result<(), ApiError> {
         ));
     }
     Ok(())
+}
+
+/// The user id of `/admin/users/{id}/tier`.
+pub fn user_tier_path(path: &str) -> Option<&str> {
+    path.strip_prefix("/admin/users/")?.strip_suffix("/tier")
+}
+
+/// `GET|PUT|DELETE /admin/users/{id}/tier`: the operator's per-user tier. `PUT
+/// {"tier":"enterprise"}` sets it, `DELETE` goes back to `DEFAULT_TIER`; both answer what
+/// the user resolves to now. Kept in the user's directory, the authority for the limit, so
+/// the next connect is admitted under it with no redeploy.
+pub async fn user_tier(mut req: Request, env: &Env, cfg: &Config) -> Result<Response, ApiError> {
+    authorize(&req, cfg)?;
+    let path = req.path();
+    let user = user_tier_path(&path).unwrap_or_default().to_owned();
+    crate::ids::validate_id(&user)
+        .map_err(|e| ApiError::bad_request("invalid_id", format!("user id: {e}")))?;
+    let info: TierInfo = match req.method() {
+        Method::Get => directory_call(env, &user, "/tier", &serde_json::json!({})).await?,
+        Method::Put => {
+            #[derive(serde::Deserialize)]
+            #[serde(deny_unknown_fields)]
+            struct Body {
+                tier: String,
+            }
+            let body: Body = req.json().await.map_err(|e| {
+                ApiError::bad_request(
+                    "invalid_body",
+                    format!("expected {{\"tier\": \"<name>\"}}: {e}"),
+                )
+            })?;
+            if cfg.tier(&body.tier).is_none() {
+                return Err(ApiError::bad_request(
+                    "unknown_tier",
+                    format!(
+                        "tier `{}` is not configured; configured tiers: {}",
+                        crate::protocol::truncate(&body.tier, 64),
+                        cfg.tier_names()
+                    ),
+                ));
+            }
+            let set = SetTier {
+                tier: Some(body.tier),
+            };
+            directory_call(env, &user, "/tier/set", &set).await?
+        }
+        Method::Delete => directory_call(env, &user, "/tier/set", &SetTier { tier: None }).await?,
+        _ => {
+            return Err(ApiError::new(
+                405,
+                "method_not_allowed",
+                "use GET, PUT or DELETE on this path",
+            ))
+        }
+    };
+    identity::remember_tier(&user, &info);
+    runtime::json(
+        200,
+        &serde_json::json!({"user": user, "tier": info.tier, "limit": info.limit, "override": info.overridden}),
+    )
+    .map_err(|e| ApiError::new(500, "internal", e.to_string()))
 }
 
 /// `POST /admin/test/shard {"shard": name, "latencyMs": n, "fault": "error"|"hang"|null}`:

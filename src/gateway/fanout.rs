@@ -6,7 +6,8 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use worker::{Context, Env, Request, Response};
 
-use super::{authenticate, observe_later, Caller};
+use super::identity::{self, directory_call};
+use super::observe_later;
 use shard_policies::{KnownShard, ShardPolicy};
 
 use crate::config::Config;
@@ -23,7 +24,7 @@ pub async fn broadcast(
     ctx: &Context,
     cfg: &Config,
 ) -> Result<Response, ApiError> {
-    let caller = authenticate(&req, cfg)?;
+    let user = identity::http_user(&req, env, cfg).await?;
     let limit = cfg.max_message_bytes;
     let declared = req
         .headers()
@@ -43,12 +44,19 @@ pub async fn broadcast(
     }
     let started = runtime::now_ms();
     let delivery = protocol::parse_broadcast_body(&body, started)?;
-    let view = directory_view(env, &caller.claims.sub).await?;
-    let shards = targets(cfg, &view);
+    let view = directory_view(env, &user).await?;
+    let shards = broadcast_targets(cfg, &view, &delivery.filter);
     let (answers, failed, _) =
         fan_out::<_, Delivered>(env, &shards, "/deliver", &delivery, cfg).await;
     let took = runtime::now_ms().saturating_sub(started) as f64;
-    observe_latencies(env, ctx, &caller, Series::BroadcastDelivery, vec![took]);
+    observe_latencies(
+        env,
+        ctx,
+        &user,
+        &view,
+        Series::BroadcastDelivery,
+        vec![took],
+    );
     ok_json(&BroadcastResult {
         success: true,
         delivered: answers.iter().map(|d| d.delivered).sum(),
@@ -63,15 +71,15 @@ pub async fn stats(
     ctx: &Context,
     cfg: &Config,
 ) -> Result<Response, ApiError> {
-    let caller = authenticate(req, cfg)?;
-    let view = directory_view(env, &caller.claims.sub).await?;
+    let user = identity::http_user(req, env, cfg).await?;
+    let view = directory_view(env, &user).await?;
     let shards = targets(cfg, &view);
     let (answers, failed, took) =
         fan_out::<_, ShardStats>(env, &shards, "/stats", &serde_json::json!({}), cfg).await;
-    observe_latencies(env, ctx, &caller, Series::DoResponse, took);
+    observe_latencies(env, ctx, &user, &view, Series::DoResponse, took);
     let ctx = UserContext {
-        tier: caller.claims.tier.clone(),
-        limit: caller.tier.limit,
+        tier: view.tier.tier.clone(),
+        limit: view.tier.limit,
         policy: cfg.policy_name.clone(),
         rejected_tier_limit: view.rejected_tier_limit,
         rejected_unavailable: view.rejected_unavailable,
@@ -98,17 +106,42 @@ fn targets(cfg: &Config, view: &DirectoryView) -> Vec<String> {
         .collect()
 }
 
+/// Where a broadcast goes. Unfiltered (and `exclude`) broadcasts visit every shard holding
+/// slots, from the lease ledger, which knows a shard before its first socket is accepted. A
+/// filtered one visits only the shards whose presence may hold a recipient, plus any shard of
+/// the ledger the presence view does not list yet.
+fn broadcast_targets(cfg: &Config, view: &DirectoryView, filter: &protocol::Filter) -> Vec<String> {
+    use protocol::Filter;
+    if matches!(filter, Filter::All | Filter::Exclude { .. }) {
+        return targets(cfg, view);
+    }
+    let mut t = view.routing.targets(filter);
+    for s in &view.shards {
+        if !view.routing.shards.contains_key(&s.name) && !t.contains(&s.name) {
+            t.push(s.name.clone());
+        }
+    }
+    t
+}
+
 /// Records the caller's latencies of one series in its directory, after the answer.
-fn observe_latencies(env: &Env, ctx: &Context, caller: &Caller, series: Series, ms: Vec<f64>) {
+fn observe_latencies(
+    env: &Env,
+    ctx: &Context,
+    user: &str,
+    view: &DirectoryView,
+    series: Series,
+    ms: Vec<f64>,
+) {
     if ms.is_empty() {
         return;
     }
     observe_later(
         env,
         ctx,
-        &caller.claims.sub,
+        user,
         Observed {
-            tier: caller.claims.tier.clone(),
+            tier: view.tier.tier.clone(),
             outcomes: Vec::new(),
             latencies: ms.into_iter().map(|v| (series, v)).collect(),
         },
@@ -128,24 +161,9 @@ fn ok_json<T: Serialize>(v: &T) -> Result<Response, ApiError> {
 }
 
 async fn directory_view(env: &Env, user: &str) -> Result<DirectoryView, ApiError> {
-    let unavailable = |e: worker::Error| {
-        worker::console_error!("directory view failed: {e}");
-        ApiError::new(
-            503,
-            "directory_unavailable",
-            "the user's shard directory did not answer; retry",
-        )
-        .retry_after(1)
-    };
-    let stub = runtime::stub(
-        env,
-        placement::DIRECTORY_BINDING,
-        &placement::directory_name(user),
-    )
-    .map_err(unavailable)?;
-    runtime::call(&stub, "/view", None, &serde_json::json!({}))
-        .await
-        .map_err(unavailable)
+    let view: DirectoryView = directory_call(env, user, "/view", &serde_json::json!({})).await?;
+    identity::remember_tier(user, &view.tier);
+    Ok(view)
 }
 
 /// Calls `path` on every shard concurrently; returns the answers, the names

@@ -2,13 +2,14 @@
 
 mod admin;
 mod fanout;
+pub(crate) mod identity;
+mod ticket;
 mod upgrade;
 
 use serde::Serialize;
 use worker::{Context, Env, Method, Request, Response};
 
-use crate::auth::{self, Claims};
-use crate::config::{Config, Tier};
+use crate::config::Config;
 use crate::protocol::ApiError;
 use crate::runtime;
 
@@ -16,7 +17,7 @@ pub async fn handle(req: Request, env: Env, ctx: Context) -> worker::Result<Resp
     let path = req.path();
     let cfg = runtime::config(&env);
     if path == "/health" {
-        return health(&cfg);
+        return health(&cfg, &env);
     }
     let cfg = match cfg {
         Ok(c) => c,
@@ -28,10 +29,18 @@ pub async fn handle(req: Request, env: Env, ctx: Context) -> worker::Result<Resp
             ))
         }
     };
+    let origin = req.headers().get("origin").ok().flatten();
+    // Browsers preflight the ticket, stats and broadcast calls (platform-protocol.md §7.5).
+    if req.method() == Method::Options {
+        let mut resp = Response::empty()?.with_status(204);
+        cors(&cfg, origin.as_deref(), true, &mut resp);
+        return Ok(resp);
+    }
     let result = match (req.method(), path.as_str()) {
         (Method::Get, "/v1/updates" | "/v1/websocket") => {
             upgrade::upgrade(&req, &env, &ctx, &cfg).await
         }
+        (Method::Post, "/v1/websocket/ticket") => ticket::issue(&req, &env, &cfg).await,
         (Method::Post, "/v1/websocket/broadcast") => {
             fanout::broadcast(req, &env, &ctx, &cfg).await
         }
@@ -39,26 +48,41 @@ pub async fn handle(req: Request, env: Env, ctx: Context) -> worker::Result<Resp
         (Method::Get, "/metrics") => admin::metrics(&req, &env, &cfg).await,
         (Method::Get, "/admin/stats") => admin::stats(&req, &env, &cfg).await,
         (Method::Get, "/admin/slo") => admin::slo(&req, &env, &cfg).await,
+        (_, p) if admin::user_tier_path(p).is_some() => admin::user_tier(req, &env, &cfg).await,
         (Method::Post, "/admin/test/shard") if cfg.test_knobs => {
             admin::test_shard(req, &env, &cfg).await
         }
         (_, "/v1/updates" | "/v1/websocket" | "/v1/websocket/stats") => {
             Err(method_not_allowed("GET"))
         }
-        (_, "/v1/websocket/broadcast") => Err(method_not_allowed("POST")),
+        (_, "/v1/websocket/broadcast" | "/v1/websocket/ticket") => Err(method_not_allowed("POST")),
         (_, "/metrics" | "/admin/stats" | "/admin/slo") => Err(method_not_allowed("GET")),
         _ => Err(ApiError::new(
             404,
             "not_found",
             format!(
-                "no route {}; see /health, /v1/updates, /v1/websocket/broadcast, /v1/websocket/stats, /metrics, /admin/stats, /admin/slo",
+                "no route {}; see /health, /v1/updates, /v1/websocket/ticket, /v1/websocket/broadcast, /v1/websocket/stats, /metrics, /admin/stats, /admin/slo, /admin/users/{{id}}/tier",
                 crate::protocol::truncate(&path, 100)
             ),
         )),
     };
-    match result {
-        Ok(resp) => Ok(resp),
-        Err(e) => runtime::error(&e),
+    let mut resp = match result {
+        Ok(resp) => resp,
+        Err(e) => runtime::error(&e)?,
+    };
+    if resp.status_code() != 101 {
+        cors(&cfg, origin.as_deref(), false, &mut resp);
+    }
+    Ok(resp)
+}
+
+/// Adds the CORS headers for `origin`. Headers of an answer relayed from a shard may be
+/// immutable; those answers are upgrade refusals, which browsers do not subject to CORS.
+fn cors(cfg: &Config, origin: Option<&str>, preflight: bool, resp: &mut Response) {
+    for (k, v) in cfg.cors.headers(origin, preflight) {
+        if resp.headers_mut().set(k, &v).is_err() {
+            return;
+        }
     }
 }
 
@@ -72,12 +96,17 @@ fn method_not_allowed(allowed: &str) -> ApiError {
 
 fn health(
     cfg: &Result<std::rc::Rc<Config>, crate::config::ConfigError>,
+    env: &Env,
 ) -> worker::Result<Response> {
     #[derive(Serialize)]
     struct Ok<'a> {
         status: &'static str,
         policy: &'a str,
         version: &'static str,
+        /// `d1` when tokens are checked against the platform's `RevokedToken` table.
+        revocation: &'static str,
+        #[serde(rename = "defaultTier")]
+        default_tier: &'a str,
     }
     match cfg {
         Result::Ok(c) => runtime::json(
@@ -86,6 +115,12 @@ fn health(
                 status: "ok",
                 policy: &c.policy_name,
                 version: env!("CARGO_PKG_VERSION"),
+                revocation: if identity::revocation_configured(env) {
+                    "d1"
+                } else {
+                    "off"
+                },
+                default_tier: &c.default_tier,
             },
         ),
         Err(e) => runtime::json(
@@ -99,39 +134,6 @@ fn health(
             }),
         ),
     }
-}
-
-/// The caller, from a verified token whose tier is configured.
-pub struct Caller<'c> {
-    pub claims: Claims,
-    pub tier: &'c Tier,
-}
-
-pub fn authenticate<'c>(req: &Request, cfg: &'c Config) -> Result<Caller<'c>, ApiError> {
-    let url = req
-        .url()
-        .map_err(|_| ApiError::bad_request("bad_url", "request URL does not parse"))?;
-    let query_token = url
-        .query_pairs()
-        .find(|(k, _)| k == "token")
-        .map(|(_, v)| v.into_owned());
-    let header = req.headers().get("authorization").ok().flatten();
-    let token = auth::token_from(query_token.as_deref(), header.as_deref());
-    let now_s = runtime::now_ms() / 1000;
-    let claims = auth::verify(token, cfg.auth_secret.as_bytes(), now_s)
-        .map_err(|e| ApiError::new(401, e.code(), e.to_string()))?;
-    let tier = cfg.tier(&claims.tier).ok_or_else(|| {
-        ApiError::new(
-            401,
-            "unknown_tier",
-            format!(
-                "token tier `{}` is not configured; configured tiers: {}",
-                crate::protocol::truncate(&claims.tier, 64),
-                cfg.tier_names()
-            ),
-        )
-    })?;
-    Ok(Caller { claims, tier })
 }
 
 /// Sends what the gateway saw for a user to the user's directory, after the

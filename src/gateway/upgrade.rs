@@ -8,7 +8,8 @@
 
 use worker::{Context, Env, Headers, Method, Request, Response};
 
-use super::{authenticate, observe_later};
+use super::identity;
+use super::observe_later;
 use crate::admission::{self, Fallback, Health, TierRank};
 use crate::config::Config;
 use crate::connection_manager::HEALTH_HEADER;
@@ -34,39 +35,52 @@ pub async fn upgrade(
         return Err(ApiError::new(
             426,
             "upgrade_required",
-            "this endpoint speaks WebSocket: send `Upgrade: websocket`",
+            "Expected WebSocket upgrade: send `Upgrade: websocket`",
         ));
     }
-    let caller = authenticate(req, cfg)?;
     let url = req
         .url()
         .map_err(|_| ApiError::bad_request("bad_url", "request URL does not parse"))?;
     let pairs: Vec<(String, String)> = url.query_pairs().into_owned().collect();
-    let query = protocol::parse_connect_query(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())))?;
+    // Parameters before credentials: a bad query costs no token check or directory call.
+    let header = |name: &str| req.headers().get(name).ok().flatten();
+    let (h_type, h_session, h_machine) = (
+        header("x-client-type"),
+        header("x-session-id"),
+        header("x-machine-id"),
+    );
+    let query = protocol::parse_connect_query(
+        pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+        protocol::HeaderIds {
+            client_type: h_type.as_deref(),
+            session_id: h_session.as_deref(),
+            machine_id: h_machine.as_deref(),
+        },
+    )?;
+    let caller = identity::upgrade_caller(req, &pairs, env, cfg).await?;
     let now = runtime::now_ms();
     let meta = SocketMeta {
         connection_id: ids::connection_id(runtime::random16()),
-        user_id: caller.claims.sub.clone(),
+        user_id: caller.user.clone(),
         client_type: query.client_type,
         session_id: query.session_id,
         machine_id: query.machine_id,
-        tier: caller.claims.tier.clone(),
+        tier: caller.tier.tier.clone(),
         connected_at: now,
     };
     let candidates = placement::candidates(cfg, caller.tier.limit, &meta, now);
     let mut connect = Connect {
         meta,
         shard: String::new(),
-        limit: caller.tier.limit,
         strict: true,
     };
     let report = |outcome: Outcome| {
         observe_later(
             env,
             ctx,
-            &caller.claims.sub,
+            &caller.user,
             Observed {
-                tier: caller.claims.tier.clone(),
+                tier: caller.tier.tier.clone(),
                 outcomes: vec![outcome],
                 latencies: Vec::new(),
             },
@@ -100,7 +114,7 @@ pub async fn upgrade(
         .iter()
         .any(|h| matches!(h, Health::OverLatency { .. }))
     {
-        if let Some(rank) = TierRank::of(&cfg.tiers, &caller.claims.tier) {
+        if let Some(rank) = TierRank::of(&cfg.tiers, &caller.tier.tier) {
             let jitter = runtime::random16()[0];
             match admission::fallback(&healths, rank, jitter) {
                 Fallback::AdmitOn { index, .. } => {
@@ -124,7 +138,7 @@ pub async fn upgrade(
                         "shed",
                         format!(
                             "every shard for this user is {severity:.1}x over tier `{}`'s latency objective; lower tiers are shed first, retry later",
-                            caller.claims.tier
+                            caller.tier.tier
                         ),
                     )
                     .retry_after(retry_after_secs));

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::support::{token, user, Client, Gateway};
+use crate::support::{user, Client, Gateway};
 
 const QUIET: Duration = Duration::from_millis(400);
 
@@ -17,7 +17,7 @@ fn gw() -> &'static Gateway {
 async fn connected_frame_carries_the_connection() {
     let g = gw();
     let u = user("conn");
-    let t = token(&u, "pro");
+    let t = g.token(&u, "pro").await;
     let c = g
         .connect(&t, "clientType=session-scoped&sessionId=sess-1")
         .await;
@@ -40,7 +40,7 @@ async fn connected_frame_carries_the_connection() {
 #[tokio::test]
 async fn ping_is_answered_with_pong() {
     let g = gw();
-    let t = token(&user("ping"), "free");
+    let t = g.token(&user("ping"), "free").await;
     let mut c = g.connect(&t, "").await;
     // The exact text is answered by the runtime's auto-response.
     c.send(r#"{"event":"ping"}"#).await;
@@ -53,21 +53,31 @@ async fn ping_is_answered_with_pong() {
     assert!(p["data"]["timestamp"].as_u64().unwrap() >= before);
 }
 
-/// Five sockets of one user: two user-scoped, two sessions, one machine.
+/// Five sockets of one user: two user-scoped, two sessions, one machine. The first
+/// user-scoped socket, already open when the machine connects, is told it came online.
 async fn five(g: &Gateway, t: &str) -> [Client; 5] {
-    [
+    let mut s = [
         g.connect(t, "").await,
         g.connect(t, "clientType=session-scoped&sessionId=s1").await,
         g.connect(t, "clientType=session-scoped&sessionId=s2").await,
         g.connect(t, "clientType=machine-scoped&machineId=m1").await,
         g.connect(t, "clientType=user-scoped").await,
-    ]
+    ];
+    for kind in ["machine-status", "machine-activity"] {
+        let e = s[0].expect_event("ephemeral").await;
+        assert_eq!(
+            (e["data"]["type"].as_str(), e["data"]["machineId"].as_str()),
+            (Some(kind), Some("m1")),
+            "{e}"
+        );
+    }
+    s
 }
 
 #[tokio::test]
 async fn http_broadcast_reaches_exactly_what_each_filter_selects() {
     let g = gw();
-    let t = token(&user("bcast"), "pro");
+    let t = g.token(&user("bcast"), "pro").await;
     let mut s = five(g, &t).await;
     let a_id = s[0].id.clone();
     let cases: Vec<(serde_json::Value, Vec<usize>)> = vec![
@@ -79,6 +89,18 @@ async fn http_broadcast_reaches_exactly_what_each_filter_selects() {
         (
             json!({"type": "exclude", "connectionId": a_id}),
             vec![1, 2, 3, 4],
+        ),
+        (
+            json!({"type": "machine-scoped-only", "machineId": "m1"}),
+            vec![0, 3, 4],
+        ),
+        (
+            json!({"type": "machine-scoped-only", "machineId": "m9"}),
+            vec![0, 4],
+        ),
+        (
+            json!({"type": "all-interested-in-session", "sessionId": "s2"}),
+            vec![0, 2, 4],
         ),
         (json!({"type": "session", "sessionId": "nobody"}), vec![]),
     ];
@@ -92,7 +114,8 @@ async fn http_broadcast_reaches_exactly_what_each_filter_selects() {
         assert_eq!(status, 200, "{r}");
         assert_eq!(r["success"], true);
         assert_eq!(r["delivered"], expect.len(), "filter {filter}: {r}");
-        assert_eq!(r["shards"], 1);
+        // A filter no socket can match visits no shard at all.
+        assert_eq!(r["shards"], u64::from(!expect.is_empty()), "{filter}");
         assert_eq!(r["failedShards"], json!([]));
         for (k, c) in s.iter_mut().enumerate() {
             if expect.contains(&k) {
@@ -109,9 +132,9 @@ async fn http_broadcast_reaches_exactly_what_each_filter_selects() {
 #[tokio::test]
 async fn client_broadcast_reaches_the_others_and_not_the_sender() {
     let g = gw();
-    let t = token(&user("frame"), "pro");
+    let t = g.token(&user("frame"), "pro").await;
     let mut s = five(g, &t).await;
-    let other_user = token(&user("frame-other"), "pro");
+    let other_user = g.token(&user("frame-other"), "pro").await;
     let mut stranger = g.connect(&other_user, "").await;
     let sender = s[2].id.clone();
     s[2].send(r#"{"event":"broadcast","data":{"text":"hi","n":[1,2]}}"#)
@@ -131,7 +154,7 @@ async fn client_broadcast_reaches_the_others_and_not_the_sender() {
 #[tokio::test]
 async fn stats_count_by_type_session_and_machine() {
     let g = gw();
-    let t = token(&user("stats"), "enterprise");
+    let t = g.token(&user("stats"), "enterprise").await;
     let s = five(g, &t).await;
     let extra = g
         .connect(&t, "clientType=session-scoped&sessionId=s1")

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::support::{connect_many, token, user, Client, Gateway};
+use crate::support::{connect_many, user, Client, Gateway};
 
 fn now_ms() -> u64 {
     std::time::SystemTime::now()
@@ -27,7 +27,7 @@ async fn rotation_drains_the_old_epoch_into_the_next() {
         &[("SHARD_POLICY", "rotate:period=10s,drain=4s,shards=2")],
     );
     let u = user("rotate");
-    let t = token(&u, "pro");
+    let t = g.token(&u, "pro").await;
     // Start early in an epoch so every socket lands in the same one.
     let into = now_ms() % PERIOD;
     if !(200..4_000).contains(&into) {
@@ -129,11 +129,11 @@ async fn a_restarted_workerd_keeps_counters_and_leaks_no_slots() {
         ],
     );
     let u = user("restart");
-    let t = token(&u, "tiny");
+    let t = g.token(&u, "tiny").await;
     let before = fill_to_the_limit(&g, &t, 5).await;
     // A second user fills all four shards, so the ninth connect is refused for capacity.
     let v = user("restart-full");
-    let tv = token(&v, "load");
+    let tv = g.token(&v, "load").await;
     let full = connect_many(&g, &tv, 8, 4, |_| String::new()).await;
     assert!(full.iter().all(Result::is_ok));
     assert_eq!(g.try_connect(&tv, "").await.err().unwrap().0, 503);
@@ -174,7 +174,7 @@ async fn a_restarted_workerd_keeps_counters_and_leaks_no_slots() {
 async fn switching_policy_keeps_old_shards_reachable() {
     let mut g = Gateway::start("switch", &[("SHARD_POLICY", "single")]);
     let u = user("switch");
-    let t = token(&u, "tiny");
+    let t = g.token(&u, "tiny").await;
     let old: Vec<Client> = connect_many(&g, &t, 3, 3, |_| String::new())
         .await
         .into_iter()

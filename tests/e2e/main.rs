@@ -10,8 +10,10 @@
 mod support;
 
 mod basics;
+mod credentials;
 mod errors;
 mod lifecycle;
 mod observability;
 mod reliability;
+mod routing;
 mod sharding;

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::support::{connect_many, token, user, Client, Gateway, ADMIN};
+use crate::support::{connect_many, user, Client, Gateway, ADMIN};
 
 fn obs_gw() -> &'static Gateway {
     Gateway::shared(
@@ -90,7 +90,7 @@ async fn metrics_when(g: &Gateway, ready: impl Fn(&str) -> bool) -> String {
 async fn metrics_slo_and_admin_stats_reflect_real_traffic() {
     let g = obs_gw();
     let u = user("obs");
-    let t = token(&u, "tiny");
+    let t = g.token(&u, "tiny").await;
     let mut socks: Vec<Client> = connect_many(g, &t, 5, 5, |_| String::new())
         .await
         .into_iter()
@@ -198,7 +198,7 @@ async fn per_user_series_are_capped() {
     let mut ids = Vec::new();
     for n in 0..3 {
         let u = user(&format!("cap{n}"));
-        let t = token(&u, "pro");
+        let t = g.token(&u, "pro").await;
         keep.extend(connect_many(g, &t, 3 + n, 3, |_| String::new()).await);
         ids.push(u);
     }
@@ -308,7 +308,7 @@ async fn slow_down(g: &Gateway, shard: &str, c: &mut Client, ms: u32) {
 async fn slow_shards_take_no_connects_while_another_is_healthy() {
     let g = slo_gw();
     let u = user("slo-spill");
-    let t = token(&u, "free");
+    let t = g.token(&u, "free").await;
     let mut socks = on_both_shards(g, &t).await;
     let names: Vec<String> = socks.keys().cloned().collect();
     let (slow, healthy) = (names[0].clone(), names[1].clone());
@@ -348,7 +348,7 @@ async fn when_every_shard_is_slow_lower_tiers_are_shed_first() {
         ("enterprise", 250, false),
     ] {
         let u = user(&format!("slo-{tier}"));
-        let t = token(&u, tier);
+        let t = g.token(&u, tier).await;
         let mut socks = on_both_shards(g, &t).await;
         for (shard, c) in socks.iter_mut() {
             slow_down(g, shard, c, slow_ms).await;

@@ -5,10 +5,10 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use edge_gateway::auth::{mint, Claims};
+use edge_gateway::auth::{token, MintClaims, TokenKeys};
 use serde_json::{json, Value};
 
-use crate::support::{connect_many, now_s, token, user, Client, Gateway, ADMIN, SECRET};
+use crate::support::{connect_many, now_s, user, Client, Gateway, ADMIN, SECRET};
 
 const QUIET: Duration = Duration::from_millis(400);
 
@@ -39,20 +39,16 @@ async fn hostile_ids_are_refused_or_escaped() {
     let g = hash_gw();
     // A subject that is not a valid id never authenticates.
     for sub in ["../etc", "a/b", "ünï", &"x".repeat(10_000)] {
-        let t = mint(
-            &Claims {
-                sub: sub.into(),
-                tier: "pro".into(),
-                exp: now_s() + 60,
-            },
-            SECRET.as_bytes(),
+        let t = token::mint(
+            &TokenKeys::derive(SECRET),
+            &MintClaims::new(sub, now_s(), 60),
         );
         let (status, body) = g.try_connect(&t, "").await.err().unwrap();
         // 10,000 chars make the token longer than the 4096-byte cap: still a 401.
         assert_eq!(status, 401, "{sub:.20}: {body}");
         assert_eq!(code(&body), "invalid_token");
     }
-    let t = token(&user("ids"), "pro");
+    let t = g.token(&user("ids"), "pro").await;
     let long = "s".repeat(10_000);
     for id in [
         "..%2Fx",
@@ -73,7 +69,7 @@ async fn hostile_ids_are_refused_or_escaped() {
     let u = user("colon");
     let c = s
         .connect(
-            &token(&u, "pro"),
+            &g.token(&u, "pro").await,
             "clientType=session-scoped&sessionId=x:h1",
         )
         .await;
@@ -86,7 +82,7 @@ async fn users_never_reach_each_other() {
     let a = user("iso-a");
     // A user whose id looks like one of `a`'s shard suffixes.
     let b = format!("{a}:h1");
-    let (ta, tb) = (token(&a, "pro"), token(&b, "pro"));
+    let (ta, tb) = (g.token(&a, "pro").await, g.token(&b, "pro").await);
     let mut a_socks: Vec<Client> = connect_many(g, &ta, 6, 6, |i| {
         format!(
             "clientType=session-scoped&sessionId=shared{}&userId=intruder",
@@ -141,20 +137,24 @@ async fn users_never_reach_each_other() {
 }
 
 #[tokio::test]
-async fn binary_frames_are_refused_and_the_socket_stays_open() {
+async fn binary_frames_are_read_as_text_and_the_socket_stays_open() {
     let g = hash_gw();
-    let mut c = g.connect(&token(&user("bin"), "pro"), "").await;
+    let mut c = g.connect(&g.token(&user("bin"), "pro").await, "").await;
     use futures_util::SinkExt;
-    c.ws.send(tokio_tungstenite::tungstenite::Message::binary(vec![
-        1u8, 2, 3,
-    ]))
-    .await
-    .unwrap();
+    use tokio_tungstenite::tungstenite::Message;
+    // Not UTF-8 JSON: the platform's "Invalid JSON message" error.
+    c.ws.send(Message::binary(vec![0xffu8, 2, 3]))
+        .await
+        .unwrap();
+    let e = c.expect_event("error").await;
     assert_eq!(
-        c.expect_event("error").await["data"]["code"],
-        "binary_frame"
+        (e["data"]["code"].as_u64(), e["data"]["message"].as_str()),
+        (Some(1002), Some("Invalid JSON message"))
     );
-    c.send(r#"{"event":"ping"}"#).await;
+    // UTF-8 JSON in a binary frame is a frame like any other (platform-protocol.md §5.1).
+    c.ws.send(Message::binary(br#"{"event":"ping","data":1}"#.to_vec()))
+        .await
+        .unwrap();
     c.expect_event("pong").await;
 }
 
@@ -172,7 +172,7 @@ async fn invalid_config_is_named_by_health_and_refuses_traffic() {
         "{msg}"
     );
     let (status, body) = g
-        .try_connect(&token(&user("cfg"), "pro"), "")
+        .try_connect(&g.token(&user("cfg"), "pro").await, "")
         .await
         .err()
         .unwrap();
@@ -187,7 +187,7 @@ async fn admin_post(g: &Gateway, bearer: &str, body: &Value) -> (u16, Value) {
 async fn admin_endpoints_refuse_user_tokens_and_knobs_exist_only_when_enabled() {
     let g = knobs_gw();
     let body = json!({"shard": "cm:someone:h0", "latencyMs": 5});
-    let user_token = token(&user("admin"), "enterprise");
+    let user_token = g.token(&user("admin"), "enterprise").await;
     for bearer in [user_token.as_str(), "", "not-the-admin-token-0123456789"] {
         let (status, v) = admin_post(g, bearer, &body).await;
         assert_eq!(status, 401, "{v}");
@@ -221,7 +221,7 @@ async fn spread(g: &Gateway, t: &str) -> (Vec<Client>, BTreeMap<String, usize>) 
 async fn failing_and_hanging_shards_are_reported_while_the_rest_deliver() {
     let g = knobs_gw();
     let u = user("faults");
-    let t = token(&u, "pro");
+    let t = g.token(&u, "pro").await;
     let (_clients, per) = spread(g, &t).await;
     let mut names = per.keys();
     let (bad, slow) = (names.next().unwrap().clone(), names.next().unwrap().clone());
@@ -265,7 +265,7 @@ async fn failing_and_hanging_shards_are_reported_while_the_rest_deliver() {
 #[tokio::test]
 async fn a_hibernated_shard_answers_ping_and_wakes_with_its_attachments() {
     let g = Gateway::shared("single", &[("SHARD_POLICY", "single")]);
-    let t = token(&user("sleepy"), "pro");
+    let t = g.token(&user("sleepy"), "pro").await;
     let mut c = g
         .connect(&t, "clientType=session-scoped&sessionId=nap&machineId=m9")
         .await;

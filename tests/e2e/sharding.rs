@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use shard_policies::{ClientType, ConnectionRequest, PolicyConfig, ShardPolicy};
 
-use crate::support::{connect_many, sessions, token, user, user_scoped, Client, Gateway};
+use crate::support::{connect_many, sessions, user, user_scoped, Client, Gateway};
 
 const QUIET: Duration = Duration::from_millis(300);
 /// The `load` tier of the test tiers allows 1000 sockets; the shard cap stays 200.
@@ -87,7 +87,7 @@ async fn broadcast_reaches_each_once(g: &Gateway, t: &str, clients: &mut [Client
 async fn six_hundred_spread_as_the_policy_says(p: Policy) {
     let g = gateway(&p);
     let u = user(&format!("spread-{}", p.name));
-    let t = token(&u, "load");
+    let t = g.token(&u, "load").await;
     let mut clients: Vec<Client> = connect_many(g, &t, 600, 25, p.query)
         .await
         .into_iter()
@@ -163,7 +163,7 @@ async fn rotate_spreads_600_sockets() {
 async fn single_caps_out_at_one_object() {
     let g = Gateway::shared("single", &[("SHARD_POLICY", "single")]);
     let u = user("single-cap");
-    let t = token(&u, "load");
+    let t = g.token(&u, "load").await;
     let results = connect_many(g, &t, 260, 25, user_scoped).await;
     let ok = results.iter().filter(|r| r.is_ok()).count();
     let full: Vec<_> = results.iter().filter_map(|r| r.as_ref().err()).collect();
@@ -182,7 +182,7 @@ async fn single_caps_out_at_one_object() {
 async fn tier_limit_is_exact_under_a_race(p: Policy) {
     let g = gateway(&p);
     let u = user(&format!("race-{}", p.name));
-    let t = token(&u, "pro");
+    let t = g.token(&u, "pro").await;
     let spread = |i: usize| -> String {
         if p.name == "session" {
             format!("clientType=session-scoped&sessionId=r{}", i % 5)
@@ -252,7 +252,7 @@ async fn full_shards_spill_then_refuse() {
         ],
     );
     let u = user("spill");
-    let t = token(&u, "pro");
+    let t = g.token(&u, "pro").await;
     let clients: Vec<Client> = connect_many(g, &t, 30, 5, user_scoped)
         .await
         .into_iter()

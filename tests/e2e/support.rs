@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use edge_gateway::auth::{mint, Claims};
+use edge_gateway::auth::{token, MintClaims, TokenKeys};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -17,7 +17,10 @@ use tokio::net::TcpStream as TokioTcp;
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-pub const SECRET: &str = "e2e-auth-secret-0123456789abcdef";
+/// The platform's master secret for the test gateways (tokens and tickets derive from it).
+pub const SECRET: &str = "e2e-master-secret-0123456789abcdef";
+/// The tier of users without an override on the test gateways.
+pub const DEFAULT_TIER: &str = "pro";
 pub const ADMIN: &str = "e2e-admin-token-0123456789abcdef";
 
 /// Tiers for tests: the seed's, plus `load` big enough for 600 sockets and `tiny` for limits.
@@ -71,7 +74,7 @@ impl Gateway {
 
     fn build(name: &str, vars: &[(&str, &str)], healthy: bool) -> Gateway {
         let mut all: Vec<(String, String)> = vec![
-            ("AUTH_SECRET".into(), SECRET.into()),
+            ("HAPPY_MASTER_SECRET".into(), SECRET.into()),
             ("ADMIN_TOKEN".into(), ADMIN.into()),
             ("TIERS".into(), TEST_TIERS.into()),
         ];
@@ -123,6 +126,13 @@ impl Gateway {
                 std::fs::copy(&from, build.join(f)).unwrap();
             }
         }
+        // The local D1 database's migrations (the RevokedToken table) sit beside the config.
+        let migrations = app.join("migrations");
+        std::fs::create_dir_all(&migrations).unwrap();
+        for e in std::fs::read_dir(root().join("migrations")).unwrap() {
+            let e = e.unwrap();
+            std::fs::copy(e.path(), migrations.join(e.file_name())).unwrap();
+        }
         let config = std::fs::read_to_string(root().join("wrangler.toml")).unwrap();
         let mut skip = false;
         let kept: Vec<&str> = config
@@ -137,7 +147,40 @@ impl Gateway {
         std::fs::write(app.join("wrangler.toml"), kept.join("\n")).unwrap();
     }
 
+    /// `wrangler d1 <args> DB --local` against this gateway's local database.
+    fn wrangler_d1(&self, args: &[&str]) {
+        let out = Command::new(root().join("node_modules/.bin/wrangler"))
+            .arg("d1")
+            .args(args)
+            .args(["DB", "--local", "--config"])
+            .arg(self.state_dir.join("app/wrangler.toml"))
+            .arg("--persist-to")
+            .arg(&self.state_dir)
+            .current_dir(self.state_dir.join("app"))
+            .env("WRANGLER_SEND_METRICS", "false")
+            .env("CI", "1")
+            .output()
+            .expect("run wrangler d1");
+        assert!(
+            out.status.success(),
+            "wrangler d1 {args:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Applies the D1 migrations to this gateway's local database (idempotent).
+    fn migrate(&self) {
+        self.wrangler_d1(&["migrations", "apply"]);
+    }
+
+    /// Runs SQL against this gateway's local D1 database (e.g. to revoke a token).
+    pub fn d1(&self, sql: &str) {
+        self.wrangler_d1(&["execute", "--command", sql]);
+    }
+
     fn spawn(&self) {
+        self.migrate();
         let logs = root().join("target/e2e-logs");
         std::fs::create_dir_all(&logs).unwrap();
         let log =
@@ -233,14 +276,28 @@ impl Gateway {
     /// read exactly once (a second attempt could be admitted).
     pub async fn try_connect(&self, token: &str, query: &str) -> Result<Client, (u16, String)> {
         let sep = if query.is_empty() { "" } else { "&" };
-        let path = format!("/v1/updates?token={token}{sep}{query}");
+        self.try_upgrade(&format!("/v1/updates?token={token}{sep}{query}"), &[])
+            .await
+    }
+
+    /// An upgrade of `path` (with its query) sending `headers`, as the CLI does (headers
+    /// only) or the web app (a ticket in the query).
+    pub async fn try_upgrade(
+        &self,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<Client, (u16, String)> {
         let io = |e: std::io::Error| (0u16, e.to_string());
         let mut s = TokioTcp::connect(("127.0.0.1", self.port))
             .await
             .map_err(io)?;
         let key = tungstenite::handshake::client::generate_key();
+        let extra: String = headers
+            .iter()
+            .map(|(k, v)| format!("{k}: {v}\r\n"))
+            .collect();
         let req = format!(
-            "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {key}\r\n\r\n",
+            "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {key}\r\n{extra}\r\n",
             self.port
         );
         s.write_all(req.as_bytes()).await.map_err(io)?;
@@ -309,6 +366,31 @@ impl Gateway {
         (status, r.json().await.unwrap_or(Value::Null))
     }
 
+    /// A platform token for `user`, whose tier the operator sets to `tier` on this gateway
+    /// first (the platform's tokens carry no tier).
+    pub async fn token(&self, user: &str, tier: &str) -> String {
+        if tier != DEFAULT_TIER {
+            self.set_tier(user, Some(tier)).await;
+        }
+        platform_token(user)
+    }
+
+    /// `PUT` (or with `None`, `DELETE`) `/admin/users/{user}/tier`; returns the answer.
+    pub async fn set_tier(&self, user: &str, tier: Option<&str>) -> Value {
+        let url = format!("{}/admin/users/{user}/tier", self.http());
+        let c = reqwest::Client::new();
+        let r = match tier {
+            Some(t) => c.put(url).json(&serde_json::json!({ "tier": t })),
+            None => c.delete(url),
+        }
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap();
+        assert_eq!(r.status().as_u16(), 200, "set tier {tier:?} for {user}");
+        r.json().await.unwrap()
+    }
+
     pub async fn broadcast(&self, token: &str, body: &Value) -> (u16, Value) {
         self.post_json("/v1/websocket/broadcast", token, body).await
     }
@@ -354,14 +436,11 @@ pub fn now_s() -> u64 {
         .as_secs()
 }
 
-pub fn token(user: &str, tier: &str) -> String {
-    mint(
-        &Claims {
-            sub: user.into(),
-            tier: tier.into(),
-            exp: now_s() + 3600,
-        },
-        SECRET.as_bytes(),
+/// A platform token for `user`, as the platform mints it (30 days).
+pub fn platform_token(user: &str) -> String {
+    token::mint(
+        &TokenKeys::derive(SECRET),
+        &MintClaims::new(user, now_s(), 30 * 24 * 3600),
     )
 }
 

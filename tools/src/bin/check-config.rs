@@ -59,7 +59,7 @@ fn check(path: &str) -> Result<Vec<String>, Vec<String>> {
                 }
             }
         }
-        map.insert("AUTH_SECRET".into(), PLACEHOLDER_SECRET.into());
+        map.insert("HAPPY_MASTER_SECRET".into(), PLACEHOLDER_SECRET.into());
         map.insert("ADMIN_TOKEN".into(), PLACEHOLDER_SECRET.into());
         match Config::from_vars(&map) {
             // Injection endpoints must never reach a deployed environment.

@@ -1,0 +1,179 @@
+//! Per-isolate caches: verified tokens, so a client's next request skips the signature check
+//! and the revocation query, and (in the gateway) users' tiers.
+//!
+//! The token cache is stricter than the platform's (unbounded, and a hit skips expiry and
+//! revocation): a hit is honoured only while the token's `exp` is in the future and for at
+//! most [`RECHECK_MS`] after its revocation check, so a revoked token stops working within
+//! that bound; at most [`CAPACITY`] tokens are kept, the oldest insert evicted first.
+
+use std::collections::{HashMap, VecDeque};
+
+/// Entries kept per cache per isolate (a token entry is a few hundred bytes).
+pub const CAPACITY: usize = 4096;
+/// How stale a revocation may be: a cached token is checked again after this long.
+pub const RECHECK_MS: u64 = 60_000;
+
+/// A map of at most `capacity` entries; the oldest insert is evicted first.
+#[derive(Debug)]
+pub struct BoundedMap<V> {
+    entries: HashMap<String, (V, u64)>,
+    /// Insertion order; a slot whose generation no longer matches its entry is dead.
+    order: VecDeque<(String, u64)>,
+    capacity: usize,
+    generation: u64,
+}
+
+impl<V> BoundedMap<V> {
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            entries: HashMap::new(),
+            order: VecDeque::new(),
+            capacity: capacity.max(1),
+            generation: 0,
+        }
+    }
+
+    pub fn get(&self, key: &str) -> Option<&V> {
+        self.entries.get(key).map(|(v, _)| v)
+    }
+
+    pub fn remove(&mut self, key: &str) -> Option<V> {
+        self.entries.remove(key).map(|(v, _)| v)
+    }
+
+    pub fn insert(&mut self, key: &str, value: V) {
+        self.generation += 1;
+        let generation = self.generation;
+        self.entries.insert(key.to_owned(), (value, generation));
+        self.order.push_back((key.to_owned(), generation));
+        while self.entries.len() > self.capacity {
+            let Some((old, g)) = self.order.pop_front() else {
+                break;
+            };
+            if self.entries.get(&old).is_some_and(|(_, eg)| *eg == g) {
+                self.entries.remove(&old);
+            }
+        }
+        // Re-inserts leave dead slots behind; compact before they outgrow the map.
+        if self.order.len() > 2 * self.capacity {
+            let entries = &self.entries;
+            self.order
+                .retain(|(k, g)| entries.get(k).is_some_and(|(_, eg)| eg == g));
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+#[derive(Debug, Clone)]
+struct TokenEntry {
+    user_id: String,
+    exp_s: Option<u64>,
+    checked_ms: u64,
+}
+
+#[derive(Debug)]
+pub struct TokenCache {
+    map: BoundedMap<TokenEntry>,
+    recheck_ms: u64,
+}
+
+impl Default for TokenCache {
+    fn default() -> Self {
+        Self::new(CAPACITY, RECHECK_MS)
+    }
+}
+
+impl TokenCache {
+    pub fn new(capacity: usize, recheck_ms: u64) -> Self {
+        Self {
+            map: BoundedMap::new(capacity),
+            recheck_ms,
+        }
+    }
+
+    /// The user of a cached token still valid at `now_ms`; an expired or stale entry is
+    /// dropped, so the caller verifies (and checks revocation) again.
+    pub fn get(&mut self, token: &str, now_ms: u64) -> Option<String> {
+        let e = self.map.get(token)?;
+        let expired = e.exp_s.is_some_and(|exp| now_ms / 1000 >= exp);
+        let stale = now_ms.saturating_sub(e.checked_ms) >= self.recheck_ms;
+        if expired || stale {
+            self.map.remove(token);
+            return None;
+        }
+        Some(e.user_id.clone())
+    }
+
+    pub fn insert(&mut self, token: &str, user_id: &str, exp_s: Option<u64>, now_ms: u64) {
+        self.map.insert(
+            token,
+            TokenEntry {
+                user_id: user_id.to_owned(),
+                exp_s,
+                checked_ms: now_ms,
+            },
+        );
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hits_honour_exp_on_every_lookup() {
+        let mut c = TokenCache::new(10, 600_000);
+        c.insert("t", "alice", Some(100), 0);
+        assert_eq!(c.get("t", 99_999).as_deref(), Some("alice"));
+        // At exp, exactly as verification refuses it.
+        assert_eq!(c.get("t", 100_000), None);
+        assert!(c.is_empty());
+    }
+
+    #[test]
+    fn entries_are_rechecked_after_the_staleness_bound() {
+        let mut c = TokenCache::new(10, 60_000);
+        c.insert("t", "alice", None, 1_000);
+        assert_eq!(c.get("t", 60_999).as_deref(), Some("alice"));
+        assert_eq!(c.get("t", 61_000), None);
+        c.insert("t", "alice", None, 61_000);
+        assert_eq!(c.get("t", 61_001).as_deref(), Some("alice"));
+    }
+
+    #[test]
+    fn the_map_is_bounded_and_evicts_the_oldest() {
+        let mut m = BoundedMap::new(3);
+        for (i, k) in ["a", "b", "c", "d"].iter().enumerate() {
+            m.insert(k, i);
+        }
+        assert_eq!(m.len(), 3);
+        assert_eq!(m.get("a"), None);
+        assert_eq!(m.get("d"), Some(&3));
+        // Re-inserting many times never grows the queue without bound, and a re-insert
+        // makes the key the newest.
+        for i in 0..100 {
+            m.insert("b", 10 + i);
+        }
+        assert!(m.order.len() <= 6, "{}", m.order.len());
+        assert_eq!(m.get("b"), Some(&109));
+        m.insert("e", 0);
+        assert_eq!(m.get("c"), None);
+        assert_eq!(m.get("b"), Some(&109));
+        assert_eq!(m.len(), 3);
+    }
+}

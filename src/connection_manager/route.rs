@@ -1,0 +1,351 @@
+//! A frame's way through the edge: the envelope, the platform's rules, then delivery on this
+//! shard and on the other shards the routing view names, concurrently and with no directory
+//! call while the view holds. RPCs carry a sealed reference to their caller (see
+//! `routing::ack_id`) so the answer reaches exactly the calling socket, wherever it is.
+//!
+//! Subrequests per frame: one per other shard that may hold a recipient; for an RPC whose
+//! target the view does not know (or that proved stale), one more to the directory for a
+//! fresh view; for an answer whose caller sits on another shard, one.
+
+use std::borrow::Cow;
+
+use serde_json::value::RawValue;
+use worker::{console_error, WebSocket, WebSocketIncomingMessage};
+
+use super::{attachment, close, ConnectionManager};
+use crate::config::Config;
+use crate::metrics::Series;
+use crate::placement;
+use crate::protocol::{self, Delivery, Filter, SocketMeta};
+use crate::routing::ack_id::{self, CallRef};
+use crate::routing::envelope::{self, Parsed, MESSAGE_TOO_BIG, PROTOCOL_ERROR};
+use crate::routing::rules::{self, Action, Sender};
+use crate::routing::view::RoutingView;
+use crate::rpc::{AckRelay, Delivered};
+use crate::runtime;
+
+impl ConnectionManager {
+    pub(super) async fn on_frame(
+        &self,
+        ws: WebSocket,
+        message: WebSocketIncomingMessage,
+    ) -> worker::Result<()> {
+        let started = runtime::now_ms();
+        let cfg = match runtime::config(&self.env) {
+            Ok(c) => c,
+            // Unreachable while the gateway admits sockets; keep the socket, do nothing.
+            Err(_) => return Ok(()),
+        };
+        runtime::sleep(self.knob(&cfg).latency_ms).await;
+        let (max, limit) = (cfg.max_message_bytes, cfg.bad_frame_limit);
+        // Binary frames are read as UTF-8 text, as the platform does.
+        let text = match message {
+            WebSocketIncomingMessage::String(t) => t,
+            WebSocketIncomingMessage::Binary(b) if b.len() > max => {
+                return close_too_big(&ws, b.len(), max);
+            }
+            WebSocketIncomingMessage::Binary(b) => match String::from_utf8(b) {
+                Ok(t) => t,
+                Err(_) => {
+                    return self.bad_frame(
+                        &ws,
+                        PROTOCOL_ERROR,
+                        envelope::Invalid::Json.message(),
+                        limit,
+                    )
+                }
+            },
+        };
+        if text.len() > max {
+            return close_too_big(&ws, text.len(), max);
+        }
+        let frame = match envelope::parse(&text) {
+            Parsed::Frame(f) => f,
+            Parsed::ClientAck => return Ok(()),
+            Parsed::Invalid(k) => return self.bad_frame(&ws, PROTOCOL_ERROR, k.message(), limit),
+        };
+        let Some(meta) = attachment(&ws) else {
+            return Ok(());
+        };
+        let sender = Sender {
+            connection_id: &meta.connection_id,
+            client_type: meta.client_type,
+        };
+        self.frames.set(self.frames.get() + 1);
+        match rules::route(sender, frame) {
+            Action::Pong => {
+                ws.send_with_str(protocol::pong_frame(runtime::now_ms()))?;
+            }
+            Action::Deliver(d) => {
+                let view = self.current_view(false).await;
+                self.deliver_everywhere(&d, &view).await;
+                if matches!(d.filter, Filter::Exclude { .. }) {
+                    self.observe_latency(Series::BroadcastDelivery, started)
+                        .await;
+                }
+            }
+            Action::RpcToId {
+                target,
+                data,
+                ack_id,
+            } => {
+                self.rpc_to_id(&cfg, &ws, &meta, &target, data, ack_id)
+                    .await
+            }
+            Action::RpcToApps {
+                event,
+                data,
+                ack_id,
+            } => {
+                self.rpc_to_apps(&cfg, &ws, &meta, &event, data, ack_id)
+                    .await
+            }
+            Action::RpcResponse { ack_id, ack } => {
+                self.rpc_response(&cfg, &meta, &ack_id, &ack).await
+            }
+            Action::Drop(_) => {}
+        }
+        self.observe_latency(Series::MessageLatency, started).await;
+        Ok(())
+    }
+
+    /// Delivers on this shard, then on every other shard the view says may hold a recipient.
+    async fn deliver_everywhere(&self, d: &Delivery, view: &RoutingView) -> Delivered {
+        let here = self.deliver(d);
+        let me = self.name();
+        let others: Vec<String> = view
+            .targets(&d.filter)
+            .into_iter()
+            .filter(|n| *n != me)
+            .collect();
+        let there = self.deliver_on(&others, d).await;
+        sum(here, there)
+    }
+
+    /// `/deliver` on each of `shards`, concurrently, within the fan-out timeout.
+    async fn deliver_on(&self, shards: &[String], d: &Delivery) -> Delivered {
+        if shards.is_empty() {
+            return Delivered::default();
+        }
+        let timeout_ms = runtime::config(&self.env)
+            .map(|c| c.fanout_timeout_ms)
+            .unwrap_or(5_000);
+        let n = shards.len() as u64;
+        self.relays_in_flight.set(self.relays_in_flight.get() + n);
+        self.frame_subrequests.set(self.frame_subrequests.get() + n);
+        let calls = shards.iter().map(|name| async move {
+            let Ok(stub) = runtime::stub(&self.env, placement::SHARD_BINDING, name) else {
+                return Delivered::default();
+            };
+            let r = runtime::timeout(
+                timeout_ms,
+                runtime::call::<_, Delivered>(&stub, "/deliver", Some(name), d),
+            )
+            .await;
+            self.relays_in_flight
+                .set(self.relays_in_flight.get().saturating_sub(1));
+            match r {
+                Some(Ok(got)) => got,
+                _ => {
+                    console_error!("delivery to {name} failed");
+                    Delivered::default()
+                }
+            }
+        });
+        futures::future::join_all(calls)
+            .await
+            .into_iter()
+            .fold(Delivered::default(), sum)
+    }
+
+    /// The caller's `ackId`, sealed with where to bring the answer.
+    fn seal(&self, cfg: &Config, caller: &SocketMeta, ack_id: Option<&str>) -> Option<String> {
+        let a = ack_id?;
+        Some(ack_id::seal(
+            &cfg.ack_key,
+            &CallRef {
+                user: caller.user_id.clone(),
+                shard: self.name(),
+                connection: caller.connection_id.clone(),
+                ack_id: a.to_owned(),
+                expires_ms: runtime::now_ms() + ack_id::TTL_MS,
+            },
+        ))
+    }
+
+    /// An app calls `<target>:<method>`: the machine's sockets if the machine is connected
+    /// anywhere, else the session's sockets and every user-scoped one (the platform's rule).
+    /// A view that does not know the target, or that proves stale (nobody took the call), is
+    /// refreshed once from the directory; if still nobody can take it, the caller gets
+    /// "RPC method not available" at once instead of a 30 s timeout.
+    async fn rpc_to_id(
+        &self,
+        cfg: &Config,
+        ws: &WebSocket,
+        caller: &SocketMeta,
+        target: &str,
+        data: &RawValue,
+        ack_id: Option<Cow<'_, str>>,
+    ) {
+        let sealed = self.seal(cfg, caller, ack_id.as_deref());
+        let frame = envelope::forward_frame("rpc-request", Some(data), sealed.as_deref());
+        let me = self.name();
+        let mut view = self.current_view(false).await;
+        let mut refreshed = false;
+        let machine = Delivery {
+            frame: frame.clone(),
+            filter: Filter::Machine {
+                machine_id: target.to_owned(),
+            },
+        };
+        loop {
+            let here = self.with_index(|ix| ix.has_scoped_machine(target));
+            let there: Vec<String> = view
+                .machine_shards(target)
+                .into_iter()
+                .filter(|n| *n != me)
+                .collect();
+            if here || !there.is_empty() {
+                let local = if here {
+                    self.deliver(&machine)
+                } else {
+                    Delivered::default()
+                };
+                if sum(local, self.deliver_on(&there, &machine).await).primary > 0 {
+                    return;
+                }
+            }
+            if refreshed {
+                break;
+            }
+            view = self.current_view(true).await;
+            refreshed = true;
+        }
+        let session_known = |v: &RoutingView| {
+            self.with_index(|ix| ix.has_scoped_session(target))
+                || v.session_shards(target).iter().any(|n| *n != me)
+        };
+        if session_known(&view) {
+            let d = Delivery {
+                frame,
+                filter: Filter::AllInterestedInSession {
+                    session_id: target.to_owned(),
+                },
+            };
+            if self.deliver_everywhere(&d, &view).await.primary > 0 {
+                return;
+            }
+        }
+        self.not_available(ws, ack_id.as_deref());
+    }
+
+    /// The CLI calls the apps: every user-scoped socket, under the event's own name.
+    async fn rpc_to_apps(
+        &self,
+        cfg: &Config,
+        ws: &WebSocket,
+        caller: &SocketMeta,
+        event: &str,
+        data: Option<&RawValue>,
+        ack_id: Option<Cow<'_, str>>,
+    ) {
+        let sealed = self.seal(cfg, caller, ack_id.as_deref());
+        let d = Delivery {
+            frame: envelope::forward_frame(event, data, sealed.as_deref()),
+            filter: Filter::UserScopedOnly,
+        };
+        let view = self.current_view(false).await;
+        let mut got = self.deliver_everywhere(&d, &view).await;
+        if got.primary == 0 {
+            let me = self.name();
+            let tried = view.user_scoped_shards();
+            let fresh = self.current_view(true).await;
+            let new: Vec<String> = fresh
+                .user_scoped_shards()
+                .into_iter()
+                .filter(|n| *n != me && !tried.contains(n))
+                .collect();
+            got = sum(got, self.deliver_on(&new, &d).await);
+        }
+        if got.primary == 0 {
+            self.not_available(ws, ack_id.as_deref());
+        }
+    }
+
+    fn not_available(&self, ws: &WebSocket, ack_id: Option<&str>) {
+        if let Some(a) = ack_id {
+            let _ = ws.send_with_str(envelope::ack_frame(a, envelope::RPC_NOT_AVAILABLE));
+        }
+    }
+
+    /// An answer: to the caller's shard (here, or one call away), which sends it to the
+    /// calling socket only. A reference this edge did not seal, another user's, or an expired
+    /// one goes nowhere.
+    async fn rpc_response(&self, cfg: &Config, responder: &SocketMeta, sealed: &str, ack: &str) {
+        let call = match ack_id::open(&cfg.ack_key, sealed, &responder.user_id, runtime::now_ms()) {
+            Ok(c) => c,
+            Err(e) => {
+                console_error!("rpc-response dropped: {e}");
+                return;
+            }
+        };
+        if call.shard == self.name() {
+            self.answer(cfg, sealed, ack);
+            return;
+        }
+        self.frame_subrequests.set(self.frame_subrequests.get() + 1);
+        let relay = AckRelay {
+            ack_id: sealed.to_owned(),
+            ack: ack.to_owned(),
+        };
+        let sent = match runtime::stub(&self.env, placement::SHARD_BINDING, &call.shard) {
+            Ok(stub) => runtime::timeout(
+                cfg.fanout_timeout_ms,
+                runtime::call::<_, Delivered>(&stub, "/ack", Some(&call.shard), &relay),
+            )
+            .await
+            .map(|r| r.map(|_| ())),
+            Err(e) => Some(Err(e)),
+        };
+        if !matches!(sent, Some(Ok(()))) {
+            console_error!("rpc answer to {} failed", call.shard);
+        }
+    }
+
+    /// On the caller's shard: sends the answer to the calling socket, once per call.
+    pub(super) fn answer(&self, cfg: &Config, sealed: &str, ack: &str) -> bool {
+        let user = self.saved.borrow().user.clone();
+        let now = runtime::now_ms();
+        let Ok(call) = ack_id::open(&cfg.ack_key, sealed, &user, now) else {
+            return false;
+        };
+        {
+            let mut answered = self.answered.borrow_mut();
+            if answered.get(sealed).is_some_and(|exp| *exp >= now) {
+                return false;
+            }
+            answered.insert(sealed, call.expires_ms);
+        }
+        let frame = envelope::ack_frame(&call.ack_id, ack);
+        self.sockets_with(Some(&protocol::conn_tag(&call.connection)))
+            .iter()
+            .any(|w| w.send_with_str(&frame).is_ok())
+    }
+}
+
+fn sum(a: Delivered, b: Delivered) -> Delivered {
+    Delivered {
+        delivered: a.delivered + b.delivered,
+        primary: a.primary + b.primary,
+    }
+}
+
+fn close_too_big(ws: &WebSocket, size: usize, limit: usize) -> worker::Result<()> {
+    let _ = ws.send_with_str(envelope::error_frame(
+        MESSAGE_TOO_BIG,
+        &format!("frame is {size} bytes; MAX_MESSAGE_BYTES is {limit}"),
+        runtime::now_ms(),
+    ));
+    close(ws, 1009, "message too big");
+    Ok(())
+}

@@ -1,0 +1,236 @@
+//! Who is calling, and in which tier: the platform's tokens (cached per isolate, checked
+//! against the `RevokedToken` table when the D1 binding is configured) and tickets (verified,
+//! then redeemed once with the user's directory), and the user's tier from the directory.
+
+use std::cell::RefCell;
+
+use worker::{Env, Request};
+
+use crate::auth::cache::{BoundedMap, CAPACITY};
+use crate::auth::ticket_book::Redeem as Redemption;
+use crate::auth::{self, ticket, token, Credential, TokenCache};
+use crate::config::Config;
+use crate::placement;
+use crate::protocol::ApiError;
+use crate::rpc::{Redeem, Redeemed, TierInfo};
+use crate::runtime;
+
+/// The D1 binding of the platform's `RevokedToken` table (the platform's binding name).
+pub const REVOCATION_BINDING: &str = "DB";
+/// How long a gateway isolate trusts a user's tier before asking the directory again. The
+/// limit never depends on it (the directory resolves the tier at every grant); placement
+/// (`hash:shards=auto`) and SLO targets do, for at most this long after an override changes
+/// in another isolate (this isolate forgets at once when the change passes through it).
+pub const TIER_CACHE_MS: u64 = 30_000;
+
+thread_local! {
+    static TOKENS: RefCell<TokenCache> = RefCell::new(TokenCache::default());
+    static TIERS: RefCell<BoundedMap<(TierInfo, u64)>> = RefCell::new(BoundedMap::new(CAPACITY));
+}
+
+/// An authenticated caller and its tier.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub user: String,
+    pub tier: TierInfo,
+}
+
+/// How an endpoint words a refusal: the upgrade's texts or the REST middleware's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wording {
+    Upgrade,
+    Http,
+}
+
+/// The user of a platform token: from the cache, else verified (signature before the
+/// revocation query, so garbage never costs a D1 read) and cached.
+pub async fn user_of_token(
+    env: &Env,
+    cfg: &Config,
+    token: &str,
+    wording: Wording,
+) -> Result<String, ApiError> {
+    let now_ms = runtime::now_ms();
+    if let Some(user) = TOKENS.with(|c| c.borrow_mut().get(token, now_ms)) {
+        return Ok(user);
+    }
+    let prefix = match wording {
+        Wording::Upgrade => "Invalid authentication token",
+        Wording::Http => "Invalid token",
+    };
+    let v = token::verify(token, &cfg.token_keys, now_ms / 1000)
+        .map_err(|e| ApiError::new(401, e.code(), format!("{prefix}: {e}")))?;
+    if revoked(env, token).await? {
+        return Err(ApiError::new(
+            401,
+            "token_revoked",
+            format!("{prefix}: this token was revoked; sign in again"),
+        ));
+    }
+    TOKENS.with(|c| c.borrow_mut().insert(token, &v.user_id, v.exp, now_ms));
+    Ok(v.user_id)
+}
+
+/// Whether the token's hash is in `RevokedToken`; `false` when no D1 binding is configured.
+async fn revoked(env: &Env, token: &str) -> Result<bool, ApiError> {
+    let Ok(db) = env.d1(REVOCATION_BINDING) else {
+        return Ok(false);
+    };
+    let unavailable = |e: worker::Error| {
+        worker::console_error!("revocation check failed: {e}");
+        // Fail closed: a token that might be revoked is not let through.
+        ApiError::new(
+            503,
+            "revocation_unavailable",
+            "the token revocation list could not be read; retry",
+        )
+        .retry_after(1)
+    };
+    let stmt = db
+        .prepare("SELECT id FROM RevokedToken WHERE tokenHash = ?1 LIMIT 1")
+        .bind(&[token::revocation_hash(token).into()])
+        .map_err(unavailable)?;
+    let row: Option<serde_json::Value> = stmt.first(None).await.map_err(unavailable)?;
+    Ok(row.is_some())
+}
+
+/// Whether token revocation is configured (for `/health`).
+pub fn revocation_configured(env: &Env) -> bool {
+    env.d1(REVOCATION_BINDING).is_ok()
+}
+
+/// The caller of an HTTP endpoint: `Authorization: Bearer <token>`.
+pub async fn http_user(req: &Request, env: &Env, cfg: &Config) -> Result<String, ApiError> {
+    let header = req.headers().get("authorization").ok().flatten();
+    let Some(t) = auth::bearer(header.as_deref()) else {
+        return Err(ApiError::new(
+            401,
+            "missing_authorization",
+            "Missing authorization header: send `Authorization: Bearer <token>`",
+        ));
+    };
+    user_of_token(env, cfg, t, Wording::Http).await
+}
+
+/// The caller of an upgrade, by the platform's precedence: a ticket (no fallback when bad),
+/// then `?token=`, then the `Authorization` header.
+pub async fn upgrade_caller(
+    req: &Request,
+    pairs: &[(String, String)],
+    env: &Env,
+    cfg: &Config,
+) -> Result<Caller, ApiError> {
+    let q = |name: &str| {
+        pairs
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    };
+    let header = req.headers().get("authorization").ok().flatten();
+    match auth::upgrade_credential(q("ticket"), q("token"), header.as_deref()) {
+        Credential::Ticket(t) => ticket_caller(env, cfg, t).await,
+        Credential::Token(t) => {
+            let user = user_of_token(env, cfg, t, Wording::Upgrade).await?;
+            let tier = tier_of(env, &user).await?;
+            Ok(Caller { user, tier })
+        }
+        Credential::Missing => Err(ApiError::new(
+            401,
+            "missing_credentials",
+            "Missing authentication (provide ticket or token): `?ticket=`, `?token=` or `Authorization: Bearer <token>`",
+        )),
+    }
+}
+
+/// Verifies a ticket, then redeems its nonce with the user's directory, which answers the
+/// tier too: a ticket connect costs that one directory call.
+async fn ticket_caller(env: &Env, cfg: &Config, t: &str) -> Result<Caller, ApiError> {
+    let invalid = |detail: String| {
+        ApiError::new(
+            401,
+            "invalid_ticket",
+            format!("Invalid or expired ticket: {detail}"),
+        )
+    };
+    let tk = ticket::verify(t, cfg.master_secret.expose().as_bytes(), runtime::now_ms())
+        .map_err(|e| invalid(e.to_string()))?;
+    let r: Redeemed = directory_call(
+        env,
+        &tk.user_id,
+        "/ticket/redeem",
+        &Redeem {
+            nonce: tk.nonce.clone(),
+            exp_ms: tk.exp_ms,
+        },
+    )
+    .await?;
+    match r.result {
+        Redemption::Fresh => {
+            remember_tier(&tk.user_id, &r.tier);
+            Ok(Caller {
+                user: tk.user_id,
+                tier: r.tier,
+            })
+        }
+        Redemption::Replayed => Err(ApiError::new(
+            401,
+            "ticket_replayed",
+            "Invalid or expired ticket: it was already used; tickets are single-use, ask for a new one",
+        )),
+        Redemption::Full => Err(ApiError::new(
+            429,
+            "too_many_tickets",
+            "too many unexpired tickets redeemed for this user; retry in a few seconds",
+        )
+        .retry_after(5)),
+    }
+}
+
+/// The user's tier: cached for [`TIER_CACHE_MS`], else asked of the user's directory.
+pub async fn tier_of(env: &Env, user: &str) -> Result<TierInfo, ApiError> {
+    let now = runtime::now_ms();
+    let cached = TIERS.with(|c| {
+        c.borrow()
+            .get(user)
+            .filter(|(_, at)| now.saturating_sub(*at) < TIER_CACHE_MS)
+            .map(|(t, _)| t.clone())
+    });
+    if let Some(t) = cached {
+        return Ok(t);
+    }
+    let t: TierInfo = directory_call(env, user, "/tier", &serde_json::json!({})).await?;
+    remember_tier(user, &t);
+    Ok(t)
+}
+
+pub fn remember_tier(user: &str, t: &TierInfo) {
+    let now = runtime::now_ms();
+    TIERS.with(|c| c.borrow_mut().insert(user, (t.clone(), now)));
+}
+
+/// Calls the user's directory; a failure is a 503 the client may retry.
+pub async fn directory_call<B: serde::Serialize, T: serde::de::DeserializeOwned>(
+    env: &Env,
+    user: &str,
+    path: &str,
+    body: &B,
+) -> Result<T, ApiError> {
+    let unavailable = |e: worker::Error| {
+        worker::console_error!("directory {path} failed: {e}");
+        ApiError::new(
+            503,
+            "directory_unavailable",
+            "the user's directory did not answer; retry",
+        )
+        .retry_after(1)
+    };
+    let stub = runtime::stub(
+        env,
+        placement::DIRECTORY_BINDING,
+        &placement::directory_name(user),
+    )
+    .map_err(unavailable)?;
+    runtime::call(&stub, path, None, body)
+        .await
+        .map_err(unavailable)
+}
