@@ -12,6 +12,7 @@ use shard_policies::PolicyConfig;
 use crate::auth::TokenKeys;
 use crate::cors::CorsPolicy;
 use crate::routing::ack_id::AckKey;
+use crate::upstream::{self, EventSet, Target, UpstreamConfig};
 
 /// Where configuration values come from: the Worker env, a TOML table, a map.
 pub trait VarSource {
@@ -69,6 +70,12 @@ pub const VARS: &[(&str, Option<&str>)] = &[
     ("REGISTRY_SHARDS", Some("8")),
     ("METRICS_MAX_USER_SERIES", Some("50")),
     ("DEFAULT_TIER", Some("pro")),
+    ("UPSTREAM", Some("off")),
+    ("UPSTREAM_EVENTS", Some(upstream::DEFAULT_EVENTS)),
+    ("UPSTREAM_TIMEOUT_MS", Some("4000")),
+    ("UPSTREAM_MAX_IN_FLIGHT", Some("64")),
+    ("UPSTREAM_HOOKS", Some("on")),
+    ("UPSTREAM_SECRET", Some("")),
     ("CORS_ORIGINS", Some(DEFAULT_CORS_ORIGINS)),
     // The platform's master secret; the deprecated name is read when the new one is unset.
     ("HAPPY_MASTER_SECRET", None),
@@ -110,6 +117,8 @@ pub struct Config {
     pub token_keys: TokenKeys,
     /// Seals the references that carry RPC answers back to their caller.
     pub ack_key: AckKey,
+    /// Where business events and lifecycle hooks go (docs/upstream.md).
+    pub upstream: UpstreamConfig,
     pub admin_token: Secret,
 }
 
@@ -177,6 +186,7 @@ impl Config {
                 ),
             });
         }
+        let upstream = parse_upstream(src)?;
         let cors_value = get(src, "CORS_ORIGINS");
         let cors = CorsPolicy::parse(&cors_value).map_err(|allowed| ConfigError {
             var: "CORS_ORIGINS",
@@ -209,6 +219,7 @@ impl Config {
             cors,
             token_keys: TokenKeys::derive(&master_secret),
             ack_key: AckKey::derive(&master_secret),
+            upstream,
             master_secret: Secret(master_secret),
             admin_token: Secret(admin_token),
         })
@@ -275,6 +286,46 @@ fn switch(src: &(impl VarSource + ?Sized), var: &'static str) -> Result<bool, Co
             allowed: "`on` or `off`".into(),
         }),
     }
+}
+
+fn parse_upstream(src: &(impl VarSource + ?Sized)) -> Result<UpstreamConfig, ConfigError> {
+    let value = get(src, "UPSTREAM").trim().to_owned();
+    let secret = Secret(get(src, "UPSTREAM_SECRET"));
+    let target = match value.as_str() {
+        "off" => Target::Off,
+        "service" => Target::Service,
+        u if u.starts_with("https://") || u.starts_with("http://127.0.0.1") || u.starts_with("http://localhost") => {
+            if secret.is_empty() && u.starts_with("https://") {
+                return Err(ConfigError {
+                    var: "UPSTREAM_SECRET",
+                    value: "(unset)".into(),
+                    allowed: "a secret signing the requests to an HTTPS upstream; set it with `wrangler secret put UPSTREAM_SECRET`".into(),
+                });
+            }
+            Target::Url(u.to_owned())
+        }
+        other => {
+            return Err(ConfigError {
+                var: "UPSTREAM",
+                value: crate::protocol::truncate(other, 200),
+                allowed: "`off`, `service` (the UPSTREAM_SERVICE binding) or an https:// URL (http://127.0.0.1 or http://localhost for local runs)".into(),
+            })
+        }
+    };
+    let events_value = get(src, "UPSTREAM_EVENTS");
+    let events = EventSet::parse(&events_value).map_err(|allowed| ConfigError {
+        var: "UPSTREAM_EVENTS",
+        value: crate::protocol::truncate(&events_value, 200),
+        allowed,
+    })?;
+    Ok(UpstreamConfig {
+        target,
+        events,
+        timeout_ms: int(src, "UPSTREAM_TIMEOUT_MS", 10, 60_000)?,
+        max_in_flight: int(src, "UPSTREAM_MAX_IN_FLIGHT", 1, 10_000)?,
+        hooks: switch(src, "UPSTREAM_HOOKS")?,
+        secret,
+    })
 }
 
 fn parse_tiers(value: &str) -> Result<BTreeMap<String, Tier>, ConfigError> {
@@ -449,6 +500,49 @@ mod tests {
         let e = with(&[("DEFAULT_TIER", "gold")]).unwrap_err();
         assert_eq!(e.var, "DEFAULT_TIER");
         assert!(e.allowed.contains("enterprise, free, pro"), "{e}");
+    }
+
+    #[test]
+    fn upstream_settings() {
+        let c = with(&[]).unwrap();
+        assert!(!c.upstream.enabled());
+        assert!(!c.upstream.handles("message"));
+        let c = with(&[("UPSTREAM", "service")]).unwrap();
+        assert!(c.upstream.handles("message") && !c.upstream.handles("rpc-call"));
+        assert!(c.upstream.posts_hooks());
+        assert_eq!(
+            (c.upstream.timeout_ms, c.upstream.max_in_flight),
+            (4000, 64)
+        );
+        let e = with(&[("UPSTREAM", "https://backend.example/edge")]).unwrap_err();
+        assert_eq!(e.var, "UPSTREAM_SECRET");
+        let c = with(&[
+            ("UPSTREAM", "https://backend.example/edge"),
+            ("UPSTREAM_SECRET", "s"),
+            ("UPSTREAM_EVENTS", "message,artifact-*"),
+            ("UPSTREAM_HOOKS", "off"),
+        ])
+        .unwrap();
+        assert_eq!(
+            c.upstream.target,
+            Target::Url("https://backend.example/edge".into())
+        );
+        assert!(c.upstream.handles("artifact-read") && !c.upstream.handles("session-alive"));
+        assert!(!c.upstream.posts_hooks());
+        assert_eq!(
+            with(&[("UPSTREAM", "ftp://x")]).unwrap_err().var,
+            "UPSTREAM"
+        );
+        assert_eq!(
+            with(&[("UPSTREAM", "service"), ("UPSTREAM_EVENTS", "a b")])
+                .unwrap_err()
+                .var,
+            "UPSTREAM_EVENTS"
+        );
+        assert_eq!(
+            with(&[("UPSTREAM_TIMEOUT_MS", "5")]).unwrap_err().var,
+            "UPSTREAM_TIMEOUT_MS"
+        );
     }
 
     #[test]

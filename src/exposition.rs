@@ -12,7 +12,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::config::Tier;
-use crate::metrics::{GlobalMetrics, LatencyHistogram, Series, TierMetrics, UserMetrics};
+use crate::metrics::{
+    GlobalMetrics, LatencyHistogram, Series, TierMetrics, UpstreamResult, UserMetrics,
+};
 
 /// The `Content-Type` of the exposition.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -254,6 +256,49 @@ pub fn render(
             let h = m.latency.get(series);
             if !h.is_empty() {
                 out.histogram(name, &user_labels(k), h);
+            }
+        }
+    }
+
+    // Upstream calls per tier and event (not per user: users x events x buckets is too many
+    // series, and the upstream's health is a property of the upstream).
+    let mut upstream: BTreeMap<String, TierMetrics> = BTreeMap::new();
+    for ((_, tier), m) in &users {
+        upstream.entry(tier.clone()).or_default().merge(m);
+    }
+    out.family(
+        "edge_upstream_requests_total",
+        "counter",
+        "Business events and lifecycle hooks sent to the upstream, by result: ok, timeout, error, busy (refused at once: too many in flight on the shard).",
+    );
+    for (tier, m) in &upstream {
+        for (event, e) in &m.upstream {
+            for r in UpstreamResult::ALL {
+                out.sample(
+                    "edge_upstream_requests_total",
+                    &[
+                        ("tier", tier.clone()),
+                        ("event", event.clone()),
+                        ("result", r.as_str().to_owned()),
+                    ],
+                    &e.count(r).to_string(),
+                );
+            }
+        }
+    }
+    out.family(
+        "edge_upstream_latency_ms",
+        "histogram",
+        "Upstream call time in milliseconds, from the request sent to its answer (or the timeout).",
+    );
+    for (tier, m) in &upstream {
+        for (event, e) in &m.upstream {
+            if !e.latency.is_empty() {
+                out.histogram(
+                    "edge_upstream_latency_ms",
+                    &[("tier", tier.clone()), ("event", event.clone())],
+                    &e.latency,
+                );
             }
         }
     }

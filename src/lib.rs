@@ -40,10 +40,12 @@ pub mod routing;
 pub mod rpc;
 pub mod slo;
 pub mod stats;
+pub mod upstream;
 
 mod connection_manager;
 mod directory;
 mod gateway;
+mod outbox;
 mod placement;
 mod registry;
 mod runtime;

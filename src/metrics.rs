@@ -449,6 +449,84 @@ fn ratio(num: u64, den: u64) -> Option<f64> {
     (den > 0).then(|| num as f64 / den as f64)
 }
 
+/// How a call to the upstream ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum UpstreamResult {
+    Ok,
+    Timeout,
+    Error,
+    /// Refused at once: too many calls in flight on the shard.
+    Busy,
+}
+
+impl UpstreamResult {
+    pub const ALL: [UpstreamResult; 4] = [
+        UpstreamResult::Ok,
+        UpstreamResult::Timeout,
+        UpstreamResult::Error,
+        UpstreamResult::Busy,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpstreamResult::Ok => "ok",
+            UpstreamResult::Timeout => "timeout",
+            UpstreamResult::Error => "error",
+            UpstreamResult::Busy => "busy",
+        }
+    }
+}
+
+/// One upstream event's calls (lifecycle hooks count under their kind): the latency of every
+/// call that went out, and how each ended.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct UpstreamEvent {
+    #[serde(default, skip_serializing_if = "LatencyHistogram::is_empty")]
+    pub latency: LatencyHistogram,
+    /// Calls per result, in [`UpstreamResult::ALL`] order.
+    #[serde(default)]
+    pub results: [u64; 4],
+}
+
+impl UpstreamEvent {
+    pub fn count(&self, r: UpstreamResult) -> u64 {
+        let i = UpstreamResult::ALL
+            .iter()
+            .position(|x| *x == r)
+            .unwrap_or(0);
+        self.results.get(i).copied().unwrap_or(0)
+    }
+
+    fn record(&mut self, r: UpstreamResult, ms: Option<f64>) {
+        let i = UpstreamResult::ALL
+            .iter()
+            .position(|x| *x == r)
+            .unwrap_or(0);
+        if let Some(c) = self.results.get_mut(i) {
+            *c = c.saturating_add(1);
+        }
+        if let Some(ms) = ms {
+            self.latency.record(ms);
+        }
+    }
+
+    fn merge(&mut self, o: &UpstreamEvent) {
+        self.latency.merge(&o.latency);
+        for (a, b) in self.results.iter_mut().zip(o.results) {
+            *a = a.saturating_add(b);
+        }
+    }
+
+    pub fn calls(&self) -> u64 {
+        self.results.iter().sum()
+    }
+
+    pub fn failures(&self) -> u64 {
+        self.calls().saturating_sub(self.count(UpstreamResult::Ok))
+    }
+}
+
 /// Counters and histograms of one tier.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct TierMetrics {
@@ -456,12 +534,25 @@ pub struct TierMetrics {
     pub counts: Counters,
     #[serde(default, skip_serializing_if = "SeriesHistograms::is_empty")]
     pub latency: SeriesHistograms,
+    /// Upstream calls per event (or hook kind, or `UPSTREAM_EVENTS` pattern).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub upstream: BTreeMap<String, UpstreamEvent>,
 }
 
 impl TierMetrics {
     pub fn merge(&mut self, o: &TierMetrics) {
         self.counts.merge(&o.counts);
         self.latency.merge(&o.latency);
+        for (event, m) in &o.upstream {
+            self.upstream.entry(event.clone()).or_default().merge(m);
+        }
+    }
+
+    pub fn record_upstream(&mut self, event: &str, r: UpstreamResult, ms: Option<f64>) {
+        self.upstream
+            .entry(event.to_owned())
+            .or_default()
+            .record(r, ms);
     }
 }
 
@@ -556,6 +647,20 @@ impl<const SLOT_MS: u64, const SLOTS: usize> Ring<SLOT_MS, SLOTS> {
         self.prune(now_ms);
         if let Some(d) = self.slot_mut(Self::align(now_ms)) {
             d.tier_mut(tier).latency.get_mut(series).record(ms);
+        }
+    }
+
+    pub fn record_upstream(
+        &mut self,
+        now_ms: u64,
+        tier: &str,
+        event: &str,
+        r: UpstreamResult,
+        ms: Option<f64>,
+    ) {
+        self.prune(now_ms);
+        if let Some(d) = self.slot_mut(Self::align(now_ms)) {
+            d.tier_mut(tier).record_upstream(event, r, ms);
         }
     }
 
@@ -701,6 +806,20 @@ impl Observations {
         self.total.tier_mut(tier).latency.get_mut(series).record(ms);
         self.short.record_latency(now_ms, tier, series, ms);
         self.long.record_latency(now_ms, tier, series, ms);
+    }
+
+    /// An upstream call for `event`: its result and, when it went out, its latency.
+    pub fn record_upstream(
+        &mut self,
+        now_ms: u64,
+        tier: &str,
+        event: &str,
+        r: UpstreamResult,
+        ms: Option<f64>,
+    ) {
+        self.total.tier_mut(tier).record_upstream(event, r, ms);
+        self.short.record_upstream(now_ms, tier, event, r, ms);
+        self.long.record_upstream(now_ms, tier, event, r, ms);
     }
 
     pub fn merge(&mut self, o: &Observations) {

@@ -393,7 +393,8 @@ pub fn parse_broadcast_body(body: &[u8], now_ms: u64) -> Result<Delivery, ApiErr
     Ok(Delivery { frame, filter })
 }
 
-fn parse_filter(f: &serde_json::Value) -> Result<Filter, ApiError> {
+/// Parses a filter object (`{"type": ..., "sessionId"?, ...}`), any of the seven.
+pub fn parse_filter(f: &serde_json::Value) -> Result<Filter, ApiError> {
     const ALLOWED: &str = "all, user-scoped-only, session (+sessionId), machine (+machineId), exclude (+connectionId), machine-scoped-only (+machineId), all-interested-in-session (+sessionId)";
     let ty = f.get("type").and_then(|t| t.as_str()).ok_or_else(|| {
         ApiError::bad_request(

@@ -186,6 +186,54 @@ pub async fn call<Req: Serialize, Resp: DeserializeOwned>(
     resp.json().await
 }
 
+/// POSTs a signed JSON body to the upstream (docs/upstream.md) within its timeout; answers
+/// the status and body, or why there was none.
+pub async fn upstream_post(
+    env: &Env,
+    up: &crate::upstream::UpstreamConfig,
+    body: &str,
+) -> Result<(u16, String), crate::upstream::Failure> {
+    use crate::upstream::{self, Failure, Target};
+    let fail = |e: worker::Error| Failure::Error(e.to_string());
+    let now = now_ms();
+    let headers = Headers::new();
+    headers
+        .set("content-type", "application/json")
+        .map_err(fail)?;
+    headers
+        .set("x-edge-timestamp", &now.to_string())
+        .map_err(fail)?;
+    if let Some(sig) = upstream::sign(&up.secret, now, body) {
+        headers.set("x-edge-signature", &sig).map_err(fail)?;
+    }
+    let mut init = RequestInit::new();
+    init.with_method(Method::Post)
+        .with_headers(headers)
+        .with_body(Some(body.to_owned().into()));
+    let call = async {
+        let mut resp = match &up.target {
+            Target::Off => return Err(Failure::Error("no upstream is configured".into())),
+            Target::Service => {
+                let req = Request::new_with_init(upstream::SERVICE_URL, &init).map_err(fail)?;
+                env.service(upstream::BINDING)
+                    .map_err(fail)?
+                    .fetch_request(req)
+                    .await
+                    .map_err(fail)?
+            }
+            Target::Url(u) => {
+                let req = Request::new_with_init(u, &init).map_err(fail)?;
+                worker::Fetch::Request(req).send().await.map_err(fail)?
+            }
+        };
+        let text = resp.text().await.map_err(fail)?;
+        Ok((resp.status_code(), text))
+    };
+    timeout(up.timeout_ms, call)
+        .await
+        .unwrap_or(Err(Failure::Timeout(up.timeout_ms)))
+}
+
 /// The shard's own name, passed by every caller (objects do not know their name).
 pub const SHARD_HEADER: &str = "x-edge-shard";
 /// The connect metadata from the gateway, JSON.

@@ -138,6 +138,19 @@ pub struct TierSlo {
     pub connections: u64,
     pub max_connections_per_do: u64,
     pub users: u64,
+    /// Upstream calls of the tier's users over the short window, per event.
+    pub upstream: Vec<UpstreamSlo>,
+}
+
+/// One upstream event over the short window.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UpstreamSlo {
+    pub event: String,
+    pub calls: u64,
+    pub failures: u64,
+    pub failure_rate: Option<f64>,
+    pub p95_ms: Option<f64>,
 }
 
 /// `GET /admin/slo`.
@@ -262,6 +275,17 @@ fn tier_slo(
         long: burn(long),
     };
     let rejection_rate = short.counts.rejection_rate();
+    let upstream: Vec<UpstreamSlo> = short
+        .upstream
+        .iter()
+        .map(|(event, e)| UpstreamSlo {
+            event: event.clone(),
+            calls: e.calls(),
+            failures: e.failures(),
+            failure_rate: (e.calls() > 0).then(|| e.failures() as f64 / e.calls() as f64),
+            p95_ms: e.latency.quantile(0.95),
+        })
+        .collect();
 
     let mut reasons = Vec::new();
     let mut fire =
@@ -385,6 +409,34 @@ fn tier_slo(
             }
         }
     }
+    // The upstream's failures reach senders as error acks: the same thresholds as the
+    // guide's connection rejection rate.
+    for u in &upstream {
+        let Some(r) = u.failure_rate.filter(|_| u.calls >= MIN_EVENTS) else {
+            continue;
+        };
+        for (threshold, severity) in [
+            (REJECTION_CRITICAL, Status::Critical),
+            (REJECTION_WARNING, Status::Warning),
+        ] {
+            if r > threshold {
+                fire(
+                    "upstream_failure_rate",
+                    severity,
+                    r,
+                    threshold,
+                    SHORT_WINDOW_MS,
+                    format!(
+                        "{:.1} % of `{}` upstream calls failed over 5 min (> {:.0} %)",
+                        r * 100.0,
+                        u.event,
+                        threshold * 100.0
+                    ),
+                );
+                break;
+            }
+        }
+    }
     if let (Some(false), Some(p)) = (availability.met, availability.percent) {
         fire(
             "availability_slo",
@@ -417,6 +469,7 @@ fn tier_slo(
         connections: gauges.connections,
         max_connections_per_do: gauges.max_per_do,
         users: gauges.users.len() as u64,
+        upstream,
     }
 }
 

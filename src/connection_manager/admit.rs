@@ -219,6 +219,10 @@ impl ConnectionManager {
         // reported before the 101 when it changed, so the socket is routable by then.
         let bytes = serde_json::to_string(&c.meta).map_or(0, |s| s.len() as u64);
         self.count_socket(&c.meta, bytes).await;
+        if let Ok(cfg) = runtime::config(&self.env) {
+            let hook = self.connected_hook(&c.meta);
+            self.post_hooks(&cfg, vec![hook]).await;
+        }
         let drain_from = {
             let mut s = self.saved.borrow_mut();
             s.accepted += 1;

@@ -11,6 +11,7 @@
 //! - `admit`: the per-shard cap, SLO check, leases, accept and give back.
 //! - `route`: a frame's routing across the user's shards, RPCs and their answers.
 //! - `presence`: the index and the presence reports to the directory.
+//! - `upstream`: business events to the upstream, lifecycle hooks, usage limits.
 //! - `drain`: rotation drains. `observe`: metrics reports. `state`: what is persisted.
 
 mod admit;
@@ -19,11 +20,12 @@ mod observe;
 mod presence;
 mod route;
 mod state;
+mod upstream;
 
 pub use admit::HEALTH_HEADER;
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
 
 use futures::lock::Mutex;
@@ -79,6 +81,13 @@ pub struct ConnectionManager {
     /// Frames routed and the subrequests their routing cost, for stats.
     frames: Cell<u64>,
     frame_subrequests: Cell<u64>,
+    /// Business events waiting per socket (a socket's entry exists while its queue drains).
+    upstream_queues: RefCell<HashMap<String, VecDeque<upstream::Business>>>,
+    /// Business events accepted and not yet answered on this shard.
+    upstream_pending: Cell<u32>,
+    /// When stored hooks are next due; unknown after a wake until the first alarm looks.
+    hooks_at: Cell<Option<u64>>,
+    hooks_known: Cell<bool>,
 }
 
 impl DurableObject for ConnectionManager {
@@ -123,6 +132,10 @@ impl DurableObject for ConnectionManager {
             answered: RefCell::new(BoundedMap::new(ANSWERED_CAPACITY)),
             frames: Cell::new(0),
             frame_subrequests: Cell::new(0),
+            upstream_queues: RefCell::new(HashMap::new()),
+            upstream_pending: Cell::new(0),
+            hooks_at: Cell::new(None),
+            hooks_known: Cell::new(false),
         }
     }
 
@@ -206,13 +219,14 @@ impl DurableObject for ConnectionManager {
             1005 => close(&ws, 1000, ""),
             c => close(&ws, u16::try_from(c).unwrap_or(1000), &reason),
         }
-        self.after_close(&ws).await
+        self.after_close(&ws, u16::try_from(code).unwrap_or(1005))
+            .await
     }
 
     async fn websocket_error(&self, ws: WebSocket, error: worker::Error) -> worker::Result<()> {
         console_error!("socket error: {error}");
         close(&ws, 1011, "Internal error");
-        self.after_close(&ws).await
+        self.after_close(&ws, 1011).await
     }
 
     async fn alarm(&self) -> worker::Result<Response> {
@@ -231,6 +245,14 @@ impl DurableObject for ConnectionManager {
         {
             self.saved.borrow_mut().presence_retry_at = None;
             self.publish_presence().await;
+        }
+        // After a wake the next hook time is unknown: look at the outbox once.
+        if !self.hooks_known.replace(true) || self.hooks_at.get().is_some_and(|at| at <= now) {
+            if let Ok(cfg) = runtime::config(&self.env) {
+                if cfg.upstream.posts_hooks() {
+                    self.flush_hooks(&cfg).await;
+                }
+            }
         }
         self.rearm().await?;
         Response::ok("")
@@ -389,10 +411,17 @@ impl ConnectionManager {
         ws.send_with_str(crate::routing::envelope::error_frame(code, message, now))
     }
 
-    async fn after_close(&self, ws: &WebSocket) -> worker::Result<()> {
+    async fn after_close(&self, ws: &WebSocket, code: u16) -> worker::Result<()> {
         if let Some(m) = attachment(ws) {
             self.bad_frames.borrow_mut().remove(&m.connection_id);
+            let was_open = self.with_index(|ix| ix.contains(&m.connection_id));
             self.forget_socket(&m.connection_id).await;
+            if was_open {
+                if let Ok(cfg) = runtime::config(&self.env) {
+                    let hook = self.disconnected_hook(&m, code);
+                    self.post_hooks(&cfg, vec![hook]).await;
+                }
+            }
         }
         self.settle().await?;
         self.observe_gauges().await;
@@ -429,6 +458,7 @@ impl ConnectionManager {
             self.saved.borrow().drain_at,
             self.observer.borrow().report_at,
             self.saved.borrow().presence_retry_at,
+            self.hooks_at.get(),
         ]
         .into_iter()
         .flatten()

@@ -56,6 +56,23 @@ impl ConnectionManager {
         self.report_soon(now).await;
     }
 
+    /// An upstream call: its result and latency per event (or hook kind).
+    pub(super) async fn observe_upstream(
+        &self,
+        label: &str,
+        result: crate::metrics::UpstreamResult,
+        ms: Option<f64>,
+    ) {
+        let now = runtime::now_ms();
+        let tier = self.tier();
+        {
+            let mut o = self.observer.borrow_mut();
+            o.full.record_upstream(now, &tier, label, result, ms);
+            o.pending.record_upstream(now, &tier, label, result, ms);
+        }
+        self.report_soon(now).await;
+    }
+
     /// The open-socket count changed (a close): the directory's gauges are stale.
     pub(super) async fn observe_gauges(&self) {
         self.report_soon(runtime::now_ms()).await;

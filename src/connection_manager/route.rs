@@ -12,6 +12,7 @@ use std::borrow::Cow;
 use serde_json::value::RawValue;
 use worker::{console_error, WebSocket, WebSocketIncomingMessage};
 
+use super::upstream::Business;
 use super::{attachment, close, ConnectionManager};
 use crate::config::Config;
 use crate::metrics::Series;
@@ -67,6 +68,28 @@ impl ConnectionManager {
         let Some(meta) = attachment(&ws) else {
             return Ok(());
         };
+        // Built in, and business events for the upstream, before the routing rules.
+        if frame.event == "update-usage-limits" {
+            self.usage_limits(&ws, &meta, frame.data, frame.ack_id.as_deref())
+                .await;
+            return Ok(());
+        }
+        if let Some(label) = cfg
+            .upstream
+            .enabled()
+            .then(|| cfg.upstream.events.label(&frame.event))
+            .flatten()
+        {
+            let b = Business {
+                event: frame.event.into_owned(),
+                label,
+                data: frame.data.map(ToOwned::to_owned),
+                ack_id: frame.ack_id.map(Cow::into_owned),
+            };
+            self.to_upstream(&cfg, &ws, &meta, b).await;
+            self.observe_latency(Series::MessageLatency, started).await;
+            return Ok(());
+        }
         let sender = Sender {
             connection_id: &meta.connection_id,
             client_type: meta.client_type,
@@ -110,7 +133,7 @@ impl ConnectionManager {
     }
 
     /// Delivers on this shard, then on every other shard the view says may hold a recipient.
-    async fn deliver_everywhere(&self, d: &Delivery, view: &RoutingView) -> Delivered {
+    pub(super) async fn deliver_everywhere(&self, d: &Delivery, view: &RoutingView) -> Delivered {
         let here = self.deliver(d);
         let me = self.name();
         let others: Vec<String> = view

@@ -87,6 +87,9 @@ pub struct Directory {
     /// Presence notices go out one batch at a time, in order.
     emit_lock: Rc<Mutex<()>>,
     push_at: Cell<Option<u64>>,
+    /// When stored hooks are next due; unknown after a wake until the first alarm looks.
+    hooks_at: Cell<Option<u64>>,
+    hooks_known: Cell<bool>,
     /// A coalesced shard-set push is scheduled.
     push_pending: Rc<Cell<bool>>,
     /// An addition's prompt push is running; another addition meanwhile asks for one more.
@@ -143,6 +146,8 @@ impl DurableObject for Directory {
             book: presence,
             emit_lock: Rc::new(Mutex::new(())),
             push_at: Cell::new(None),
+            hooks_at: Cell::new(None),
+            hooks_known: Cell::new(false),
             push_pending: Rc::new(Cell::new(false)),
             urgent_running: Rc::new(Cell::new(false)),
             urgent_again: Rc::new(Cell::new(false)),
@@ -165,6 +170,12 @@ impl DurableObject for Directory {
             }
             (Method::Post, "/view") => runtime::json(200, &self.view()),
             (Method::Post, "/route") => runtime::json(200, &self.book.borrow().view),
+            (Method::Post, "/usage") => runtime::json(200, &self.usage_limits().await),
+            (Method::Post, "/usage/set") => {
+                let v: serde_json::Value = req.json().await?;
+                self.set_usage_limits(v).await?;
+                runtime::json(200, &serde_json::json!({"ok": true}))
+            }
             (Method::Post, "/presence") => {
                 let r: PresenceReport = req.json().await?;
                 runtime::json(200, &self.presence(r).await?)
@@ -200,6 +211,9 @@ impl DurableObject for Directory {
         }
         if self.push_at.get().is_some_and(|at| at <= now) {
             self.push_to_registry(now).await?;
+        }
+        if !self.hooks_known.replace(true) || self.hooks_at.get().is_some_and(|at| at <= now) {
+            self.flush_hooks().await?;
         }
         self.rearm().await?;
         Response::ok("")
@@ -370,14 +384,18 @@ impl Directory {
 
     /// The one alarm, at the earliest of the reconcile pass and the push.
     async fn rearm(&self) -> worker::Result<()> {
-        let at = match (self.saved.borrow().reconcile_at, self.push_at.get()) {
-            (Some(a), Some(b)) => a.min(b),
-            (a, b) => match a.or(b) {
-                Some(at) => at,
-                None => return Ok(()),
-            },
-        };
-        self.state.storage().set_alarm(runtime::scheduled(at)).await
+        let at = [
+            self.saved.borrow().reconcile_at,
+            self.push_at.get(),
+            self.hooks_at.get(),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
+        match at {
+            Some(at) => self.state.storage().set_alarm(runtime::scheduled(at)).await,
+            None => Ok(()),
+        }
     }
 
     async fn save_pending(&self) -> worker::Result<()> {
@@ -551,7 +569,7 @@ impl Directory {
                 transitions.extend(self.book.borrow_mut().apply(report).unwrap_or_default());
             }
         }
-        self.emit(transitions);
+        self.emit(transitions).await;
         in_transit
     }
 }

@@ -25,6 +25,11 @@ use crate::rpc::{Delivered, Presented};
 use crate::runtime;
 
 use super::{PRESENCE_KEY, RECLAIM_TIMEOUT_MS};
+use crate::outbox;
+use crate::upstream::hooks;
+
+/// The platform's storage key for the usage limits.
+const USAGE_KEY: &str = "usage:limits";
 
 /// The least time between two prompt pushes: under connection churn many additions share
 /// one push instead of each costing a call per shard.
@@ -61,7 +66,7 @@ impl Directory {
             } else {
                 self.push_view();
             }
-            self.emit(t);
+            self.emit(t).await;
         }
         Ok(Presented {
             view: self.book.borrow().view.clone(),
@@ -149,11 +154,13 @@ impl Directory {
 
     /// Tells the user's user-scoped sockets, on every shard holding one, that machines came
     /// online or went offline: `machine-status` and `machine-activity` ephemerals, as the
-    /// platform sends them. Batches go out in order, after the answer.
-    pub(super) fn emit(&self, transitions: Vec<Transition>) {
+    /// platform sends them. Batches go out in order, after the answer. The upstream hears of
+    /// it too (`machine-online` / `machine-offline` hooks).
+    pub(super) async fn emit(&self, transitions: Vec<Transition>) {
         if transitions.is_empty() {
             return;
         }
+        self.machine_hooks(&transitions).await;
         let env = self.env.clone();
         let book = self.book.clone();
         let lock = self.emit_lock.clone();
@@ -218,4 +225,82 @@ async fn send_view(
         }
     });
     futures::future::join_all(calls).await;
+}
+
+impl Directory {
+    /// Stores a hook per transition and arms the alarm to send them at once.
+    async fn machine_hooks(&self, transitions: &[Transition]) {
+        let Ok(cfg) = runtime::config(&self.env) else {
+            return;
+        };
+        let user = self.saved.borrow().user.clone();
+        if !cfg.upstream.posts_hooks() || user.is_empty() {
+            return;
+        }
+        let (seq, now) = (self.book.borrow().view.version, runtime::now_ms());
+        let hooks: Vec<_> = transitions
+            .iter()
+            .map(|t| hooks::machine(&user, &t.machine_id, t.online, seq, now))
+            .collect();
+        outbox::enqueue(&self.state, &hooks).await;
+        self.hooks_at.set(Some(now));
+        if let Err(e) = self.rearm().await {
+            console_error!("could not schedule the hooks: {e}");
+        }
+    }
+
+    /// The alarm's part: sends the hooks that are due, records how it went.
+    pub(super) async fn flush_hooks(&self) -> worker::Result<()> {
+        let Ok(cfg) = runtime::config(&self.env) else {
+            return Ok(());
+        };
+        if !cfg.upstream.posts_hooks() {
+            return Ok(());
+        }
+        let now = runtime::now_ms();
+        let (attempts, next) = outbox::flush(&self.state, &self.env, &cfg.upstream, now).await;
+        self.hooks_at.set(next);
+        if attempts.is_empty() {
+            return Ok(());
+        }
+        let tier = self.saved.borrow().tier.clone();
+        {
+            let mut p = self.pending.borrow_mut();
+            for a in &attempts {
+                p.observed.record_upstream(
+                    now,
+                    &tier,
+                    &format!("hook:{}", a.kind),
+                    a.result,
+                    Some(a.ms),
+                );
+            }
+        }
+        self.save_pending().await?;
+        self.schedule_push().await
+    }
+
+    /// The user's usage limits (`update-usage-limits`), as stored; the platform's default
+    /// when none are, or when they cannot be read.
+    pub(super) async fn usage_limits(&self) -> serde_json::Value {
+        match self
+            .state
+            .storage()
+            .get::<serde_json::Value>(USAGE_KEY)
+            .await
+        {
+            Ok(Some(v)) => v,
+            _ => {
+                serde_json::json!({"limitsAvailable": false, "weeklyLimits": [], "lastUpdatedAt": runtime::now_ms()})
+            }
+        }
+    }
+
+    /// Stores the whole payload plus `lastUpdatedAt`, as the platform's object does.
+    pub(super) async fn set_usage_limits(&self, mut v: serde_json::Value) -> worker::Result<()> {
+        if let Some(o) = v.as_object_mut() {
+            o.insert("lastUpdatedAt".into(), runtime::now_ms().into());
+        }
+        self.state.storage().put(USAGE_KEY, v).await
+    }
 }

@@ -141,6 +141,53 @@ pub async fn test_shard(mut req: Request, env: &Env, cfg: &Config) -> Result<Res
         .map_err(|e| ApiError::new(500, "internal", e.to_string()))
 }
 
+/// `/admin/test/upstream/{path}`: relays to the upstream service binding's `/{path}` (the
+/// reference upstream's test controls, which a second Worker in the same `wrangler dev` only
+/// exposes through the binding). Exists only while `TEST_KNOBS=on`.
+pub async fn test_upstream(
+    mut req: Request,
+    env: &Env,
+    cfg: &Config,
+) -> Result<Response, ApiError> {
+    authorize(&req, cfg)?;
+    let url = req
+        .url()
+        .map_err(|_| ApiError::bad_request("bad_url", "request URL does not parse"))?;
+    let rest = url
+        .path()
+        .strip_prefix("/admin/test/upstream")
+        .unwrap_or_default();
+    let query = url.query().map(|q| format!("?{q}")).unwrap_or_default();
+    let body = req.text().await.unwrap_or_default();
+    let relay = async {
+        let headers = Headers::new();
+        headers.set("content-type", "application/json")?;
+        let mut init = worker::RequestInit::new();
+        init.with_method(req.method()).with_headers(headers);
+        if !body.is_empty() {
+            init.with_body(Some(body.into()));
+        }
+        let r = Request::new_with_init(&format!("https://upstream{rest}{query}"), &init)?;
+        let mut resp = env
+            .service(crate::upstream::BINDING)?
+            .fetch_request(r)
+            .await?;
+        let text = resp.text().await?;
+        Ok::<_, worker::Error>((resp.status_code(), text))
+    };
+    let (status, text) = relay
+        .await
+        .map_err(|e| ApiError::new(502, "upstream_unavailable", e.to_string()))?;
+    let headers = Headers::new();
+    headers
+        .set("content-type", "application/json")
+        .map_err(|e| ApiError::new(500, "internal", e.to_string()))?;
+    Ok(Response::ok(text)
+        .map_err(|e| ApiError::new(500, "internal", e.to_string()))?
+        .with_status(status)
+        .with_headers(headers))
+}
+
 /// Every registry object's snapshot, merged: the global view. A registry
 /// that does not answer is left out (the view under-counts; it never fails).
 async fn global(env: &Env, cfg: &Config) -> GlobalMetrics {

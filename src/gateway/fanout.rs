@@ -25,7 +25,44 @@ pub async fn broadcast(
     cfg: &Config,
 ) -> Result<Response, ApiError> {
     let user = identity::http_user(&req, env, cfg).await?;
-    let limit = cfg.max_message_bytes;
+    let body = read_body(&mut req, cfg.max_message_bytes).await?;
+    let delivery = protocol::parse_broadcast_body(&body, runtime::now_ms())?;
+    ok_json(&deliver_to_user(env, ctx, cfg, &user, &delivery).await?)
+}
+
+/// `POST /v1/backend/publish` (admin token): the backend delivers to one user's sockets
+/// without the user's token, as the platform's REST routes do through its internal
+/// broadcast. `{"userId", "message", "filter"?}`; the answer is a broadcast's.
+pub async fn publish(
+    mut req: Request,
+    env: &Env,
+    ctx: &Context,
+    cfg: &Config,
+) -> Result<Response, ApiError> {
+    super::admin::authorize(&req, cfg)?;
+    let body = read_body(&mut req, cfg.max_message_bytes).await?;
+    let mut v: serde_json::Value = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::bad_request("invalid_json", format!("body is not valid JSON: {e}"))
+    })?;
+    let user = v
+        .as_object_mut()
+        .and_then(|o| o.remove("userId"))
+        .and_then(|u| u.as_str().map(str::to_owned))
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid_body",
+                "`userId` must name the user to deliver to, beside `message` and `filter`",
+            )
+        })?;
+    crate::ids::validate_id(&user)
+        .map_err(|e| ApiError::bad_request("invalid_id", format!("userId: {e}")))?;
+    let rest = serde_json::to_vec(&v).unwrap_or_default();
+    let delivery = protocol::parse_broadcast_body(&rest, runtime::now_ms())?;
+    ok_json(&deliver_to_user(env, ctx, cfg, &user, &delivery).await?)
+}
+
+/// Reads a body of at most `limit` bytes (413 past it, by its declared length first).
+async fn read_body(req: &mut Request, limit: usize) -> Result<Vec<u8>, ApiError> {
     let declared = req
         .headers()
         .get("content-length")
@@ -42,27 +79,42 @@ pub async fn broadcast(
     if body.len() > limit {
         return Err(too_large(limit));
     }
+    Ok(body)
+}
+
+/// Delivers to a user's sockets on every shard that may hold a recipient.
+async fn deliver_to_user(
+    env: &Env,
+    ctx: &Context,
+    cfg: &Config,
+    user: &str,
+    delivery: &protocol::Delivery,
+) -> Result<BroadcastResult, ApiError> {
     let started = runtime::now_ms();
-    let delivery = protocol::parse_broadcast_body(&body, started)?;
-    let view = directory_view(env, &user).await?;
+    let view = directory_view(env, user).await?;
     let shards = broadcast_targets(cfg, &view, &delivery.filter);
     let (answers, failed, _) =
-        fan_out::<_, Delivered>(env, &shards, "/deliver", &delivery, cfg).await;
+        fan_out::<_, Delivered>(env, &shards, "/deliver", delivery, cfg).await;
     let took = runtime::now_ms().saturating_sub(started) as f64;
-    observe_latencies(
-        env,
-        ctx,
-        &user,
-        &view,
-        Series::BroadcastDelivery,
-        vec![took],
-    );
-    ok_json(&BroadcastResult {
+    observe_latencies(env, ctx, user, &view, Series::BroadcastDelivery, vec![took]);
+    Ok(BroadcastResult {
         success: true,
         delivered: answers.iter().map(|d| d.delivered).sum(),
         shards: shards.len() as u64,
         failed_shards: failed,
     })
+}
+
+/// `GET /v1/usage/limits` (Bearer): the user's stored usage limits verbatim, or the
+/// platform's default on no data or any error (never a 500).
+pub async fn usage_limits(req: &Request, env: &Env, cfg: &Config) -> Result<Response, ApiError> {
+    let user = identity::http_user(req, env, cfg).await?;
+    let v: serde_json::Value = directory_call(env, &user, "/usage", &serde_json::json!({}))
+        .await
+        .unwrap_or_else(|_| {
+            serde_json::json!({"limitsAvailable": false, "weeklyLimits": [], "lastUpdatedAt": runtime::now_ms()})
+        });
+    ok_json(&v)
 }
 
 pub async fn stats(

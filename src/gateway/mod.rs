@@ -45,6 +45,8 @@ pub async fn handle(req: Request, env: Env, ctx: Context) -> worker::Result<Resp
             fanout::broadcast(req, &env, &ctx, &cfg).await
         }
         (Method::Get, "/v1/websocket/stats") => fanout::stats(&req, &env, &ctx, &cfg).await,
+        (Method::Get, "/v1/usage/limits") => fanout::usage_limits(&req, &env, &cfg).await,
+        (Method::Post, "/v1/backend/publish") => fanout::publish(req, &env, &ctx, &cfg).await,
         (Method::Get, "/metrics") => admin::metrics(&req, &env, &cfg).await,
         (Method::Get, "/admin/stats") => admin::stats(&req, &env, &cfg).await,
         (Method::Get, "/admin/slo") => admin::slo(&req, &env, &cfg).await,
@@ -52,16 +54,22 @@ pub async fn handle(req: Request, env: Env, ctx: Context) -> worker::Result<Resp
         (Method::Post, "/admin/test/shard") if cfg.test_knobs => {
             admin::test_shard(req, &env, &cfg).await
         }
+        (_, p) if cfg.test_knobs && p.starts_with("/admin/test/upstream/") => {
+            admin::test_upstream(req, &env, &cfg).await
+        }
         (_, "/v1/updates" | "/v1/websocket" | "/v1/websocket/stats") => {
             Err(method_not_allowed("GET"))
         }
-        (_, "/v1/websocket/broadcast" | "/v1/websocket/ticket") => Err(method_not_allowed("POST")),
+        (_, "/v1/websocket/broadcast" | "/v1/websocket/ticket" | "/v1/backend/publish") => {
+            Err(method_not_allowed("POST"))
+        }
+        (_, "/v1/usage/limits") => Err(method_not_allowed("GET")),
         (_, "/metrics" | "/admin/stats" | "/admin/slo") => Err(method_not_allowed("GET")),
         _ => Err(ApiError::new(
             404,
             "not_found",
             format!(
-                "no route {}; see /health, /v1/updates, /v1/websocket/ticket, /v1/websocket/broadcast, /v1/websocket/stats, /metrics, /admin/stats, /admin/slo, /admin/users/{{id}}/tier",
+                "no route {}; see /health, /v1/updates, /v1/websocket/ticket, /v1/websocket/broadcast, /v1/websocket/stats, /v1/usage/limits, /v1/backend/publish, /metrics, /admin/stats, /admin/slo, /admin/users/{{id}}/tier",
                 crate::protocol::truncate(&path, 100)
             ),
         )),

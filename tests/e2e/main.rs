@@ -17,3 +17,4 @@ mod observability;
 mod reliability;
 mod routing;
 mod sharding;
+mod upstream;

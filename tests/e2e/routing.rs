@@ -517,8 +517,25 @@ async fn a_workerd_restart_mid_conversation_leaves_no_phantom_and_misses_no_offl
     // Every socket died with the runtime; the app comes back first.
     assert_eq!(app.next_json(Duration::from_secs(5)).await, None);
     let mut app = g.connect(&t, APP).await;
-    // The machine is gone, and the app is told so (no phantom online machine).
-    assert_eq!(presence(&mut app, "mach-x").await, (false, false));
+    // The machine is gone, and the app is told so (no phantom online machine): by the
+    // directory's reconcile pass about 2 s after it starts, later on a loaded machine.
+    let notice = app
+        .next_json(Duration::from_secs(30))
+        .await
+        .expect("an offline notice after the restart");
+    assert_eq!(
+        (
+            notice["data"]["type"].as_str(),
+            notice["data"]["machineId"].as_str(),
+            notice["data"]["online"].as_bool()
+        ),
+        (Some("machine-status"), Some("mach-x"), Some(false)),
+        "{notice}"
+    );
+    assert_eq!(
+        app.expect_event("ephemeral").await["data"]["type"],
+        "machine-activity"
+    );
     let st = g.stats(&t).await;
     assert_eq!(
         (

@@ -145,6 +145,26 @@ impl Gateway {
             })
             .collect();
         std::fs::write(app.join("wrangler.toml"), kept.join("\n")).unwrap();
+        if self.with_upstream() {
+            // The reference upstream beside the gateway, its test controls on.
+            let up = self.state_dir.join("upstream");
+            std::fs::create_dir_all(up.join("src")).unwrap();
+            let from = root().join("examples/upstream");
+            std::fs::copy(from.join("src/index.js"), up.join("src/index.js")).unwrap();
+            let toml = std::fs::read_to_string(from.join("wrangler.toml")).unwrap();
+            std::fs::write(
+                up.join("wrangler.toml"),
+                toml.replace(r#"TEST_CONTROL = "off""#, r#"TEST_CONTROL = "on""#),
+            )
+            .unwrap();
+        }
+    }
+
+    /// A gateway configured with `UPSTREAM=service` runs the reference upstream beside it.
+    fn with_upstream(&self) -> bool {
+        self.vars
+            .iter()
+            .any(|(k, v)| k == "UPSTREAM" && v == "service")
     }
 
     /// `wrangler d1 <args> DB --local` against this gateway's local database.
@@ -190,8 +210,12 @@ impl Gateway {
             .arg(root().join("node_modules/.bin/wrangler"))
             .arg("dev")
             .arg("--config")
-            .arg(self.state_dir.join("app/wrangler.toml"))
-            .args(["--ip", "127.0.0.1", "--port"])
+            .arg(self.state_dir.join("app/wrangler.toml"));
+        if self.with_upstream() {
+            cmd.arg("--config")
+                .arg(self.state_dir.join("upstream/wrangler.toml"));
+        }
+        cmd.args(["--ip", "127.0.0.1", "--port"])
             .arg(self.port.to_string())
             .arg("--inspector-port")
             .arg(free_port().to_string())

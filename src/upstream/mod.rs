@@ -1,0 +1,388 @@
+//! The upstream (docs/upstream.md): the platform's backend, behind a service binding or an
+//! HTTPS URL, that handles the business events the edge cannot (they need the platform's
+//! database) and hears of sockets and machines coming and going. Pure: what to send, how to
+//! sign it, what an answer means, when to retry a hook. The shard and directory objects do
+//! the sending.
+
+pub mod hooks;
+
+use std::collections::BTreeSet;
+
+use hmac::{Hmac, Mac};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use sha2::Sha256;
+
+use crate::auth::b64;
+use crate::config::Secret;
+use crate::protocol::{self, ClientType, Delivery, Filter, SocketMeta};
+
+/// The service binding's name in `wrangler.toml`.
+pub const BINDING: &str = "UPSTREAM_SERVICE";
+/// The path requests go to through the binding.
+pub const SERVICE_URL: &str = "https://upstream/events";
+/// How far an upstream should accept a request's timestamp from its clock.
+pub const REPLAY_WINDOW_MS: u64 = 300_000;
+
+/// The platform's business events (platform-protocol.md §6.3), minus the built-in
+/// `update-usage-limits`.
+pub const DEFAULT_EVENTS: &str = "update-metadata,update-state,session-alive,session-end,message,machine-alive,machine-update-metadata,machine-update-state,artifact-read,artifact-update,artifact-create,artifact-delete,access-key-get,usage-report,request-updates-since,acp-session-update,acp-permission-request,acp-permission-response,acp-session-command,acp-session-list-response";
+
+/// Where the upstream is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    Off,
+    /// The service binding [`BINDING`].
+    Service,
+    Url(String),
+}
+
+/// Which events go upstream: exact names and `prefix*` patterns.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EventSet {
+    exact: BTreeSet<String>,
+    prefixes: Vec<String>,
+}
+
+impl EventSet {
+    pub fn parse(value: &str) -> Result<Self, String> {
+        let mut s = EventSet::default();
+        for e in value.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+            let name = e.strip_suffix('*').unwrap_or(e);
+            if name.is_empty() && e != "*" {
+                return Err("an empty event name".into());
+            }
+            if !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'))
+            {
+                return Err(format!(
+                    "`{}` is not an event name (letters, digits, - _ . :, optionally ending in *)",
+                    protocol::truncate(e, 64)
+                ));
+            }
+            if name == "update-usage-limits" {
+                return Err("update-usage-limits is built in and cannot go upstream".into());
+            }
+            if e.ends_with('*') {
+                s.prefixes.push(name.to_owned());
+            } else {
+                s.exact.insert(name.to_owned());
+            }
+        }
+        Ok(s)
+    }
+
+    pub fn matches(&self, event: &str) -> bool {
+        self.label(event).is_some()
+    }
+
+    /// The name an event's metrics go under: itself when listed by name, else the pattern
+    /// that matched (`artifact-*`), so clients cannot grow the label set.
+    pub fn label(&self, event: &str) -> Option<String> {
+        if event == "update-usage-limits" {
+            return None;
+        }
+        if self.exact.contains(event) {
+            return Some(event.to_owned());
+        }
+        self.prefixes
+            .iter()
+            .find(|p| event.starts_with(p.as_str()))
+            .map(|p| format!("{p}*"))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamConfig {
+    pub target: Target,
+    pub events: EventSet,
+    pub timeout_ms: u32,
+    pub max_in_flight: u32,
+    pub hooks: bool,
+    pub secret: Secret,
+}
+
+impl UpstreamConfig {
+    pub fn enabled(&self) -> bool {
+        self.target != Target::Off
+    }
+
+    /// Whether `event` is forwarded upstream.
+    pub fn handles(&self, event: &str) -> bool {
+        self.enabled() && self.events.matches(event)
+    }
+
+    /// Whether lifecycle hooks are posted.
+    pub fn posts_hooks(&self) -> bool {
+        self.enabled() && self.hooks
+    }
+}
+
+/// A socket as the upstream sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SenderInfo {
+    pub user_id: String,
+    pub tier: String,
+    pub connection_id: String,
+    pub client_type: ClientType,
+    pub session_id: Option<String>,
+    pub machine_id: Option<String>,
+    pub shard: String,
+}
+
+impl SenderInfo {
+    pub fn of(meta: &SocketMeta, shard: &str) -> Self {
+        Self {
+            user_id: meta.user_id.clone(),
+            tier: meta.tier.clone(),
+            connection_id: meta.connection_id.clone(),
+            client_type: meta.client_type,
+            session_id: meta.session_id.clone(),
+            machine_id: meta.machine_id.clone(),
+            shard: shard.to_owned(),
+        }
+    }
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct EventRequest<'a> {
+    kind: &'static str,
+    id: &'a str,
+    event: &'a str,
+    data: &'a RawValue,
+    ack_id: Option<&'a str>,
+    sender: &'a SenderInfo,
+    timestamp: u64,
+}
+
+/// The body of an event request.
+pub fn event_request(
+    id: &str,
+    event: &str,
+    data: Option<&RawValue>,
+    ack_id: Option<&str>,
+    sender: &SenderInfo,
+    now_ms: u64,
+) -> String {
+    let null = RawValue::NULL;
+    serde_json::to_string(&EventRequest {
+        kind: "event",
+        id,
+        event,
+        data: data.unwrap_or(null),
+        ack_id,
+        sender,
+        timestamp: now_ms,
+    })
+    // Strings, integers and already-valid raw JSON always serialize.
+    .unwrap_or_default()
+}
+
+/// What the upstream answered.
+#[derive(Debug, Default)]
+pub struct Answer {
+    /// The ack for the sender, JSON text.
+    pub ack: Option<String>,
+    pub deliveries: Vec<Delivery>,
+}
+
+#[derive(Deserialize)]
+struct RawAnswer {
+    #[serde(default)]
+    ack: Option<Box<RawValue>>,
+    #[serde(default)]
+    deliveries: Vec<RawDelivery>,
+}
+
+#[derive(Deserialize)]
+struct RawDelivery {
+    /// Kept as sent: delivered without re-encoding.
+    frame: Box<RawValue>,
+    #[serde(default)]
+    filter: Option<serde_json::Value>,
+}
+
+/// Reads an answer: `{"ack"?: any, "deliveries"?: [{"frame": object, "filter"?: filter}]}`.
+/// Anything else is an error the sender hears about; a bad delivery spoils the whole answer,
+/// so a half-understood answer is never half delivered.
+pub fn parse_answer(body: &str) -> Result<Answer, String> {
+    // serde would read a struct from an array too.
+    if !body.trim_start().starts_with('{') {
+        return Err("the answer is not a JSON object".into());
+    }
+    let raw: RawAnswer = serde_json::from_str(body)
+        .map_err(|e| format!("the answer is not {{ack?, deliveries?}}: {e}"))?;
+    let mut deliveries = Vec::with_capacity(raw.deliveries.len());
+    for (i, d) in raw.deliveries.into_iter().enumerate() {
+        if !d.frame.get().starts_with('{') {
+            return Err(format!("deliveries[{i}].frame must be a JSON object"));
+        }
+        let filter = match &d.filter {
+            None | Some(serde_json::Value::Null) => Filter::All,
+            Some(f) => protocol::parse_filter(f)
+                .map_err(|e| format!("deliveries[{i}].filter: {}", e.message))?,
+        };
+        deliveries.push(Delivery {
+            frame: d.frame.get().to_owned(),
+            filter,
+        });
+    }
+    Ok(Answer {
+        ack: raw
+            .ack
+            .filter(|a| a.get() != "null")
+            .map(|a| a.get().to_owned()),
+        deliveries,
+    })
+}
+
+/// `X-Edge-Signature`: `v1=` and the hex HMAC-SHA256 of `timestamp "." body`.
+pub fn sign(secret: &Secret, timestamp_ms: u64, body: &str) -> Option<String> {
+    if secret.is_empty() {
+        return None;
+    }
+    let mut m = Hmac::<Sha256>::new_from_slice(secret.expose().as_bytes()).ok()?;
+    m.update(timestamp_ms.to_string().as_bytes());
+    m.update(b".");
+    m.update(body.as_bytes());
+    Some(format!("v1={}", b64::hex(&m.finalize().into_bytes())))
+}
+
+/// Why a forwarded event got no upstream answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failure {
+    Timeout(u32),
+    Error(String),
+    Busy(u32),
+}
+
+impl Failure {
+    /// The ack the sender gets: `{"ok":false,"error":...}`.
+    pub fn ack(&self) -> String {
+        let error = match self {
+            Failure::Timeout(ms) => format!("upstream timeout after {ms} ms"),
+            Failure::Error(e) => format!("upstream error: {}", protocol::truncate(e, 200)),
+            Failure::Busy(n) => {
+                format!("upstream busy: {n} calls in flight on this shard; retry")
+            }
+        };
+        serde_json::json!({"ok": false, "error": error}).to_string()
+    }
+
+    /// The `result` label of `edge_upstream_requests_total`.
+    pub fn result(&self) -> &'static str {
+        match self {
+            Failure::Timeout(_) => "timeout",
+            Failure::Error(_) => "error",
+            Failure::Busy(_) => "busy",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_sets() {
+        let s = EventSet::parse(DEFAULT_EVENTS).unwrap();
+        assert!(s.matches("message") && s.matches("artifact-read"));
+        assert!(!s.matches("rpc-call") && !s.matches("update-usage-limits"));
+        let s = EventSet::parse("artifact-*, message").unwrap();
+        assert!(s.matches("artifact-anything") && s.matches("message"));
+        assert_eq!(s.label("artifact-anything").as_deref(), Some("artifact-*"));
+        assert_eq!(s.label("message").as_deref(), Some("message"));
+        assert!(!s.matches("artifac"));
+        assert!(EventSet::parse("*").unwrap().matches("anything"));
+        assert!(!EventSet::parse("*").unwrap().matches("update-usage-limits"));
+        assert!(EventSet::parse("a b").unwrap_err().contains("`a b`"));
+        assert!(EventSet::parse("update-usage-limits").is_err());
+        assert_eq!(EventSet::parse("").unwrap(), EventSet::default());
+    }
+
+    fn sender() -> SenderInfo {
+        SenderInfo {
+            user_id: "u1".into(),
+            tier: "pro".into(),
+            connection_id: "c1".into(),
+            client_type: ClientType::SessionScoped,
+            session_id: Some("s1".into()),
+            machine_id: None,
+            shard: "cm:u1:h0".into(),
+        }
+    }
+
+    #[test]
+    fn requests_carry_the_frame_and_the_sender() {
+        let d = RawValue::from_string(r#"{"sid":"s1","n":[1, 2]}"#.into()).unwrap();
+        let body = event_request("evt1", "message", Some(&d), Some("a1"), &sender(), 7);
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["kind"], "event");
+        assert_eq!(v["event"], "message");
+        assert_eq!(v["data"]["n"][1], 2);
+        assert_eq!(v["ackId"], "a1");
+        assert_eq!(v["sender"]["clientType"], "session-scoped");
+        assert_eq!(v["sender"]["machineId"], serde_json::Value::Null);
+        assert_eq!(v["timestamp"], 7);
+        assert!(body.contains(r#""n":[1, 2]"#), "data verbatim: {body}");
+        let v: serde_json::Value =
+            serde_json::from_str(&event_request("e", "x", None, None, &sender(), 1)).unwrap();
+        assert!(v["data"].is_null() && v["ackId"].is_null());
+    }
+
+    #[test]
+    fn answers() {
+        let a = parse_answer(
+            r#"{"ack":{"result":"success","version":2},"deliveries":[{"frame":{"event":"update","data":1},"filter":{"type":"all-interested-in-session","sessionId":"s1"}},{"frame":{"event":"x"}}]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            a.ack.as_deref(),
+            Some(r#"{"result":"success","version":2}"#)
+        );
+        assert_eq!(a.deliveries.len(), 2);
+        assert_eq!(a.deliveries[0].frame, r#"{"event":"update","data":1}"#);
+        assert_eq!(
+            a.deliveries[0].filter,
+            Filter::AllInterestedInSession {
+                session_id: "s1".into()
+            }
+        );
+        assert_eq!(a.deliveries[1].filter, Filter::All);
+        let a = parse_answer("{}").unwrap();
+        assert!(a.ack.is_none() && a.deliveries.is_empty());
+        assert!(parse_answer(r#"{"ack":null}"#).unwrap().ack.is_none());
+        for bad in [
+            "nope",
+            "[]",
+            r#"{"deliveries":[{"frame":"text"}]}"#,
+            r#"{"deliveries":[{"frame":{},"filter":{"type":"teleport"}}]}"#,
+            r#"{"deliveries":{}}"#,
+        ] {
+            assert!(parse_answer(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn signatures_are_hex_hmacs_of_timestamp_dot_body() {
+        // python3 -c 'import hmac,hashlib;print(hmac.new(b"s3cret",b"1700000000000.{}",hashlib.sha256).hexdigest())'
+        let s = sign(&Secret::new("s3cret"), 1_700_000_000_000, "{}").unwrap();
+        assert_eq!(
+            s,
+            "v1=e8eb128e84214464aec85474d15f930c60fb75e2076edab5c557f8f406ab4899"
+        );
+        assert_eq!(sign(&Secret::default(), 1, "{}"), None);
+    }
+
+    #[test]
+    fn failure_acks() {
+        let v: serde_json::Value = serde_json::from_str(&Failure::Timeout(4000).ack()).unwrap();
+        assert_eq!(v["ok"], false);
+        assert_eq!(v["error"], "upstream timeout after 4000 ms");
+        assert!(Failure::Busy(64).ack().contains("64 calls in flight"));
+        assert_eq!(Failure::Error("x".into()).result(), "error");
+    }
+}
