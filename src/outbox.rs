@@ -66,6 +66,14 @@ async fn store(state: &State, h: &Hook) {
     }
 }
 
+/// The earlier of two due times.
+pub fn earliest(a: Option<u64>, b: Option<u64>) -> Option<u64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
 /// Stores hooks for the next flush; the caller arms its alarm.
 pub async fn enqueue(state: &State, hooks: &[Hook]) {
     for h in hooks {
@@ -95,7 +103,7 @@ pub async fn flush(
                 if h.next_ms <= now_ms {
                     due.push(h);
                 } else {
-                    next = Some(next.map_or(h.next_ms, |n| n.min(h.next_ms)));
+                    next = earliest(next, Some(h.next_ms));
                 }
             }
         }),
@@ -104,9 +112,7 @@ pub async fn flush(
     let mut out = Vec::with_capacity(due.len());
     for h in due {
         let a = attempt(state, env, up, h).await;
-        if let Some(at) = a.retry_at {
-            next = Some(next.map_or(at, |n| n.min(at)));
-        }
+        next = earliest(next, a.retry_at);
         out.push(a);
     }
     (out, next)

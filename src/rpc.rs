@@ -166,6 +166,10 @@ pub struct Delivered {
     /// answerable only when this is not zero.
     #[serde(default)]
     pub primary: u64,
+    /// The version of the routing view the delivering shard holds: newer than the caller's
+    /// means the caller's view is stale.
+    #[serde(default)]
+    pub view_version: u64,
 }
 
 /// Test-only fault and latency injection for one shard (`TEST_KNOBS=on`).

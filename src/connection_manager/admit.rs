@@ -185,8 +185,11 @@ impl ConnectionManager {
             }
         }
         self.learn_view(g.view.clone());
-        // The grant is saved with the accept that follows; if we die first
-        // the directory over-counts this shard, which only leaks a slot.
+        // Saved at once (acquires are rare): a grant lost in a restart leaves the ledger
+        // over-counting this shard, and a shard's own acquire never reclaims from itself.
+        if g.granted > 0 {
+            self.save().await?;
+        }
         Ok(g)
     }
 
@@ -236,9 +239,12 @@ impl ConnectionManager {
                 _ => false,
             }
         };
-        self.save().await?;
         if drain_from {
+            self.save().await?;
             self.rearm().await?;
+        } else {
+            // Only the accept counter changed: a crash may lose a second of it.
+            self.save_soon().await;
         }
         self.observe_outcome(Outcome::Success).await;
         self.observe_latency(Series::ConnectAdmission, started)
@@ -349,7 +355,9 @@ impl ConnectionManager {
         if reset {
             *self.view.borrow_mut() = None;
         }
-        self.save().await
+        // The smaller lease was saved before the directory heard; this is bookkeeping.
+        self.save_soon().await;
+        Ok(())
     }
 
     /// The directory asks for spare slots. Never takes `directory_lock`: the

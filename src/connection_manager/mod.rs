@@ -53,6 +53,9 @@ const MAX_ADMIT_ROUNDS: u32 = 6;
 const RETRY_PAUSE_MS: u32 = 10;
 /// RPC answers remembered per shard, to refuse a second answer to one call.
 const ANSWERED_CAPACITY: usize = 4096;
+/// How long a change that does not guard the limit waits to be persisted, so a burst of
+/// connects costs one write.
+const SAVE_COALESCE_MS: u64 = 1_000;
 
 #[durable_object]
 pub struct ConnectionManager {
@@ -88,6 +91,10 @@ pub struct ConnectionManager {
     /// When stored hooks are next due; unknown after a wake until the first alarm looks.
     hooks_at: Cell<Option<u64>>,
     hooks_known: Cell<bool>,
+    /// A coalesced save is due then.
+    save_at: Cell<Option<u64>>,
+    /// The alarm time last set, so an unchanged alarm is not written again.
+    armed_at: Cell<Option<u64>>,
 }
 
 impl DurableObject for ConnectionManager {
@@ -136,6 +143,8 @@ impl DurableObject for ConnectionManager {
             upstream_pending: Cell::new(0),
             hooks_at: Cell::new(None),
             hooks_known: Cell::new(false),
+            save_at: Cell::new(None),
+            armed_at: Cell::new(None),
         }
     }
 
@@ -172,6 +181,7 @@ impl DurableObject for ConnectionManager {
                     &Delivered {
                         delivered,
                         primary: delivered,
+                        view_version: self.view_version(),
                     },
                 )
             }
@@ -231,6 +241,10 @@ impl DurableObject for ConnectionManager {
 
     async fn alarm(&self) -> worker::Result<Response> {
         let now = runtime::now_ms();
+        self.armed_at.set(None);
+        if self.save_at.get().is_some_and(|at| at <= now) {
+            self.save().await?;
+        }
         if self.saved.borrow().drain_at.is_some_and(|at| at <= now) {
             self.drain_step().await?;
         }
@@ -306,8 +320,22 @@ impl ConnectionManager {
     }
 
     async fn save(&self) -> worker::Result<()> {
+        // This write carries whatever a pending coalesced one would have.
+        self.save_at.set(None);
         let snapshot = self.saved.borrow().clone();
         self.state.storage().put(state::KEY, snapshot).await
+    }
+
+    /// Persists within [`SAVE_COALESCE_MS`]. Only for counters, which a crash may lose a
+    /// second of; lease changes are saved at once (reductions before the directory hears of
+    /// them, grants as they arrive, see `admit`).
+    async fn save_soon(&self) {
+        if self.save_at.get().is_none() {
+            self.save_at.set(Some(runtime::now_ms() + SAVE_COALESCE_MS));
+            if let Err(e) = self.rearm().await {
+                console_error!("could not schedule a save: {e}");
+            }
+        }
     }
 
     /// Open sockets (a socket being closed may still show in `getWebSockets` while its close
@@ -377,7 +405,11 @@ impl ConnectionManager {
         let primary = primary.iter().filter(|w| send(w)).count() as u64;
         // The scoped halves hold no user-scoped socket, so nothing is sent twice.
         let delivered = primary + secondary.iter().filter(|w| send(w)).count() as u64;
-        Delivered { delivered, primary }
+        Delivered {
+            delivered,
+            primary,
+            view_version: self.view_version(),
+        }
     }
 
     fn bad_frame(
@@ -448,7 +480,13 @@ impl ConnectionManager {
             draining: s.draining,
             frames: self.frames.get(),
             frame_subrequests: self.frame_subrequests.get(),
+            view_version: self.view_version(),
         }
+    }
+
+    /// The version of the routing view this shard holds; 0 without one.
+    fn view_version(&self) -> u64 {
+        self.view.borrow().as_ref().map_or(0, |v| v.version)
     }
 
     /// Sets the one alarm to the earliest of the next drain step, the next metrics report
@@ -459,13 +497,18 @@ impl ConnectionManager {
             self.observer.borrow().report_at,
             self.saved.borrow().presence_retry_at,
             self.hooks_at.get(),
+            self.save_at.get(),
         ]
         .into_iter()
         .flatten()
         .min();
+        // An alarm already set for no later than that fires in time; the handler re-arms.
         match at {
-            Some(at) => self.state.storage().set_alarm(runtime::scheduled(at)).await,
-            None => Ok(()),
+            Some(at) if self.armed_at.get().is_none_or(|armed| at < armed) => {
+                self.armed_at.set(Some(at));
+                self.state.storage().set_alarm(runtime::scheduled(at)).await
+            }
+            _ => Ok(()),
         }
     }
 }

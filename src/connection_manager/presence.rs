@@ -29,8 +29,8 @@ const RETRY_MS: u64 = 1_000;
 pub(super) struct IndexSnapshot {
     pub connections: u32,
     pub by_type: ByType,
-    pub sessions: Vec<String>,
-    pub machines: Vec<String>,
+    pub sessions: Vec<u64>,
+    pub machines: Vec<u64>,
     pub oldest: Option<u64>,
     pub memory: u64,
 }
@@ -63,8 +63,8 @@ impl ConnectionManager {
         self.with_index(|ix| IndexSnapshot {
             connections: ix.len(),
             by_type: ix.by_type(),
-            sessions: ix.session_ids().map(str::to_owned).collect(),
-            machines: ix.machine_ids().map(str::to_owned).collect(),
+            sessions: ix.session_ids().map(crate::stats::id_hash).collect(),
+            machines: ix.machine_ids().map(crate::stats::id_hash).collect(),
             oldest: ix.oldest_connection(),
             memory: ix.memory_bytes(),
         })

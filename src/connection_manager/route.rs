@@ -360,6 +360,7 @@ fn sum(a: Delivered, b: Delivered) -> Delivered {
     Delivered {
         delivered: a.delivered + b.delivered,
         primary: a.primary + b.primary,
+        view_version: a.view_version.max(b.view_version),
     }
 }
 

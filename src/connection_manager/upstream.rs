@@ -202,9 +202,12 @@ impl ConnectionManager {
 
     /// The alarm's part: sends the hooks that are due, records how it went.
     pub(super) async fn flush_hooks(&self, cfg: &Config) {
+        // Taken now: a hook stored while this flush runs sets it again and must keep it.
+        self.hooks_at.set(None);
         let (attempts, next) =
             outbox::flush(&self.state, &self.env, &cfg.upstream, runtime::now_ms()).await;
-        self.hooks_at.set(next);
+        self.hooks_at
+            .set(outbox::earliest(self.hooks_at.get(), next));
         for a in attempts {
             self.observe_upstream(&format!("hook:{}", a.kind), a.result, Some(a.ms))
                 .await;

@@ -258,8 +258,11 @@ impl Directory {
             return Ok(());
         }
         let now = runtime::now_ms();
+        // Taken now: a hook stored while this flush runs sets it again and must keep it.
+        self.hooks_at.set(None);
         let (attempts, next) = outbox::flush(&self.state, &self.env, &cfg.upstream, now).await;
-        self.hooks_at.set(next);
+        self.hooks_at
+            .set(outbox::earliest(self.hooks_at.get(), next));
         if attempts.is_empty() {
             return Ok(());
         }

@@ -94,6 +94,7 @@ pub async fn user_tier(mut req: Request, env: &Env, cfg: &Config) -> Result<Resp
         }
     };
     identity::remember_tier(&user, &info);
+    super::fanout::forget_view(&user);
     runtime::json(
         200,
         &serde_json::json!({"user": user, "tier": info.tier, "limit": info.limit, "override": info.overridden}),

@@ -1,13 +1,26 @@
-//! HTTP broadcast and stats: ask the directory for the user's shards, then
-//! call every shard at once with a per-shard timeout. A shard that fails or
-//! times out is named in `failedShards`; the others still answer.
+//! HTTP broadcast and stats: the user's shards from the directory's view (cached per
+//! isolate for up to [`VIEW_CACHE_MS`]), then every shard at once with a per-shard timeout.
+//! A shard that fails or times out is named in `failedShards`; the others still answer.
+//!
+//! Staleness: a cached view may lack a shard that gained its first socket in the last
+//! [`VIEW_CACHE_MS`]. Every shard answers with the version of the view it holds; a newer one
+//! than the cache's (a push about the new shard reached it) refreshes the cache at once and
+//! the shards it did not list are visited in a second round, so with other shards in use a
+//! new shard is missed for at most one prompt push (tens of milliseconds, architecture.md).
+//! When no visited shard can know (every socket moved to new shards), the bound is the
+//! cache's 500 ms: a socket that opened on a brand-new shard that recently can miss a
+//! broadcast, as it would one sent a moment before it connected.
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use worker::{Context, Env, Request, Response};
 
+use std::cell::RefCell;
+use std::rc::Rc;
+
 use super::identity::{self, directory_call};
 use super::observe_later;
+use crate::auth::cache::BoundedMap;
 use shard_policies::{KnownShard, ShardPolicy};
 
 use crate::config::Config;
@@ -91,17 +104,29 @@ async fn deliver_to_user(
     delivery: &protocol::Delivery,
 ) -> Result<BroadcastResult, ApiError> {
     let started = runtime::now_ms();
-    let view = directory_view(env, user).await?;
-    let shards = broadcast_targets(cfg, &view, &delivery.filter);
-    let (answers, failed, _) =
-        fan_out::<_, Delivered>(env, &shards, "/deliver", delivery, cfg).await;
+    let round = fresh_fan_out::<_, Delivered>(
+        env,
+        cfg,
+        user,
+        |v| broadcast_targets(cfg, v, &delivery.filter),
+        "/deliver",
+        delivery,
+    )
+    .await?;
     let took = runtime::now_ms().saturating_sub(started) as f64;
-    observe_latencies(env, ctx, user, &view, Series::BroadcastDelivery, vec![took]);
+    observe_latencies(
+        env,
+        ctx,
+        user,
+        &round.view,
+        Series::BroadcastDelivery,
+        vec![took],
+    );
     Ok(BroadcastResult {
         success: true,
-        delivered: answers.iter().map(|d| d.delivered).sum(),
-        shards: shards.len() as u64,
-        failed_shards: failed,
+        delivered: round.answers.iter().map(|d| d.delivered).sum(),
+        shards: round.shards as u64,
+        failed_shards: round.failed,
     })
 }
 
@@ -124,11 +149,17 @@ pub async fn stats(
     cfg: &Config,
 ) -> Result<Response, ApiError> {
     let user = identity::http_user(req, env, cfg).await?;
-    let view = directory_view(env, &user).await?;
-    let shards = targets(cfg, &view);
-    let (answers, failed, took) =
-        fan_out::<_, ShardStats>(env, &shards, "/stats", &serde_json::json!({}), cfg).await;
-    observe_latencies(env, ctx, &user, &view, Series::DoResponse, took);
+    let round = fresh_fan_out::<_, ShardStats>(
+        env,
+        cfg,
+        &user,
+        |v| targets(cfg, v),
+        "/stats",
+        &serde_json::json!({}),
+    )
+    .await?;
+    observe_latencies(env, ctx, &user, &round.view, Series::DoResponse, round.took);
+    let view = &round.view;
     let ctx = UserContext {
         tier: view.tier.tier.clone(),
         limit: view.tier.limit,
@@ -136,7 +167,7 @@ pub async fn stats(
         rejected_tier_limit: view.rejected_tier_limit,
         rejected_unavailable: view.rejected_unavailable,
     };
-    ok_json(&stats::aggregate(ctx, &answers, failed))
+    ok_json(&stats::aggregate(ctx, &round.answers, round.failed))
 }
 
 /// The shards a fan-out must reach, as the policy decides from the directory's
@@ -212,10 +243,116 @@ fn ok_json<T: Serialize>(v: &T) -> Result<Response, ApiError> {
     runtime::json(200, v).map_err(|e| ApiError::new(500, "internal", e.to_string()))
 }
 
-async fn directory_view(env: &Env, user: &str) -> Result<DirectoryView, ApiError> {
+/// How long a gateway isolate uses a user's directory view for broadcasts and stats: a
+/// stats poller or a broadcast storm then costs the directory a few calls a second, not one
+/// per request.
+pub const VIEW_CACHE_MS: u64 = 500;
+
+thread_local! {
+    static VIEWS: RefCell<BoundedMap<(Rc<DirectoryView>, u64)>> =
+        RefCell::new(BoundedMap::new(crate::auth::cache::CAPACITY));
+}
+
+/// The user's view: cached when young enough (and `fresh` is not asked), else the
+/// directory's. Answers whether it came from the cache.
+async fn directory_view(
+    env: &Env,
+    user: &str,
+    fresh: bool,
+) -> Result<(Rc<DirectoryView>, bool), ApiError> {
+    let now = runtime::now_ms();
+    if !fresh {
+        let cached = VIEWS.with(|c| {
+            c.borrow()
+                .get(user)
+                .filter(|(_, at)| now.saturating_sub(*at) < VIEW_CACHE_MS)
+                .map(|(v, _)| v.clone())
+        });
+        if let Some(v) = cached {
+            return Ok((v, true));
+        }
+    }
     let view: DirectoryView = directory_call(env, user, "/view", &serde_json::json!({})).await?;
     identity::remember_tier(user, &view.tier);
-    Ok(view)
+    let view = Rc::new(view);
+    VIEWS.with(|c| c.borrow_mut().insert(user, (view.clone(), now)));
+    Ok((view, false))
+}
+
+/// Drops a user's cached view (its tier changed through this isolate).
+pub fn forget_view(user: &str) {
+    VIEWS.with(|c| c.borrow_mut().remove(user));
+}
+
+/// An answer that says which routing view version its shard holds.
+trait Versioned {
+    fn view_version(&self) -> u64;
+}
+
+impl Versioned for Delivered {
+    fn view_version(&self) -> u64 {
+        self.view_version
+    }
+}
+
+impl Versioned for ShardStats {
+    fn view_version(&self) -> u64 {
+        self.view_version
+    }
+}
+
+/// A fan-out's result.
+struct Round<T> {
+    view: Rc<DirectoryView>,
+    shards: usize,
+    answers: Vec<T>,
+    failed: Vec<String>,
+    took: Vec<f64>,
+}
+
+/// Fans out to the shards `pick` chooses from the (possibly cached) view; when an answer
+/// shows that view was stale, refreshes it and visits the shards it did not list.
+async fn fresh_fan_out<B: Serialize, T: DeserializeOwned + Versioned>(
+    env: &Env,
+    cfg: &Config,
+    user: &str,
+    pick: impl Fn(&DirectoryView) -> Vec<String>,
+    path: &str,
+    body: &B,
+) -> Result<Round<T>, ApiError> {
+    let (view, cached) = directory_view(env, user, false).await?;
+    let shards = pick(&view);
+    let (mut answers, mut failed, mut took) = fan_out::<_, T>(env, &shards, path, body, cfg).await;
+    let newest = answers
+        .iter()
+        .map(Versioned::view_version)
+        .max()
+        .unwrap_or(0);
+    if !cached || newest <= view.routing.version {
+        return Ok(Round {
+            shards: shards.len(),
+            view,
+            answers,
+            failed,
+            took,
+        });
+    }
+    let (fresh, _) = directory_view(env, user, true).await?;
+    let missed: Vec<String> = pick(&fresh)
+        .into_iter()
+        .filter(|s| !shards.contains(s))
+        .collect();
+    let (more, more_failed, more_took) = fan_out::<_, T>(env, &missed, path, body, cfg).await;
+    answers.extend(more);
+    failed.extend(more_failed);
+    took.extend(more_took);
+    Ok(Round {
+        shards: shards.len() + missed.len(),
+        view: fresh,
+        answers,
+        failed,
+        took,
+    })
 }
 
 /// Calls `path` on every shard concurrently; returns the answers, the names
