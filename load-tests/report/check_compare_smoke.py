@@ -4,9 +4,11 @@
 
     check_compare_smoke.py RESULTS_DIR
 
-The run is `smoke` (10 VUs) with a per-object cap of 5 and a tier limit of 20, for the policies
-`single` and `hash:shards=auto` (4 shards). So `single` must show the guide's failure at the cap
-(5 sockets, the rest refused 503 shard_full) and `hash` must hold all 10 with no rejection.
+The run is `smoke` (10 VUs, the steady shape) with a per-object cap of 5 and a tier limit of 20,
+for the policies `single` and `hash:shards=auto` (4 shards). So `single` must show the guide's
+failure at the cap (5 sockets, the rest refused 503 shard_full) and `hash` must hold all 10 with
+no rejection. The five charts must be matplotlib's SVG with something drawn, and the runtime's
+CPU and end-of-load RSS must have been read.
 """
 
 from __future__ import annotations
@@ -15,6 +17,22 @@ import json
 import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
+
+
+def chart_problems(path: Path) -> list[str]:
+    """What is wrong with one chart: not an SVG, not drawn by matplotlib, or empty."""
+    try:
+        root = ET.parse(path).getroot()
+    except (OSError, ET.ParseError) as e:
+        return [f"{path.name}: {e}"]
+    out = []
+    if not root.tag.endswith("svg"):
+        out.append(f"{path.name} is not an SVG document")
+    if "matplotlib" not in path.read_text().lower():
+        out.append(f"{path.name} was not drawn by matplotlib")
+    if not any(el.tag.endswith("path") for el in root.iter()):
+        out.append(f"{path.name} has nothing drawn")
+    return out
 
 
 def main() -> int:
@@ -38,13 +56,10 @@ def main() -> int:
     text = report.read_text() if report.exists() else ""
     for section in ("### Environment", "### Results", "### Degradation Points", "### Recommendations"):
         want(section in text, f"report has no '{section}'")
+    want("shape `steady`" in text and summary.get("shape") == "steady", "report or JSON does not say the shape steady")
     want(len(summary["charts"]) == 5, f"expected 5 charts, got {summary['charts']}")
     for name in summary["charts"]:
-        try:
-            root = ET.parse(out / name).getroot()
-            want(root.tag.endswith("svg"), f"{name} is not an SVG document")
-        except (OSError, ET.ParseError) as e:
-            problems.append(f"{name}: {e}")
+        problems.extend(chart_problems(out / name))
 
     by = {p["policy"]: p for p in summary["policies"]}
     want(set(by) == {"single", "hash:shards=auto"}, f"unexpected policies {sorted(by)}")
@@ -64,12 +79,16 @@ def main() -> int:
              f"hash: {hashed['shards_at_peak']} shards, {hashed['max_on_one_shard']} on one, want >= 2 and <= 5")
         want(not hashed["thresholds_failed"], f"hash: thresholds failed {hashed['thresholds_failed']}")
         want(all(v is not None for v in hashed["p95_ms"].values()), f"hash: a p95 is missing {hashed['p95_ms']}")
+    for p in summary["policies"]:
+        want((p.get("cpu_runtime_s") or 0) > 0 and (p.get("cpu_ms_per_connect") or 0) > 0,
+             f"{p['policy']}: no runtime CPU measured ({p.get('cpu_runtime_s')} s)")
+        want((p.get("rss_end_runtime_kb") or 0) > 0, f"{p['policy']}: no runtime RSS at the end")
     if problems:
         print("check_compare_smoke: " + "; ".join(problems), file=sys.stderr)
         return 1
-    print(f"check_compare_smoke: report, JSON and {len(summary['charts'])} charts as expected "
+    print(f"check_compare_smoke: report, JSON and {len(summary['charts'])} matplotlib charts as expected "
           f"(single refused past 5: {single['rejected']} of {single['attempts']}; hash held 10 on "
-          f"{hashed['shards_at_peak']} shards)")
+          f"{hashed['shards_at_peak']} shards; runtime CPU {hashed['cpu_ms_per_connect']:.1f} ms per connect)")
     return 0
 
 

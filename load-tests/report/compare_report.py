@@ -3,14 +3,17 @@
 
     compare_report.py RUN_DIR OUT_DIR
 
-RUN_DIR (load-tests/out/compare-MODE-STAMP/) holds run.json and, per policy NN-slug:
-  .meta.json       policy, k6 exit code, times, idle workerd RSS
+RUN_DIR (load-tests/out/compare-MODE[-SHAPE]-STAMP/) holds run.json and, per policy NN-slug:
+  .meta.json       policy, k6 exit code, times, workerd RSS idle and at the end, the runtime's
+                   CPU seconds during the load, the users' final stats
   .summary.json    k6 --summary-export (end-of-test aggregates, threshold results)
-  .k6.csv.gz       k6 --out csv (every sample, for time windows)
-  .samples.jsonl   the runner's samples every few seconds: workerd RSS, k6 VUs, the user's stats
-OUT_DIR gets MODE-DATE.md in the capacity guide's "Test Results Template" form, its SVG
-charts (MODE-DATE-*.svg) and MODE-DATE.json (the headline figures per policy, for scripts). Every figure comes from those files; nothing is typed in.
-Standard library only.
+  .k6.csv.gz       k6 --out csv (every sample, for time windows and per-tag percentiles)
+  .samples.jsonl   the runner's samples every few seconds: workerd RSS, k6 VUs, the users' stats
+OUT_DIR gets BASE.md in the capacity guide's "Test Results Template" form, its charts
+(BASE-*.svg, matplotlib) and BASE.json (the headline figures per policy, for scripts), where
+BASE is MODE-DATE, or MODE-SHAPE-DATE for the churn and http shapes. The policy `baseline`
+(the single-object baseline) gets a table of edge/baseline ratios and a chart of its own.
+Every figure comes from those files; nothing is typed in.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import svg  # noqa: E402
+import charts  # noqa: E402
 
 WINDOW_S = 10  # time-window width for degradation points
 MIB = 1024 * 1024
@@ -35,7 +38,11 @@ TARGETS = {
     "standard": {"connect": 2000, "ping": 100, "broadcast": 500},
     "extreme": {"connect": 5000, "ping": 500, "broadcast": 2000},
 }
-EXTREME_MODES = {"extreme", "spikeExtreme", "quick"}
+EXTREME_MODES = {"extreme", "spikeExtreme", "quick", "platform"}
+BASELINE = "baseline"
+HTTP_P95_MS = 300  # the platform's HTTP-only threshold
+HTTP_OPS = ["stats", "broadcast_all", "broadcast_user_scoped", "broadcast_session", "broadcast_machine",
+            "upgrade_no_token", "upgrade_plain"]
 MODE_SHAPES = {
     "smoke": "10 VUs for 30 s",
     "scale": "ramp to 120 VUs in three 30 s steps, 90 s at 120 (3 min)",
@@ -44,6 +51,31 @@ MODE_SHAPES = {
     "extreme": "gradual ramp to 750 VUs (+100 per minute, last step +150), 3 min at 750 (10 min)",
     "spikeExtreme": "50 VUs, a 10 s burst to 600, 170 s at 600, drop to 50 (5 min)",
     "quick": "compressed extreme: +150 VUs every 20 s to 750, 40 s at 750 (2 min 20 s)",
+    "platform": "every user's machine, sessions and apps: a ramp to the peak, then a hold",
+}
+SHAPE_TEXT = {
+    "steady": "one socket per VU held for the whole run. Client mix 60% session-scoped (VUs in blocks of 5 share a "
+              "session id), 25% user-scoped, 15% machine-scoped; ping every 5 s (exact `{\"event\":\"ping\"}`, "
+              "answered by auto-response); an HTTP broadcast to all of the user's sockets every 2 s; client "
+              "`broadcast` frames from every 150th VU every 15 s; stats polled every 5 s. Rejected connects are "
+              "retried honouring `Retry-After` with capped (10 s) exponential backoff and full jitter, so rejection "
+              "rates count retries too. `reconnect` frames are followed (reconnection time = hint to new "
+              "`connected` frame)",
+    "churn": "the platform's own k6 loop (`SHAPE=churn`): every iteration opens a socket (70% user-scoped, 15% "
+             "session-scoped, 15% machine-scoped, ids new per iteration), pings at open, three more pings 2 s later, "
+             "closes at 5 s; then every 10th VU posts an unfiltered HTTP broadcast, every 20th three filtered ones "
+             "(`user-scoped-only`, `session`, `machine`), every 2nd (extreme modes; else every 5th) calls stats; "
+             "0.5 s pause. No retries: a refused connect is counted and the loop goes on. Broadcast delivery is "
+             "timed at the receiving sockets from the send time in the payload",
+    "http": "the platform's HTTP-only loop (`SHAPE=http`): 100 VUs each calling stats, four broadcasts "
+            "(unfiltered, `user-scoped-only`, `session`, `machine`) and two refused upgrades (no credential: 401; "
+            "no `Upgrade`: 426), then 0.3 s pause; no socket is opened",
+    "platform": "`MODE=platform`: per user one machine (machine-scoped, `m-<user>`), sessions (session-scoped, "
+                "`s-<user>-<k>`) and apps (user-scoped), one VU each holding its socket. Sessions send `session-alive` "
+                "every 2-2.5 s, machines `machine-alive` every 20-25 s; both answer every `rpc-request` at once with "
+                "their shard and an echo of the params. Apps call `<machineId>:bash` and `<sessionId>:permission` in "
+                "turn (default every 2 s each); an ack not back within 10 s is dropped, an ack or forwarded frame "
+                "that is not the app's own is misdelivered. Stats polled every 5 s, one user per poll",
 }
 
 
@@ -57,14 +89,18 @@ def _slope(pts: list[tuple[float, float]]) -> float | None:
     return sum((x - mx) * (y - my) for x, y in pts) / sxx if sxx > 0 else None
 
 
-def p95(values: list[float]) -> float | None:
+def percentile(values: list[float], q: float) -> float | None:
     if not values:
         return None
     s = sorted(values)
     # k6's percentile: linear interpolation between closest ranks.
-    k = (len(s) - 1) * 0.95
+    k = (len(s) - 1) * q
     lo, hi = math.floor(k), math.ceil(k)
     return s[lo] + (s[hi] - s[lo]) * (k - lo)
+
+
+def p95(values: list[float]) -> float | None:
+    return percentile(values, 0.95)
 
 
 def ms(v: float | None) -> str:
@@ -114,7 +150,8 @@ class Policy:
     WANTED = {"ws_connection_success", "do_connection_rejection_rate", "ws_connection_errors",
               "ws_message_latency", "ws_connection_time", "ws_broadcast_delivery_time", "do_response_time",
               "ws_broadcasts_received", "ws_reconnection_time", "ws_reconnects", "vus", "do_connections_rejected",
-              "ws_sockets_opened", "ws_sockets_closed"}
+              "ws_sockets_opened", "ws_sockets_closed", "http_req_duration", "http_op_duration",
+              "rpc_round_trip", "forward_delivery_time", "frames_misdelivered", "frames_dropped"}
 
     def _read_csv(self, path: Path) -> None:
         with gzip.open(path, "rt", newline="") as f:
@@ -143,6 +180,77 @@ class Policy:
 
     def tagged(self, metric: str, **want: str) -> list[float]:
         return [v for _, v, tags in self.series.get(metric, []) if all(tags.get(k) == x for k, x in want.items())]
+
+    def pctl(self, metric: str, q: float, **want: str) -> float | None:
+        """A percentile of a Trend over the samples with the given tags (from the time series)."""
+        return percentile(self.tagged(metric, **want), q)
+
+    def by_tag(self, metric: str, tag: str) -> dict[str, int]:
+        """A Counter's total per value of one tag."""
+        out: dict[str, int] = {}
+        for _, v, tags in self.series.get(metric, []):
+            out[tags.get(tag, "?")] = out.get(tags.get(tag, "?"), 0) + int(v)
+        return out
+
+    def rate(self, metric: str) -> float | None:
+        """A Counter's per-second rate over the whole test (k6's own figure)."""
+        return self.stat(metric, "rate")
+
+    # -- cost: the runtime's CPU and memory ------------------------------------------------
+
+    @property
+    def is_baseline(self) -> bool:
+        return self.name == BASELINE
+
+    @property
+    def completed_connects(self) -> int:
+        """Connects that got their `connected` frame."""
+        return int(self.m.get("ws_connection_success", {}).get("passes", 0))
+
+    @property
+    def cpu_s(self) -> float | None:
+        """The runtime workerd's CPU seconds (user + system) from the start to the end of the load."""
+        v = self.meta.get("cpu_runtime_s")
+        return None if v is None else float(v)
+
+    def cpu_ms_per(self, n: int | None) -> float | None:
+        return self.cpu_s * 1000 / n if self.cpu_s is not None and n else None
+
+    def frames_sample(self) -> dict | None:
+        """The sample with the most routed frames (stats `frames` counts per live shard, so it
+        is read while the load runs, not after it), if it has the runtime's CPU reading."""
+        start = self.meta.get("cpu_start") or {}
+        best = None
+        for s in self.samples:
+            st = s.get("stats")
+            frames = st.get("frames") if isinstance(st, dict) else None
+            if isinstance(frames, (int, float)) and frames > 0 and (best is None or frames > best["stats"]["frames"]):
+                best = s
+        if best is None or not start.get("pid") or best.get("cpu_pid") != start.get("pid"):
+            return None
+        return best
+
+    @property
+    def frames_routed(self) -> int | None:
+        """Client frames the users' shards routed, up to the sample with the most of them."""
+        s = self.frames_sample()
+        return int(s["stats"]["frames"]) if s else None
+
+    def cpu_ms_per_frame(self) -> float | None:
+        """The runtime's CPU from the start of the load to that sample, per routed frame."""
+        s = self.frames_sample()
+        if not s:
+            return None
+        cpu_s = (s["cpu_ticks"] - self.meta["cpu_start"]["ticks"]) / float(self.meta.get("clk_tck") or 100)
+        return cpu_s * 1000 / s["stats"]["frames"]
+
+    def subrequests_per_frame(self) -> float | None:
+        s = self.frames_sample()
+        return s["stats"].get("subrequestsPerFrame") if s else None
+
+    @property
+    def rss_end_kb(self) -> float | None:
+        return self.meta.get("end_rss_runtime_kb") or None
 
     def thresholds(self) -> list[tuple[str, str, bool]]:
         out = []
@@ -393,38 +501,54 @@ def healthy_up_to(p: Policy, targets: dict) -> int | None:
     return p.connections_at(min(bad_times))
 
 
-def main() -> int:
-    if len(sys.argv) != 3:
-        print(__doc__, file=sys.stderr)
-        return 2
-    run_dir, out_dir = Path(sys.argv[1]), Path(sys.argv[2])
-    run = json.loads((run_dir / "run.json").read_text())
-    mode = run["mode"]
-    tset = "extreme" if mode in EXTREME_MODES else "standard"
-    targets = TARGETS[tset]
-    cap = int(run["shard_max_connections"])
-    slugs = sorted(p.name[: -len(".meta.json")] for p in run_dir.glob("*.meta.json"))
-    if not slugs:
-        print(f"compare_report: no *.meta.json in {run_dir}", file=sys.stderr)
-        return 1
-    policies = [Policy(run_dir, s) for s in slugs]
-    date = dt.datetime.fromtimestamp(policies[0].meta["start"]).strftime("%Y-%m-%d")
-    base = f"{mode}-{date}"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    names = [p.name for p in policies]
+class Run:
+    """One comparison: its settings and every policy's measurements."""
 
-    # ---- figures per policy
-    rows: list[tuple[str, list[str]]] = []
+    def __init__(self, run_dir: Path, out_dir: Path):
+        self.run_dir, self.out_dir = run_dir, out_dir
+        self.info = json.loads((run_dir / "run.json").read_text())
+        self.mode = self.info["mode"]
+        self.shape = self.info.get("shape", "steady")
+        self.tset = "extreme" if self.mode in EXTREME_MODES else "standard"
+        self.targets = TARGETS[self.tset]
+        self.cap = int(self.info["shard_max_connections"])
+        slugs = sorted(p.name[: -len(".meta.json")] for p in run_dir.glob("*.meta.json"))
+        self.policies = [Policy(run_dir, s) for s in slugs]
+        self.edge = [p for p in self.policies if not p.is_baseline]
+        self.baseline = next((p for p in self.policies if p.is_baseline), None)
+        start = self.policies[0].meta["start"] if self.policies else 0
+        self.date = dt.datetime.fromtimestamp(start).strftime("%Y-%m-%d")
+        self.base = f"{self.mode}-{self.date}" if self.shape == "steady" else f"{self.mode}-{self.shape}-{self.date}"
 
-    def row(label: str, f) -> None:
-        rows.append((label, [f(p) for p in policies]))
+    @property
+    def label(self) -> str:
+        """The mode, and the shape when it is not the default, for chart titles."""
+        return self.mode if self.shape == "steady" else f"{self.mode}, {self.shape}"
 
-    def peak_conns(p: Policy) -> int | None:
-        s = p.peak_sample()
-        return s["stats"]["totalConnections"] if s else None
+    @property
+    def traffic(self) -> str:
+        """What the VUs did: the platform mode, else the shape."""
+        return "platform" if self.mode == "platform" else self.shape
 
+    def http_ops(self) -> list[str]:
+        """The HTTP operations any policy timed, in the scenario's order."""
+        return [op for op in HTTP_OPS if any(p.tagged("http_op_duration", op=op) for p in self.policies)]
+
+
+def peak_conns(p: Policy) -> int | None:
+    s = p.peak_sample()
+    return s["stats"]["totalConnections"] if s else None
+
+
+def _cpu(p: Policy, per: int | None) -> str:
+    v = p.cpu_ms_per(per)
+    return "n/a" if v is None else f"{v:.2f} ms"
+
+
+def socket_rows(run: Run, row) -> None:
+    """Connections, rejections and the socket-side latencies."""
     row("Peak Connections (server count)", lambda p: str(peak_conns(p) if peak_conns(p) is not None else "n/a"))
-    row("Peak VUs (one socket each, plus the broadcaster and stats VUs)", lambda p: str(int(p.stat("vus", "max") or 0)))
+    row("Peak VUs (k6)", lambda p: str(int(p.stat("vus", "max") or 0)))
     row("**Rejection Rate** (429/503 per connect attempt)", lambda p: pct(p.stat("do_connection_rejection_rate", "value")))
     row("Rejected connects / attempts", lambda p: f"{p.count('do_connections_rejected')} / {p.attempts}")
     row("Rejections counted by the gateway (stats `rejected`, last poll)", lambda p: str(int(p.stat("do_stats_rejected", "max") or 0)))
@@ -434,113 +558,291 @@ def main() -> int:
     row("Sockets dropped by the server", lambda p: str(p.dropped()))
     row("Connection success rate", lambda p: pct(p.stat("ws_connection_success", "value")))
     row("**p95 Latency**: connect (ws_connection_time)", lambda p: ms(p.stat("ws_connection_time", "p(95)")))
-    row("**p95 Latency**: ping round trip (ws_message_latency)", lambda p: ms(p.stat("ws_message_latency", "p(95)")))
-    row("**p95 Latency**: broadcast delivery (ws_broadcast_delivery_time)",
-        lambda p: ms(p.stat("ws_broadcast_delivery_time", "p(95)")))
-    row("p95 broadcast delivery: HTTP / client frame", lambda p: f"{ms(p95(p.tagged('ws_broadcast_delivery_time', via='http')))}"
-        f" / {ms(p95(p.tagged('ws_broadcast_delivery_time', via='client')))}")
-    row("HTTP broadcasts received / delivered (server count)", lambda p: _ratio(
-        len(p.tagged("ws_broadcasts_received", via="http")), p.count("ws_broadcast_delivered")))
+    if run.traffic != "platform":  # no pings or broadcasts there
+        row("**p95 Latency**: ping round trip (ws_message_latency)", lambda p: ms(p.stat("ws_message_latency", "p(95)")))
+        row("**p95 Latency**: broadcast delivery (ws_broadcast_delivery_time)",
+            lambda p: ms(p.stat("ws_broadcast_delivery_time", "p(95)")))
+        row("p95 broadcast delivery: HTTP / client frame", lambda p: f"{ms(p95(p.tagged('ws_broadcast_delivery_time', via='http')))}"
+            f" / {ms(p95(p.tagged('ws_broadcast_delivery_time', via='client')))}")
+        row("HTTP broadcasts received / delivered (server count)", lambda p: _ratio(
+            len(p.tagged("ws_broadcasts_received", via="http")), p.count("ws_broadcast_delivered")))
     row("**DO Response Time (p95)** (stats fan-out)", lambda p: ms(p.stat("do_response_time", "p(95)")))
     row("Reconnects (rotation, drop); p95 reconnection time", lambda p: (
         f"{len(p.tagged('ws_reconnects', reason='rotation'))}, {len(p.tagged('ws_reconnects', reason='drop'))}; "
         f"{ms(p.stat('ws_reconnection_time', 'p(95)'))}"))
     row("Shards at peak; most sockets on one shard; imbalance (max/mean)", lambda p: _shards(p))
+
+
+def http_rows(run: Run, row) -> None:
+    """Every HTTP request, each operation, and the iterations of the platform's loops."""
+    row(f"**p95 all HTTP requests** (http_req_duration; platform target < {HTTP_P95_MS} ms)",
+        lambda p: ms(p.stat("http_req_duration", "p(95)")))
+    for op in run.http_ops():
+        row(f"p95 HTTP `{op}` (http_op_duration)", lambda p, op=op: ms(p95(p.tagged("http_op_duration", op=op))))
+    if run.shape != "steady":
+        row("Iterations done (k6; per second)", lambda p: f"{p.count('iterations')} ({p.rate('iterations') or 0:.1f}/s)")
+
+
+def platform_rows(row) -> None:
+    """RPC, forwarding and correctness (MODE=platform)."""
+    def q3(p: Policy) -> str:
+        return " / ".join(ms(p.stat("rpc_round_trip", k)) for k in ("med", "p(95)", "p(99)"))
+
+    def kinds(p: Policy, metric: str, tag: str, a: str, b: str) -> str:
+        return " / ".join(f"{ms(p.pctl(metric, 0.95, **{tag: v}))} ({len(p.tagged(metric, **{tag: v}))})" for v in (a, b))
+
+    def cross_ratio(p: Policy) -> str:
+        same, cross = p.pctl("rpc_round_trip", 0.95, placement="same"), p.pctl("rpc_round_trip", 0.95, placement="cross")
+        return f"{cross / same:.2f}x" if same and cross else "n/a"
+
+    def reasons(p: Policy) -> str:
+        by = p.by_tag("frames_misdelivered", "reason")
+        return str(p.count("frames_misdelivered")) + (f" ({', '.join(f'{k} x{n}' for k, n in sorted(by.items()))})" if by else "")
+
+    row("**RPC round trip** p50 / p95 / p99 (app -> machine or session -> app)", q3)
+    row("RPC p95 (count): machine / session", lambda p: kinds(p, "rpc_round_trip", "kind", "machine", "session"))
+    row("RPC p95 (count): same shard / cross shard", lambda p: kinds(p, "rpc_round_trip", "placement", "same", "cross"))
+    row("RPC p95 cross-shard / same-shard", cross_ratio)
+    row("**Forwarding delivery** p95 (count): session-alive / machine-alive to the apps",
+        lambda p: kinds(p, "forward_delivery_time", "kind", "session", "machine"))
+    row("Client frames per second: sent / received", lambda p: f"{p.rate('frames_sent') or 0:.1f} / {p.rate('frames_received') or 0:.1f}")
+    row("**Dropped frames** (no ack within 10 s)", lambda p: str(p.count("frames_dropped")))
+    row("**Misdelivered frames**", reasons)
+    row("RPC calls; acks; `RPC method not available`; other errors; in flight at a close; late acks", lambda p: "; ".join(
+        str(p.count(m)) for m in ("rpc_calls", "rpc_acks", "rpc_unavailable", "rpc_errors", "rpc_interrupted", "rpc_late_acks")))
+    row("Subrequests per routed frame (stats `subrequestsPerFrame`, last sample)",
+        lambda p: "n/a" if p.subrequests_per_frame() is None else f"{p.subrequests_per_frame():.2f}")
+
+
+def cost_rows(run: Run, row) -> None:
+    """What the load cost the runtime: CPU and memory (per socket only where sockets were held)."""
+    sockets = run.shape != "http"
+    row("Runtime workerd CPU during the load (user + system)", lambda p: "n/a" if p.cpu_s is None else f"{p.cpu_s:.2f} s")
+    if sockets:
+        row("Completed connects (`connected` frame received)", lambda p: f"{p.completed_connects:,}")
+        row("**CPU per completed connect** (runtime CPU / completed connects)", lambda p: _cpu(p, p.completed_connects))
+    if run.shape != "steady":
+        row("CPU per iteration (runtime CPU / k6 iterations)", lambda p: _cpu(p, p.count("iterations")))
+    if run.mode == "platform":
+        row("Routed client frames (stats `frames`, last sample); **CPU per routed frame** (runtime CPU to then)",
+            lambda p: f"{p.frames_routed if p.frames_routed is not None else 'n/a'}; "
+                      + ("n/a" if p.cpu_ms_per_frame() is None else f"{p.cpu_ms_per_frame():.2f} ms"))
+    row("**Runtime RSS at the end** of the load", lambda p: mib(p.rss_end_kb))
     row("workerd RSS idle -> peak (runtime + dev proxy)", lambda p: _rss(p))
-    row("**Bytes per open connection** (slope of runtime RSS over connections during the ramp)",
-        lambda p: _bytes(p.bytes_per_connection()[2]))
-    row("(RSS at peak - idle) / peak connections: runtime; incl. dev proxy", lambda p: (
-        f"{_bytes(p.bytes_per_connection()[0])}; {_bytes(p.bytes_per_connection()[1])}"))
-    row("Runtime RSS while holding the peak: first -> last; trend (whole hold, second half)", lambda p: _hold(p))
-    row("DO memory estimate per connection (stats memoryUsage)", lambda p: _estimate(p))
+    if sockets:
+        row("**Bytes per open connection** (slope of runtime RSS over connections during the ramp)",
+            lambda p: _bytes(p.bytes_per_connection()[2]))
+        row("(RSS at peak - idle) / peak connections: runtime; incl. dev proxy", lambda p: (
+            f"{_bytes(p.bytes_per_connection()[0])}; {_bytes(p.bytes_per_connection()[1])}"))
+        row("Runtime RSS while holding the peak: first -> last; trend (whole hold, second half)", lambda p: _hold(p))
+        row("DO memory estimate per connection (stats memoryUsage)", lambda p: _estimate(p))
     row("Mean 1-min load average during the run (2 CPUs)", lambda p: _load(p))
-    row(f"Thresholds ({tset} set)", lambda p: _thresholds(p))
-    if tset == "extreme":
+
+
+def result_rows(run: Run) -> list[tuple[str, list[str]]]:
+    rows: list[tuple[str, list[str]]] = []
+
+    def row(label: str, f) -> None:
+        rows.append((label, [f(p) for p in run.policies]))
+    if run.shape != "http":
+        socket_rows(run, row)
+    else:
+        row("**DO Response Time (p95)** (stats fan-out)", lambda p: ms(p.stat("do_response_time", "p(95)")))
+    http_rows(run, row)
+    if run.mode == "platform":
+        platform_rows(row)
+    cost_rows(run, row)
+    row(f"Thresholds ({run.tset} set)", lambda p: _thresholds(p))
+    if run.tset == "extreme" and run.traffic in ("steady", "churn"):
         # The guide's standard targets too, evaluated on the same run: where a policy
         # would also meet the stricter set.
         row("Standard set on the same run (connect p95 < 2 s, ping p95 < 100 ms, "
             "broadcast p95 < 500 ms, connection errors < 10)", lambda p: _standard(p))
+    return rows
 
-    # ---- charts
-    charts = []
 
-    def save(kind: str, title: str, doc: str) -> None:
-        name = f"{base}-{kind}.svg"
-        (out_dir / name).write_text(doc)
-        charts.append((title, name))
+# ---- the edge against the single-object baseline
 
-    save("rejection-rate", "Rejection rate per policy", svg.bar_chart(
-        f"Rejection rate per policy ({mode})", names,
-        [("rejection rate", [(p.stat("do_connection_rejection_rate", "value") or 0) * 100 for p in policies])],
-        "% of connect attempts rejected (429/503)",
-        refs=[(5, "5% warning", "#e69f00"), (20, "20% critical", "#d62728")], y_max=100))
-    save("latency-p95", "Connect, ping and broadcast p95 per policy", svg.bar_chart(
-        f"p95 latency per policy ({mode}; log scale)", names,
-        [("connect (ws_connection_time)", [p.stat("ws_connection_time", "p(95)") for p in policies]),
-         ("ping round trip (ws_message_latency)", [p.stat("ws_message_latency", "p(95)") for p in policies]),
-         ("broadcast delivery (ws_broadcast_delivery_time)", [p.stat("ws_broadcast_delivery_time", "p(95)") for p in policies])],
-        "p95 (log scale)", log=True,
-        refs=[(targets["connect"], f"connect target {ms(targets['connect'])}", svg.PALETTE[0]),
-              (targets["ping"], f"ping target {ms(targets['ping'])}", svg.PALETTE[1]),
-              (targets["broadcast"], f"broadcast target {ms(targets['broadcast'])}", svg.PALETTE[2])],
-        value_fmt=ms))
+RATIO_FIGURES = [  # (key in the JSON, label, figure, format)
+    ("connect_p95_ms", "connect p95", lambda p: p.stat("ws_connection_time", "p(95)"), ms),
+    ("http_p95_ms", "all-HTTP p95", lambda p: p.stat("http_req_duration", "p(95)"), ms),
+    ("stats_p95_ms", "stats p95", lambda p: p.stat("do_response_time", "p(95)"), ms),
+    ("broadcast_delivery_p95_ms", "broadcast delivery p95", lambda p: p.stat("ws_broadcast_delivery_time", "p(95)"), ms),
+    ("cpu_ms_per_connect", "CPU per completed connect", lambda p: p.cpu_ms_per(p.completed_connects),
+     lambda v: "n/a" if v is None else f"{v:.2f} ms"),
+    ("cpu_ms_per_iteration", "CPU per k6 iteration (churn, http)", lambda p: p.cpu_ms_per(p.count("iterations")),
+     lambda v: "n/a" if v is None else f"{v:.2f} ms"),
+    ("rss_end_runtime_kb", "runtime RSS at the end", lambda p: p.rss_end_kb, mib),
+    ("connection_errors", "connection errors", lambda p: p.count("ws_connection_errors"), str),
+    ("rejections", "rejections", lambda p: p.count("do_connections_rejected"), str),
+]
+
+
+def edge_ratio(edge: float | None, base: float | None) -> float | None:
+    """edge / base; None when either is missing or the base is 0."""
+    return None if edge is None or not base else edge / base
+
+
+def _ratio_cell(e: float | None, b: float | None, fmt) -> str:
+    r = edge_ratio(e, b)
+    if r is not None:
+        return f"{fmt(e)} / {fmt(b)} = **{r:.2f}x**"
+    return f"{fmt(e)} / {fmt(b)}" + (" (both 0)" if e == 0 and b == 0 else "")
+
+
+def ratio_rows(run: Run) -> list[tuple[str, list[str]]]:
+    """edge / baseline per figure and edge policy: 'edge / baseline = ratio'; figures this
+    shape does not measure are left out."""
+    return [(label, [_ratio_cell(f(p), f(run.baseline), fmt) for p in run.edge]) for _, label, f, fmt in RATIO_FIGURES
+            if f(run.baseline) is not None or any(f(p) is not None for p in run.edge)]
+
+
+def ratios_json(run: Run) -> dict:
+    return {p.name: {key: {"edge": f(p), "baseline": f(run.baseline), "ratio": edge_ratio(f(p), f(run.baseline))}
+                     for key, _, f, _ in RATIO_FIGURES} for p in run.edge}
+
+
+# ---- charts
+
+def write_charts(run: Run) -> list[tuple[str, str]]:
+    """Writes the charts beside the report; returns (title, file name) for each."""
+    written: list[tuple[str, str]] = []
+    names = [p.name for p in run.policies]
+    targets, mode = run.targets, run.label
+
+    def save(kind: str, title: str, draw, *args, **kwargs) -> None:
+        name = f"{run.base}-{kind}.svg"
+        draw(run.out_dir / name, *args, **kwargs)
+        written.append((title, name))
+
+    save("rejection-rate", "Rejection rate per policy", charts.bar_chart,
+         f"Rejection rate per policy ({mode})", names,
+         [("rejection rate", [(p.stat("do_connection_rejection_rate", "value") or 0) * 100 for p in run.policies])],
+         "% of connect attempts rejected (429/503)",
+         refs=[(5, "5% warning", "#e69f00"), (20, "20% critical", "#d62728")], y_max=100)
+    save("latency-p95", "Connect, ping and broadcast p95 per policy", charts.bar_chart,
+         f"p95 latency per policy ({mode}; log scale)", names,
+         [("connect (ws_connection_time)", [p.stat("ws_connection_time", "p(95)") for p in run.policies]),
+          ("ping round trip (ws_message_latency)", [p.stat("ws_message_latency", "p(95)") for p in run.policies]),
+          ("broadcast delivery (ws_broadcast_delivery_time)", [p.stat("ws_broadcast_delivery_time", "p(95)") for p in run.policies])],
+         "p95 (log scale)", log=True,
+         refs=[(targets["connect"], f"connect target {ms(targets['connect'])}", charts.PALETTE[0]),
+               (targets["ping"], f"ping target {ms(targets['ping'])}", charts.PALETTE[1]),
+               (targets["broadcast"], f"broadcast target {ms(targets['broadcast'])}", charts.PALETTE[2])],
+         value_fmt=ms)
     panels = []
-    for p in policies:
+    for p in run.policies:
         s = p.peak_sample()
         shards = sorted(((x["name"], float(x["connections"])) for x in (s["stats"].get("shards", []) if s else [])),
                         key=lambda kv: -kv[1])
         panels.append((f"{p.name}: {peak_conns(p) or 0} connections at peak", shards))
-    save("shards", "Connections per shard at peak", svg.small_multiples(
-        f"Connections per shard at the peak sample ({mode})", panels, cap, "open sockets"))
+    save("shards", "Connections per shard at peak", charts.small_multiples,
+         f"Connections per shard at the peak sample ({mode})", panels, run.cap, "open sockets")
     conn_series = [(p.name, [(s["t"] - p.t0, s["stats"]["totalConnections"]) for s in p.samples
-                             if isinstance(s.get("stats"), dict)], False) for p in policies]
-    vus_ref = policies[0]
+                             if isinstance(s.get("stats"), dict)], False) for p in run.policies]
+    vus_ref = run.policies[0]
     conn_series.append(("k6 VUs (first policy's run)", [(s["t"] - vus_ref.t0, s["vus"]) for s in vus_ref.samples
                                                          if s.get("vus") is not None], True))
-    save("connections", "Open connections over time", svg.line_chart(
-        f"Open connections over time ({mode})", conn_series, "seconds since start", "open sockets (server count)"))
-    save("memory", "workerd runtime RSS over open connections", svg.line_chart(
-        f"workerd runtime RSS vs. open connections ({mode})",
-        [(p.name, [(s["stats"]["totalConnections"], s["rss_runtime_kb"] / 1024) for s in p.loaded_samples()],
-          False) for p in policies],
-        "open sockets (server count)", "runtime RSS (MiB)"))
+    save("connections", "Open connections over time", charts.line_chart,
+         f"Open connections over time ({mode})", conn_series, "seconds since start", "open sockets (server count)")
+    save("memory", "workerd runtime RSS over open connections", charts.line_chart,
+         f"workerd runtime RSS vs. open connections ({mode})",
+         [(p.name, [(s["stats"]["totalConnections"], s["rss_runtime_kb"] / 1024) for s in p.loaded_samples()],
+           False) for p in run.policies],
+         "open sockets (server count)", "runtime RSS (MiB)")
+    if run.baseline and run.edge:
+        save("baseline", "The edge against the single-object baseline: p95 per operation", charts.bar_chart,
+             *baseline_chart(run), "p95 (log scale)", log=True, value_fmt=ms)
+    if run.mode == "platform":
+        save("rpc", "RPC round trip and forwarding p95 per policy", charts.bar_chart, *rpc_chart(run),
+             "p95 (log scale)", log=True, value_fmt=ms,
+             refs=[(targets["ping"], f"RPC target {ms(targets['ping'])}", charts.PALETTE[0])])
+    return written
 
-    # ---- markdown
-    total_s = run.get("total_s", 0)
-    per = [p.meta["end"] - p.meta["start"] for p in policies]
+
+def baseline_chart(run: Run) -> tuple[str, list[str], list]:
+    """Operations x targets (the baseline first): title, categories, series."""
+    ops = [("connect", lambda p: p.stat("ws_connection_time", "p(95)")),
+           ("ping", lambda p: p.stat("ws_message_latency", "p(95)")),
+           ("broadcast delivery", lambda p: p.stat("ws_broadcast_delivery_time", "p(95)")),
+           ("stats", lambda p: p.stat("do_response_time", "p(95)")),
+           ("all HTTP", lambda p: p.stat("http_req_duration", "p(95)"))]
+    ops += [(f"HTTP {op}", lambda p, op=op: p95(p.tagged("http_op_duration", op=op)))
+            for op in run.http_ops() if op != "stats"]
+    ops = [(n, f) for n, f in ops if any(f(p) is not None for p in run.policies)]
+    order = [run.baseline] + run.edge
+    title = f"p95 per operation: single-object baseline vs. edge ({run.mode}, {run.shape}; log scale)"
+    return title, [n for n, _ in ops], [(p.name, [f(p) for _, f in ops]) for p in order]
+
+
+def rpc_chart(run: Run) -> tuple[str, list[str], list]:
+    """Policies x (RPC by kind and placement, forwarding): title, categories, series."""
+    figures = [("RPC to machine", "rpc_round_trip", {"kind": "machine"}),
+               ("RPC to session", "rpc_round_trip", {"kind": "session"}),
+               ("RPC same shard", "rpc_round_trip", {"placement": "same"}),
+               ("RPC cross shard", "rpc_round_trip", {"placement": "cross"}),
+               ("forwarding to apps", "forward_delivery_time", {})]
+    series = [(label, [p.pctl(metric, 0.95, **tags) for p in run.policies]) for label, metric, tags in figures]
+    return f"RPC round trip and forwarding p95 ({run.label}; log scale)", [p.name for p in run.policies], series
+
+
+# ---- markdown
+
+def environment(run: Run) -> list[str]:
+    info, policies = run.info, run.policies
     first = policies[0]
+    per = [p.meta["end"] - p.meta["start"] for p in policies]
+    users = int(info.get("users") or 1)
+    if users > 1:
+        load = (f"- Load: **{users} users** (`load-u-0` ... `load-u-{users - 1}`), each in a tier `load` with limit "
+                f"{info.get('tier_limit')}, above its own sockets, so every rejection comes from the per-object cap "
+                f"`SHARD_MAX_CONNECTIONS={run.cap}`.")
+    else:
+        load = (f"- Load: **one user** (`load-alice`, the capacity guide's single-token test) in a tier `load` with limit "
+                f"{info.get('tier_limit')}, above the peak, so **every rejection comes from the per-object cap "
+                f"`SHARD_MAX_CONNECTIONS={run.cap}`, not from the tier limit** (the default tiers end at enterprise = 500).")
+    lines = [
+        "- Target: local `wrangler dev` (workerd) on 127.0.0.1, **not** staging or production. Each policy ran "
+        "against its own freshly started gateway with empty state, " + _builds(run.edge) + ".",
+        f"- Test Mode: `{run.mode}` ({MODE_SHAPES.get(run.mode, run.mode)}), shape `{run.shape}`, {run.tset} thresholds.",
+        f"- Duration: {', '.join(f'{mmss(s)}' for s in per)} per policy (load plus start/stop); "
+        f"the whole comparison took {mmss(info.get('total_s', 0))} (mm:ss).",
+        f"- Machine: {info.get('cpus', '?')} CPUs ({info.get('cpu', '?')}), {info.get('memory', '?')}. k6 (up to "
+        f"{int(first.stat('vus_max', 'max') or 0)} VUs), wrangler and workerd share these CPUs, so absolute latencies "
+        "include client-side queueing; compare policies with each other, not with production.",
+        f"- Software: wrangler {info.get('wrangler', '?')} (its bundled workerd), {info.get('k6', '?')}.",
+        load,
+        f"- Clients: {SHAPE_TEXT[run.traffic]}.",
+        "- Memory and CPU: workerd's RSS sampled with `ps` every few seconds; the *runtime* process hosts the Worker "
+        "and all Durable Objects (all shards share it locally); the dev *proxy* in front of it exists only under "
+        "`wrangler dev`. CPU is the runtime process's user + system time (`/proc/PID/stat`) from the start to the "
+        "end of the load, divided by the connects that completed; per routed frame, the CPU up to the last stats "
+        "sample that counted frames, divided by the frames counted then.",
+    ]
+    if run.baseline:
+        lines.append(f"- `{BASELINE}` is the single-object baseline (`benches/baseline/`, sha256 "
+                     f"{run.baseline.meta.get('build_sha256', '?')}…): a JavaScript Worker written the capacity guide's "
+                     "way, one Durable Object per user with no cap, hibernation with tags, the auto-response ping, "
+                     "broadcast and stats from the sockets' attachments, the platform's token check; served by the "
+                     "same wrangler and workerd under the same load.")
+    return lines
+
+
+def markdown(run: Run, rows, chart_files: list[tuple[str, str]]) -> str:
+    names = [p.name for p in run.policies]
+    shape_arg = "" if run.shape == "steady" else f"SHAPE={run.shape} "
     md = [
-        f"# WebSocket capacity: `{mode}` policy comparison, {date}",
+        f"# WebSocket capacity: `{run.mode}` ({run.shape}) policy comparison, {run.date}",
         "",
-        f"Generated by `scripts/compare.sh {mode}` (`load-tests/report/compare_report.py`) from the raw data in "
-        f"`{run_dir.as_posix()}` (k6 summaries and time series, RSS and stats samples, gateway logs; not committed). "
-        "Every number below is computed from those files.",
+        f"Generated by `{shape_arg}scripts/compare.sh {run.mode} {' '.join(names)}` (`load-tests/report/compare_report.py`) "
+        f"from the raw data in `{run.run_dir.as_posix()}` (k6 summaries and time series, RSS, CPU and stats samples, "
+        "gateway logs; not committed). Every number below is computed from those files.",
         "",
-        f"## Test Run: {date}",
+        f"## Test Run: {run.date}",
         "",
         "### Environment",
         "",
-        "- Target: local `wrangler dev` (workerd) on 127.0.0.1, **not** staging or production. Each policy ran "
-        "against its own freshly started gateway with empty state, " + _builds(policies) + ".",
-        f"- Test Mode: `{mode}` ({MODE_SHAPES.get(mode, mode)}), {tset} thresholds.",
-        f"- Duration: {', '.join(f'{mmss(s)}' for s in per)} per policy (load plus start/stop); "
-        f"the whole comparison took {mmss(total_s)} (mm:ss).",
-        f"- Machine: {run.get('cpus', '?')} CPUs ({run.get('cpu', '?')}), {run.get('memory', '?')}. k6 (up to "
-        f"{int(first.stat('vus_max', 'max') or 0)} VUs), wrangler and workerd share these CPUs, so absolute latencies "
-        "include client-side queueing; compare policies with each other, not with production.",
-        f"- Software: wrangler {run.get('wrangler', '?')} (its bundled workerd), {run.get('k6', '?')}.",
-        f"- Load: **one user** (`load-alice`, the capacity guide's single-token test) in a tier `load` with limit "
-        f"{run.get('tier_limit')}, above the peak, so **every rejection comes from the per-object cap "
-        f"`SHARD_MAX_CONNECTIONS={cap}`, not from the tier limit** (the default tiers end at enterprise = 500).",
-        "- Clients: one socket per VU. Client mix 60% session-scoped (VUs in blocks of 5 share a session id), "
-        "25% user-scoped, 15% machine-scoped; ping every 5 s (exact `{\"event\":\"ping\"}`, answered by "
-        "auto-response); an HTTP broadcast to all of the user's sockets every 2 s; client `broadcast` frames from "
-        "every 150th VU every 15 s; stats polled every 5 s. Rejected connects are retried honouring `Retry-After` "
-        "with capped (10 s) exponential backoff and full jitter, so rejection rates count retries too. "
-        "`reconnect` frames are followed (reconnection time = hint to new `connected` frame).",
-        "- Memory: workerd's RSS sampled with `ps` every few seconds; the *runtime* process hosts the Worker and all "
-        "Durable Objects (all shards share it locally); the dev *proxy* in front of it exists only under "
-        "`wrangler dev`.",
+        *environment(run),
         "",
         "### Results",
         "",
@@ -548,40 +850,58 @@ def main() -> int:
         "|---|" + "---|" * len(names),
     ]
     md += [f"| {label} | " + " | ".join(vals) + " |" for label, vals in rows]
+    if run.baseline and run.edge:
+        md += ["", "### The edge against the single-object baseline", "",
+               "Each cell: the policy's figure / the baseline's = the ratio (below 1 is better for the edge; no "
+               "ratio where the baseline's figure is 0 or missing).", "",
+               "| edge / baseline | " + " | ".join(f"`{p.name}`" for p in run.edge) + " |",
+               "|---|" + "---|" * len(run.edge)]
+        md += [f"| {label} | " + " | ".join(vals) + " |" for label, vals in ratio_rows(run)]
     md += ["", "### Charts", ""]
-    md += [f"![{t}]({n})" for t, n in charts]
-    gaps = sorted(b["t"] - a["t"] for p in policies for a, b in zip(p.samples, p.samples[1:]))
+    md += [f"![{t}]({n})" for t, n in chart_files]
+    gaps = sorted(b["t"] - a["t"] for p in run.policies for a, b in zip(p.samples, p.samples[1:]))
     sample_s = gaps[len(gaps) // 2] if gaps else 0.0
     md += ["", "### Degradation Points", "",
            f"When each kind of degradation first appeared (k6 samples in {WINDOW_S}-second windows; for rejections, "
            "drops and failures the time of the first such event), with the open connections at that moment (k6's "
            "per-second count of sockets opened minus closed; after a ramp-down, the server's count interpolated "
            f"between the runner's stats samples, every {sample_s:.0f} s) and k6's VU count. Targets are the guide's "
-           f"{tset} column; alert levels are its monitoring rules.", ""]
-    for p in policies:
-        pts = degradation_points(p, targets, cap)
-        md.append(f"**`{p.name}`**")
-        md.append("")
-        if pts:
-            md += [f"- {x}" for x in pts]
-        else:
-            peak = peak_conns(p)
-            md.append(f"- No degradation observed up to {peak} connections.")
+           f"{run.tset} column; alert levels are its monitoring rules.", ""]
+    for p in run.policies:
+        pts = degradation_points(p, run.targets, run.cap)
+        md += [f"**`{p.name}`**", ""]
+        md += [f"- {x}" for x in pts] if pts else [f"- No degradation observed up to {peak_conns(p)} connections."]
         md.append("")
     md += ["### Recommendations", ""]
-    md += recommendations(policies, targets, cap, tset)
+    md += recommendations(run.edge, run.targets, run.cap, run.tset) if run.edge else ["- Only the baseline ran."]
     md += ["", "### Raw threshold results", "", "| policy | metric | threshold | result |", "|---|---|---|---|"]
-    for p in policies:
+    for p in run.policies:
         for metric, expr, failed in p.thresholds():
             md.append(f"| `{p.name}` | `{metric}` | `{expr}` | {'**failed**' if failed else 'passed'} |")
     md.append("")
-    report = out_dir / f"{base}.md"
-    report.write_text("\n".join(md))
-    summary = {"mode": mode, "date": date, "threshold_set": tset, "shard_max_connections": cap,
-               "tier_limit": run.get("tier_limit"), "charts": [n for _, n in charts],
-               "policies": [_summary(p, peak_conns(p)) for p in policies]}
-    (out_dir / f"{base}.json").write_text(json.dumps(summary, indent=1) + "\n")
-    print(f"compare_report: wrote {report}, {base}.json and {len(charts)} charts")
+    return "\n".join(md)
+
+
+def main() -> int:
+    if len(sys.argv) != 3:
+        print(__doc__, file=sys.stderr)
+        return 2
+    run = Run(Path(sys.argv[1]), Path(sys.argv[2]))
+    if not run.policies:
+        print(f"compare_report: no *.meta.json in {run.run_dir}", file=sys.stderr)
+        return 1
+    run.out_dir.mkdir(parents=True, exist_ok=True)
+    chart_files = write_charts(run)
+    report = run.out_dir / f"{run.base}.md"
+    report.write_text(markdown(run, result_rows(run), chart_files))
+    summary = {"mode": run.mode, "shape": run.shape, "date": run.date, "threshold_set": run.tset,
+               "shard_max_connections": run.cap, "tier_limit": run.info.get("tier_limit"),
+               "users": run.info.get("users", 1), "charts": [n for _, n in chart_files],
+               "policies": [_summary(p, peak_conns(p)) for p in run.policies]}
+    if run.baseline and run.edge:
+        summary["edge_over_baseline"] = ratios_json(run)
+    (run.out_dir / f"{run.base}.json").write_text(json.dumps(summary, indent=1) + "\n")
+    print(f"compare_report: wrote {report}, {run.base}.json and {len(chart_files)} charts")
     return 0
 
 
@@ -606,6 +926,38 @@ def _summary(p: Policy, peak: int | None) -> dict:
         "bytes_per_connection": p.bytes_per_connection()[2],
         "hold_memory": p.hold_memory(),
         "thresholds_failed": sorted({m for m, _, f in p.thresholds() if f}),
+        "target": "baseline" if p.is_baseline else "edge",
+        "http_p95_ms": {"all": p.stat("http_req_duration", "p(95)"),
+                        **{op: p95(p.tagged("http_op_duration", op=op)) for op in HTTP_OPS
+                           if p.tagged("http_op_duration", op=op)}},
+        "iterations": p.count("iterations"),
+        "completed_connects": p.completed_connects,
+        "cpu_runtime_s": p.cpu_s,
+        "cpu_ms_per_connect": p.cpu_ms_per(p.completed_connects),
+        "frames_routed": p.frames_routed,
+        "cpu_ms_per_frame": p.cpu_ms_per_frame(),
+        "rss_end_runtime_kb": p.rss_end_kb,
+        **({"platform": _platform_summary(p)} if p.count("rpc_calls") else {}),
+    }
+
+
+def _platform_summary(p: Policy) -> dict:
+    """MODE=platform's figures: RPC percentiles by kind and placement, forwarding, correctness."""
+    def q(metric: str, **tags: str) -> dict:
+        return {k: p.pctl(metric, v, **tags) for k, v in (("p50", 0.5), ("p95", 0.95), ("p99", 0.99))}
+    return {
+        "rpc_ms": {"all": q("rpc_round_trip"), "machine": q("rpc_round_trip", kind="machine"),
+                   "session": q("rpc_round_trip", kind="session"), "same_shard": q("rpc_round_trip", placement="same"),
+                   "cross_shard": q("rpc_round_trip", placement="cross")},
+        "forward_ms": {"all": q("forward_delivery_time"), "session": q("forward_delivery_time", kind="session"),
+                       "machine": q("forward_delivery_time", kind="machine")},
+        "frames_per_s": {"sent": p.rate("frames_sent"), "received": p.rate("frames_received")},
+        "rpc_calls": p.count("rpc_calls"), "rpc_acks": p.count("rpc_acks"),
+        "rpc_unavailable": p.count("rpc_unavailable"), "rpc_errors": p.count("rpc_errors"),
+        "rpc_interrupted": p.count("rpc_interrupted"), "rpc_late_acks": p.count("rpc_late_acks"),
+        "dropped": p.count("frames_dropped"), "misdelivered": p.count("frames_misdelivered"),
+        "misdelivered_by_reason": p.by_tag("frames_misdelivered", "reason"),
+        "subrequests_per_frame": p.subrequests_per_frame(),
     }
 
 
@@ -665,6 +1017,8 @@ def _estimate(p: Policy) -> str:
 
 
 def _builds(policies: list[Policy]) -> str:
+    if not policies:
+        return "the single-object baseline only"
     shas = sorted({p.meta.get("build_sha256", "?") for p in policies})
     if len(shas) == 1:
         return f"the same Worker build (`index_bg.wasm` sha256 {shas[0]}…)"

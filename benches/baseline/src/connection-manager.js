@@ -1,0 +1,160 @@
+// One ConnectionManager per user, written the capacity guide's way: WebSocket hibernation
+// with tags, the runtime's auto-response for the exact ping, the connection's metadata in its
+// attachment, broadcast filters as the platform applies them (tags where it uses tags,
+// attachments where it iterates), and stats computed from every attachment on every call.
+
+import { DurableObject } from 'cloudflare:workers';
+
+// The tag values the platform truncates ids to.
+const TAG_ID_CHARS = 50;
+// The gateway's memory estimate per socket, so do_memory_usage_bytes compares like with like.
+const SOCKET_BYTES = 4096;
+
+function tagsOf(meta) {
+  const tags = ['auth:yes', `type:${meta.clientType}`, `conn:${meta.connectionId}`];
+  if (meta.sessionId) tags.push(`session:${meta.sessionId.slice(0, TAG_ID_CHARS)}`);
+  if (meta.machineId) tags.push(`machine:${meta.machineId.slice(0, TAG_ID_CHARS)}`);
+  return tags;
+}
+
+function json(body, status = 200) {
+  return new Response(JSON.stringify(body), { status, headers: { 'Content-Type': 'application/json' } });
+}
+
+function errorFrame(message) {
+  return JSON.stringify({ event: 'error', data: { code: 1002, message, timestamp: Date.now() } });
+}
+
+export class ConnectionManager extends DurableObject {
+  constructor(ctx, env) {
+    super(ctx, env);
+    // The platform's auto-response: its pong's timestamp is the object's construction time.
+    ctx.setWebSocketAutoResponse(new WebSocketRequestResponsePair(
+      '{"event":"ping"}', JSON.stringify({ event: 'pong', data: { timestamp: Date.now() } })));
+  }
+
+  async fetch(request) {
+    const path = new URL(request.url).pathname;
+    if (path === '/websocket') return this.accept(request.headers);
+    if (path === '/broadcast') return this.broadcast(request);
+    if (path === '/stats') return json(this.stats(request.headers.get('X-User-Id')));
+    return json({ error: 'Not found' }, 404);
+  }
+
+  accept(h) {
+    const now = Date.now();
+    const meta = {
+      connectionId: crypto.randomUUID(), userId: h.get('X-User-Id'), clientType: h.get('X-Client-Type'),
+      sessionId: h.get('X-Session-Id') || undefined, machineId: h.get('X-Machine-Id') || undefined,
+      connectedAt: now, lastActivityAt: now,
+    };
+    const [client, server] = Object.values(new WebSocketPair());
+    this.ctx.acceptWebSocket(server, tagsOf(meta));
+    server.serializeAttachment(meta);
+    const { connectionId, userId, clientType, sessionId, machineId } = meta;
+    server.send(JSON.stringify({ event: 'connected', data: { connectionId, userId, clientType, sessionId, machineId, timestamp: now } }));
+    return new Response(null, { status: 101, webSocket: client });
+  }
+
+  async webSocketMessage(ws, message) {
+    // The platform re-serializes the sender's attachment on every inbound frame.
+    const meta = ws.deserializeAttachment();
+    meta.lastActivityAt = Date.now();
+    ws.serializeAttachment(meta);
+    let f;
+    try {
+      f = JSON.parse(typeof message === 'string' ? message : new TextDecoder().decode(message));
+    } catch (e) {
+      ws.send(errorFrame('Invalid JSON message'));
+      return;
+    }
+    const type = f && typeof f === 'object' ? (typeof f.event === 'string' ? f.event : f.type) : undefined;
+    if (typeof type !== 'string') {
+      ws.send(errorFrame('Invalid message format'));
+      return;
+    }
+    if (type === 'ping') {
+      ws.send(JSON.stringify({ event: 'pong', data: { timestamp: Date.now() } }));
+    } else if (type === 'broadcast') {
+      const frame = JSON.stringify({ event: 'broadcast', data: typeof f.event === 'string' ? f.data : f.payload });
+      for (const s of this.ctx.getWebSockets()) if (s !== ws) this.send(s, frame);
+    }
+    // Every other event is the platform's routing and business logic, which the baseline
+    // leaves out: its load is connections, pings, broadcasts and stats.
+  }
+
+  async webSocketClose(ws, code, reason) {
+    // Echo the client's code (1005/1006 cannot be sent; 1000 instead).
+    ws.close(code === 1005 || code === 1006 ? 1000 : code, reason || 'Connection closed');
+  }
+
+  send(ws, frame) {
+    try {
+      ws.send(frame);
+      return 1;
+    } catch (e) {
+      return 0; // closing
+    }
+  }
+
+  // Recipients of an HTTP broadcast (platform-protocol.md §6.2).
+  recipients(filter) {
+    const f = filter || {};
+    const every = () => this.ctx.getWebSockets();
+    const where = (pred) => every().filter((ws) => pred(ws.deserializeAttachment()));
+    switch (f.type) {
+      case 'session': return this.ctx.getWebSockets(`session:${String(f.sessionId || '').slice(0, TAG_ID_CHARS)}`);
+      case 'machine': return this.ctx.getWebSockets(`machine:${String(f.machineId || '').slice(0, TAG_ID_CHARS)}`);
+      case 'user-scoped-only': return where((m) => m.clientType === 'user-scoped');
+      case 'exclude': return where((m) => m.connectionId !== f.connectionId);
+      case 'machine-scoped-only':
+        return where((m) => m.clientType === 'user-scoped' || (m.clientType === 'machine-scoped' && m.machineId === f.machineId));
+      case 'all-interested-in-session':
+        return where((m) => m.clientType === 'user-scoped' || (m.clientType === 'session-scoped' && m.sessionId === f.sessionId));
+      default: return every();
+    }
+  }
+
+  // Delivered in the client format, {"event":type,"data":payload,"timestamp":ms}, so the
+  // sockets can time it (the platform sends its server format, which its clients drop).
+  async broadcast(request) {
+    let body;
+    try {
+      body = JSON.parse(await request.text());
+    } catch (e) {
+      return json({ error: 'Invalid broadcast request' }, 400);
+    }
+    const message = body && body.message;
+    if (!message || typeof message.type !== 'string') return json({ error: 'Invalid broadcast request' }, 400);
+    const frame = JSON.stringify({ event: message.type, data: message.payload ?? null, timestamp: message.timestamp ?? Date.now() });
+    let delivered = 0;
+    for (const ws of this.recipients(body.filter)) delivered += this.send(ws, frame);
+    return json({ success: true, delivered });
+  }
+
+  // The platform's stats, from every socket's attachment, plus the fields the k6 scenario
+  // and the comparison read (one "shard": this object).
+  stats(userId) {
+    const byType = { 'user-scoped': 0, 'session-scoped': 0, 'machine-scoped': 0 };
+    const sessions = new Set();
+    const machines = new Set();
+    let oldest = null;
+    let memoryUsage = 0;
+    const sockets = this.ctx.getWebSockets();
+    for (const ws of sockets) {
+      const m = ws.deserializeAttachment();
+      byType[m.clientType] = (byType[m.clientType] || 0) + 1;
+      if (m.sessionId) sessions.add(m.sessionId);
+      if (m.machineId) machines.add(m.machineId);
+      if (oldest === null || m.connectedAt < oldest) oldest = m.connectedAt;
+      memoryUsage += SOCKET_BYTES + JSON.stringify(m).length;
+    }
+    const n = sockets.length;
+    return {
+      totalConnections: n, byType, activeSessions: sessions.size, activeMachines: machines.size,
+      oldestConnection: oldest, memoryUsage, messageQueueDepth: 0,
+      rejected: 0, policy: 'baseline', imbalance: n ? 1 : 0,
+      shards: [{ name: `cm:${userId}`, connections: n, oldestConnection: oldest }], failedShards: [],
+    };
+  }
+}

@@ -1,0 +1,72 @@
+#!/usr/bin/env python3
+"""Prints the load's users' stats as one JSON object (scripts/compare.sh samples it).
+
+    user_stats.py BASE_URL TOKENS_FILE
+
+TOKENS_FILE is a JSON object {user id: token}. With one user, its GET /v1/websocket/stats
+answer as it is; with several, their answers (fetched concurrently) summed into the same
+shape: counts added, shards and failed shards listed together, the oldest connection the
+minimum, subrequestsPerFrame recomputed from the sums, and `users` / `usersAnswered` added.
+Prints `null` when no user answered. Standard library only.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+TIMEOUT_S = 4
+SUMMED = ("totalConnections", "activeSessions", "activeMachines", "memoryUsage", "messageQueueDepth", "rejected",
+          "rejectedTierLimit", "rejectedUnavailable", "connectsAccepted", "directoryRoundTrips", "frames",
+          "frameSubrequests")
+
+
+def fetch(base_url: str, token: str) -> dict | None:
+    req = urllib.request.Request(f"{base_url}/v1/websocket/stats", headers={"Authorization": f"Bearer {token}"})
+    try:
+        with urllib.request.urlopen(req, timeout=TIMEOUT_S) as r:
+            body = json.loads(r.read())
+            return body if isinstance(body, dict) else None
+    except (OSError, ValueError):
+        return None
+
+
+def combine(answers: list[dict], users: int) -> dict:
+    out = {k: sum(a.get(k) or 0 for a in answers) for k in SUMMED}
+    out["byType"] = {}
+    for a in answers:
+        for t, n in (a.get("byType") or {}).items():
+            out["byType"][t] = out["byType"].get(t, 0) + n
+    oldest = [a["oldestConnection"] for a in answers if a.get("oldestConnection")]
+    out["oldestConnection"] = min(oldest) if oldest else None
+    out["shards"] = [s for a in answers for s in a.get("shards") or []]
+    out["failedShards"] = [s for a in answers for s in a.get("failedShards") or []]
+    # Imbalance over every user's shards holding sockets (max / mean).
+    held = [s.get("connections", 0) for s in out["shards"] if s.get("connections", 0) > 0]
+    out["imbalance"] = max(held) / (sum(held) / len(held)) if held else 0
+    out["subrequestsPerFrame"] = out["frameSubrequests"] / out["frames"] if out["frames"] else 0
+    out["policy"] = answers[0].get("policy")
+    out["users"], out["usersAnswered"] = users, len(answers)
+    return out
+
+
+def main() -> int:
+    if len(sys.argv) != 3:
+        print(__doc__, file=sys.stderr)
+        return 2
+    base_url, tokens = sys.argv[1].rstrip("/"), json.loads(open(sys.argv[2]).read())
+    with ThreadPoolExecutor(max_workers=min(16, max(1, len(tokens)))) as pool:
+        answers = [a for a in pool.map(lambda t: fetch(base_url, t), tokens.values()) if a is not None]
+    if not answers:
+        print("null")
+    elif len(tokens) == 1:
+        print(json.dumps(answers[0]))
+    else:
+        print(json.dumps(combine(answers, len(tokens))))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
