@@ -38,6 +38,7 @@ pub mod metrics;
 pub mod protocol;
 pub mod routing;
 pub mod rpc;
+pub mod single_flight;
 pub mod slo;
 pub mod stats;
 pub mod upstream;

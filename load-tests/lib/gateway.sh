@@ -103,6 +103,7 @@ gw_launch() {
   GW_PORT=$(gw_free_port)
   local iport
   iport=$(gw_free_port)
+  GW_INSPECTOR_PORT=$iport
   GW_URL="http://127.0.0.1:$GW_PORT"
   # setsid: wrangler and the workerd it spawns share a fresh process group we can kill whole.
   (cd "$ROOT" && WRANGLER_SEND_METRICS=false exec setsid \

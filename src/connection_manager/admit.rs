@@ -223,8 +223,10 @@ impl ConnectionManager {
         let bytes = serde_json::to_string(&c.meta).map_or(0, |s| s.len() as u64);
         self.count_socket(&c.meta, bytes).await;
         if let Ok(cfg) = runtime::config(&self.env) {
-            let hook = self.connected_hook(&c.meta);
-            self.post_hooks(&cfg, vec![hook]).await;
+            if cfg.upstream.posts_hooks() {
+                let hook = self.connected_hook(&c.meta);
+                self.post_hooks(&cfg, vec![hook]).await;
+            }
         }
         let drain_from = {
             let mut s = self.saved.borrow_mut();
@@ -288,12 +290,13 @@ impl ConnectionManager {
     fn over_slo(&self, cfg: &Config, c: &Connect) -> Option<(ApiError, String)> {
         let target = cfg.tier(&c.meta.tier)?.latency_p95_ms;
         let open = u64::from(self.open_count());
-        let load = ShardLoad::from_observations(
-            &self.observer.borrow().full,
-            runtime::now_ms(),
+        let (p95_ms, samples) = self.observer.borrow_mut().recent_p95(runtime::now_ms());
+        let load = ShardLoad {
             open,
-            u64::from(cfg.shard_max_connections),
-        );
+            cap: u64::from(cfg.shard_max_connections),
+            p95_ms,
+            samples,
+        };
         let Health::OverLatency { ratio } = admission::health(&load, target) else {
             return None;
         };

@@ -48,8 +48,10 @@ impl ConnectionManager {
                 // Closed by us, it may never reach the close handler.
                 self.forget_socket(&m.connection_id).await;
                 if let Ok(cfg) = crate::runtime::config(&self.env) {
-                    let hook = self.disconnected_hook(&m, 1012);
-                    self.post_hooks(&cfg, vec![hook]).await;
+                    if cfg.upstream.posts_hooks() {
+                        let hook = self.disconnected_hook(&m, 1012);
+                        self.post_hooks(&cfg, vec![hook]).await;
+                    }
                 }
             } else {
                 next = Some(next.map_or(slot.notify_at_ms, |n| n.min(slot.notify_at_ms)));

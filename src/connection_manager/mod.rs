@@ -165,16 +165,30 @@ impl DurableObject for ConnectionManager {
                 runtime::sleep(knob.latency_ms).await;
                 self.open_socket(&req, &cfg, started).await
             }
+            (Method::Post, "/deliver-batch") => {
+                // Several deliveries in one call (the directory's presence notices).
+                let batch: Vec<Delivery> = runtime::body_json(&mut req).await?;
+                let total =
+                    batch
+                        .iter()
+                        .map(|d| self.deliver(d))
+                        .fold(Delivered::default(), |a, b| Delivered {
+                            delivered: a.delivered + b.delivered,
+                            primary: a.primary + b.primary,
+                            view_version: b.view_version,
+                        });
+                runtime::json(200, &total)
+            }
             (Method::Post, "/deliver") => {
                 if let Some(r) = self.inject_fault(&knob, &cfg).await {
                     return r;
                 }
                 runtime::sleep(knob.latency_ms).await;
-                let d: Delivery = req.json().await?;
+                let d: Delivery = runtime::body_json(&mut req).await?;
                 runtime::json(200, &self.deliver(&d))
             }
             (Method::Post, "/ack") => {
-                let a: AckRelay = req.json().await?;
+                let a: AckRelay = runtime::body_json(&mut req).await?;
                 let delivered = u64::from(self.answer(&cfg, &a.ack_id, &a.ack));
                 runtime::json(
                     200,
@@ -192,14 +206,14 @@ impl DurableObject for ConnectionManager {
                 runtime::json(200, &self.stats())
             }
             (Method::Post, "/knob") if cfg.test_knobs => {
-                let k: Knob = req.json().await?;
+                let k: Knob = runtime::body_json(&mut req).await?;
                 self.saved.borrow_mut().knob = k.clone();
                 self.save().await?;
                 runtime::json(200, &k)
             }
             (Method::Post, "/reclaim") => runtime::json(200, &self.reclaim().await?),
             (Method::Post, "/view") => {
-                let v: RoutingView = req.json().await?;
+                let v: RoutingView = runtime::body_json(&mut req).await?;
                 self.learn_view(v);
                 runtime::json(200, &serde_json::json!({"ok": true}))
             }
@@ -400,11 +414,9 @@ impl ConnectionManager {
                 user_scoped(),
             ),
         };
-        let send =
-            |w: &WebSocket| w.as_ref().ready_state() == OPEN && w.send_with_str(&d.frame).is_ok();
-        let primary = primary.iter().filter(|w| send(w)).count() as u64;
+        let primary = runtime::send_all(&primary, &d.frame);
         // The scoped halves hold no user-scoped socket, so nothing is sent twice.
-        let delivered = primary + secondary.iter().filter(|w| send(w)).count() as u64;
+        let delivered = primary + runtime::send_all(&secondary, &d.frame);
         Delivered {
             delivered,
             primary,
@@ -450,8 +462,10 @@ impl ConnectionManager {
             self.forget_socket(&m.connection_id).await;
             if was_open {
                 if let Ok(cfg) = runtime::config(&self.env) {
-                    let hook = self.disconnected_hook(&m, code);
-                    self.post_hooks(&cfg, vec![hook]).await;
+                    if cfg.upstream.posts_hooks() {
+                        let hook = self.disconnected_hook(&m, code);
+                        self.post_hooks(&cfg, vec![hook]).await;
+                    }
                 }
             }
         }

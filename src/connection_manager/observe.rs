@@ -25,6 +25,27 @@ pub struct Observer {
     /// even when nothing else was recorded, or `/metrics` would show sockets
     /// that are gone until the next reconcile.
     reported_connections: Option<u64>,
+    /// The recent message p95 and its sample count, with when they were computed: merging
+    /// the ring's windows on every connect is what a burst of connects would pay for.
+    recent: Option<(u64, Option<f64>, u64)>,
+}
+
+/// How long the recent p95 that admission reads is reused.
+const RECENT_FOR_MS: u64 = 500;
+
+impl Observer {
+    /// The shard's recent message latency (p95, samples), recomputed at most every
+    /// [`RECENT_FOR_MS`].
+    pub fn recent_p95(&mut self, now_ms: u64) -> (Option<f64>, u64) {
+        if let Some((at, p95, n)) = self.recent {
+            if now_ms.saturating_sub(at) < RECENT_FOR_MS {
+                return (p95, n);
+            }
+        }
+        let load = crate::admission::ShardLoad::from_observations(&self.full, now_ms, 0, 0);
+        self.recent = Some((now_ms, load.p95_ms, load.samples));
+        (load.p95_ms, load.samples)
+    }
 }
 
 impl ConnectionManager {

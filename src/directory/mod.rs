@@ -84,8 +84,9 @@ pub struct Directory {
     tickets: Rc<RefCell<TicketBook>>,
     /// Where the user's recipients are: the view every shard routes by.
     book: Rc<RefCell<PresenceBook>>,
-    /// Presence notices go out one batch at a time, in order.
-    emit_lock: Rc<Mutex<()>>,
+    /// Presence notices waiting for the next batch, and whether a batch is on its way.
+    notices: Rc<RefCell<Vec<crate::protocol::Delivery>>>,
+    notifying: Rc<Cell<bool>>,
     push_at: Cell<Option<u64>>,
     /// When stored hooks are next due; unknown after a wake until the first alarm looks.
     hooks_at: Cell<Option<u64>>,
@@ -144,7 +145,8 @@ impl DurableObject for Directory {
             pending,
             tickets,
             book: presence,
-            emit_lock: Rc::new(Mutex::new(())),
+            notices: Rc::new(RefCell::new(Vec::new())),
+            notifying: Rc::new(Cell::new(false)),
             push_at: Cell::new(None),
             hooks_at: Cell::new(None),
             hooks_known: Cell::new(false),
@@ -160,11 +162,11 @@ impl DurableObject for Directory {
         let path = req.path();
         match (req.method(), path.as_str()) {
             (Method::Post, "/acquire") => {
-                let a: Acquire = req.json().await?;
+                let a: Acquire = runtime::body_json(&mut req).await?;
                 runtime::json(200, &self.acquire(a).await?)
             }
             (Method::Post, "/release") => {
-                let r: Release = req.json().await?;
+                let r: Release = runtime::body_json(&mut req).await?;
                 self.release(r).await?;
                 runtime::json(200, &serde_json::json!({"ok": true}))
             }
@@ -172,31 +174,31 @@ impl DurableObject for Directory {
             (Method::Post, "/route") => runtime::json(200, &self.book.borrow().view),
             (Method::Post, "/usage") => runtime::json(200, &self.usage_limits().await),
             (Method::Post, "/usage/set") => {
-                let v: serde_json::Value = req.json().await?;
+                let v: serde_json::Value = runtime::body_json(&mut req).await?;
                 self.set_usage_limits(v).await?;
                 runtime::json(200, &serde_json::json!({"ok": true}))
             }
             (Method::Post, "/presence") => {
-                let r: PresenceReport = req.json().await?;
+                let r: PresenceReport = runtime::body_json(&mut req).await?;
                 runtime::json(200, &self.presence(r).await?)
             }
             (Method::Post, "/tier") => runtime::json(200, &self.tier_info()),
             (Method::Post, "/tier/set") => {
-                let t: SetTier = req.json().await?;
+                let t: SetTier = runtime::body_json(&mut req).await?;
                 runtime::json(200, &self.set_tier(t).await?)
             }
             (Method::Post, "/ticket/issue") => runtime::json(200, &self.issue_ticket().await?),
             (Method::Post, "/ticket/redeem") => {
-                let r: Redeem = req.json().await?;
+                let r: Redeem = runtime::body_json(&mut req).await?;
                 runtime::json(200, &self.redeem_ticket(r).await?)
             }
             (Method::Post, "/report") => {
-                let m: ShardMetrics = req.json().await?;
+                let m: ShardMetrics = runtime::body_json(&mut req).await?;
                 self.report(m).await?;
                 runtime::json(200, &serde_json::json!({"ok": true}))
             }
             (Method::Post, "/observe") => {
-                let o: Observed = req.json().await?;
+                let o: Observed = runtime::body_json(&mut req).await?;
                 self.observe(o).await?;
                 runtime::json(200, &serde_json::json!({"ok": true}))
             }

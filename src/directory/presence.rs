@@ -154,44 +154,62 @@ impl Directory {
 
     /// Tells the user's user-scoped sockets, on every shard holding one, that machines came
     /// online or went offline: `machine-status` and `machine-activity` ephemerals, as the
-    /// platform sends them. Batches go out in order, after the answer. The upstream hears of
-    /// it too (`machine-online` / `machine-offline` hooks).
+    /// platform sends them. In order, after the answer: notices queue while a batch is on its
+    /// way, and the next batch carries them all, one call per shard (under connection churn
+    /// that is a call per shard per batch, not per notice). The upstream hears of it too
+    /// (`machine-online` / `machine-offline` hooks).
     pub(super) async fn emit(&self, transitions: Vec<Transition>) {
         if transitions.is_empty() {
             return;
         }
         self.machine_hooks(&transitions).await;
-        let env = self.env.clone();
-        let book = self.book.clone();
-        let lock = self.emit_lock.clone();
-        runtime::object_wait_until(&self.state, async move {
-            let _in_order = lock.lock().await;
-            let now = runtime::now_ms();
-            let targets = book.borrow().view.user_scoped_shards();
+        let now = runtime::now_ms();
+        {
+            let mut q = self.notices.borrow_mut();
             for t in &transitions {
                 for data in [
                     serde_json::json!({"type": "machine-status", "machineId": t.machine_id, "online": t.online, "timestamp": now}),
                     serde_json::json!({"type": "machine-activity", "machineId": t.machine_id, "active": t.online, "activeAt": now}),
                 ] {
-                    let d = Delivery {
+                    q.push(Delivery {
                         frame: envelope::ephemeral_frame(&data),
                         filter: Filter::UserScopedOnly,
-                    };
-                    let calls = targets.iter().map(|name| {
-                        let (env, d) = (&env, &d);
-                        async move {
-                            let stub = runtime::stub(env, placement::SHARD_BINDING, name).ok()?;
-                            runtime::timeout(
-                                RECLAIM_TIMEOUT_MS,
-                                runtime::call::<_, Delivered>(&stub, "/deliver", Some(name), d),
-                            )
-                            .await?
-                            .ok()
-                        }
                     });
-                    futures::future::join_all(calls).await;
                 }
             }
+        }
+        if self.notifying.replace(true) {
+            return;
+        }
+        let (env, book) = (self.env.clone(), self.book.clone());
+        let (queue, notifying) = (self.notices.clone(), self.notifying.clone());
+        runtime::object_wait_until(&self.state, async move {
+            loop {
+                let batch = std::mem::take(&mut *queue.borrow_mut());
+                if batch.is_empty() {
+                    break;
+                }
+                let targets = book.borrow().view.user_scoped_shards();
+                let calls = targets.iter().map(|name| {
+                    let (env, batch) = (&env, &batch);
+                    async move {
+                        let stub = runtime::stub(env, placement::SHARD_BINDING, name).ok()?;
+                        runtime::timeout(
+                            RECLAIM_TIMEOUT_MS,
+                            runtime::call::<_, Delivered>(
+                                &stub,
+                                "/deliver-batch",
+                                Some(name),
+                                batch,
+                            ),
+                        )
+                        .await?
+                        .ok()
+                    }
+                });
+                futures::future::join_all(calls).await;
+            }
+            notifying.set(false);
         });
     }
 }

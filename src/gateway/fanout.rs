@@ -29,7 +29,8 @@ use crate::placement;
 use crate::protocol::{self, ApiError, BroadcastResult};
 use crate::rpc::{Delivered, DirectoryView, Observed};
 use crate::runtime;
-use crate::stats::{self, ShardStats, UserContext};
+use crate::single_flight::SingleFlight;
+use crate::stats::{self, ShardStats, UserContext, UserStats};
 
 pub async fn broadcast(
     mut req: Request,
@@ -149,25 +150,37 @@ pub async fn stats(
     cfg: &Config,
 ) -> Result<Response, ApiError> {
     let user = identity::http_user(req, env, cfg).await?;
-    let round = fresh_fan_out::<_, ShardStats>(
-        env,
-        cfg,
-        &user,
-        |v| targets(cfg, v),
-        "/stats",
-        &serde_json::json!({}),
-    )
-    .await?;
-    observe_latencies(env, ctx, &user, &round.view, Series::DoResponse, round.took);
-    let view = &round.view;
-    let ctx = UserContext {
-        tier: view.tier.tier.clone(),
-        limit: view.tier.limit,
-        policy: cfg.policy_name.clone(),
-        rejected_tier_limit: view.rejected_tier_limit,
-        rejected_unavailable: view.rejected_unavailable,
-    };
-    ok_json(&stats::aggregate(ctx, &round.answers, round.failed))
+    // Concurrent stats calls for one user share one fan-out (single_flight.rs): the answer
+    // is then at most one fan-out older than the call.
+    let flight = STATS_IN_FLIGHT.with(Rc::clone);
+    let (answer, _shared) = flight
+        .run(&user, || async {
+            let round = fresh_fan_out::<_, ShardStats>(
+                env,
+                cfg,
+                &user,
+                |v| targets(cfg, v),
+                "/stats",
+                &serde_json::json!({}),
+            )
+            .await?;
+            observe_latencies(env, ctx, &user, &round.view, Series::DoResponse, round.took);
+            let view = &round.view;
+            let ctx = UserContext {
+                tier: view.tier.tier.clone(),
+                limit: view.tier.limit,
+                policy: cfg.policy_name.clone(),
+                rejected_tier_limit: view.rejected_tier_limit,
+                rejected_unavailable: view.rejected_unavailable,
+            };
+            Ok(Rc::new(stats::aggregate(ctx, &round.answers, round.failed)))
+        })
+        .await;
+    ok_json(&*answer?)
+}
+
+thread_local! {
+    static STATS_IN_FLIGHT: Rc<SingleFlight<Result<Rc<UserStats>, ApiError>>> = Rc::default();
 }
 
 /// The shards a fan-out must reach, as the policy decides from the directory's

@@ -103,6 +103,11 @@ pub async fn upgrade(
         };
         if resp.status_code() != 503 {
             // 101, 429 (the tier limit: no other shard may help), 4xx: final.
+            if resp.status_code() == 429 {
+                // The directory just counted the refusal: this isolate's next stats call
+                // shows it (other isolates within the view cache's 500 ms).
+                super::fanout::forget_view(&caller.user);
+            }
             return Ok(resp);
         }
         healths.push(health_of(&resp));

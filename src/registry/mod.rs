@@ -51,7 +51,7 @@ impl DurableObject for Registry {
         let path = req.path();
         match (req.method(), path.as_str()) {
             (Method::Post, "/ingest") => {
-                let u: UserMetrics = req.json().await?;
+                let u: UserMetrics = runtime::body_json(&mut req).await?;
                 self.ingest(u, runtime::now_ms());
                 let snapshot = self.saved.borrow().clone();
                 self.state.storage().put(KEY, snapshot).await?;

@@ -53,7 +53,21 @@ export class ConnectionManager extends DurableObject {
     server.serializeAttachment(meta);
     const { connectionId, userId, clientType, sessionId, machineId } = meta;
     server.send(JSON.stringify({ event: 'connected', data: { connectionId, userId, clientType, sessionId, machineId, timestamp: now } }));
+    if (clientType === 'machine-scoped') this.machinePresence(machineId, true);
     return new Response(null, { status: 101, webSocket: client });
+  }
+
+  // The platform's connection lifecycle (platform-protocol.md §6.5): on every machine-scoped
+  // authenticate and close, machine-status and machine-activity to the user-scoped sockets
+  // (its D1 update is left out). Per socket, as the platform does (an overlapping reconnect
+  // flaps); the edge counts sockets across shards instead, but sends the same two frames.
+  machinePresence(machineId, online) {
+    const now = Date.now();
+    const frames = [
+      JSON.stringify({ event: 'ephemeral', data: { type: 'machine-status', machineId, online, timestamp: now } }),
+      JSON.stringify({ event: 'ephemeral', data: { type: 'machine-activity', machineId, active: online, activeAt: now } }),
+    ];
+    for (const s of this.ctx.getWebSockets('type:user-scoped')) for (const f of frames) this.send(s, f);
   }
 
   async webSocketMessage(ws, message) {
@@ -86,6 +100,8 @@ export class ConnectionManager extends DurableObject {
   async webSocketClose(ws, code, reason) {
     // Echo the client's code (1005/1006 cannot be sent; 1000 instead).
     ws.close(code === 1005 || code === 1006 ? 1000 : code, reason || 'Connection closed');
+    const meta = ws.deserializeAttachment();
+    if (meta && meta.clientType === 'machine-scoped') this.machinePresence(meta.machineId, false);
   }
 
   send(ws, frame) {
