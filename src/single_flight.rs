@@ -3,89 +3,116 @@
 //! Under the platform's churn load hundreds of stats calls a round ask for the same user;
 //! each used to fan out to every shard. A caller that arrives while a fan-out for its key is
 //! running waits for that one instead, so its answer is at most one fan-out old: it began
-//! before the caller asked (docs/architecture.md, "Fewer hops"). When the running caller is
-//! dropped (its request was cancelled), its waiters run the work themselves.
+//! before the caller asked (docs/architecture.md, "Why these choices").
+//!
+//! Followers poll on their own timer instead of being woken by the leader. In workerd a
+//! request whose only pending work belongs to another request is cancelled as hung, and a
+//! Rust task woken from another request's callback runs in that request's context, where the
+//! response it then builds is an I/O object of the wrong request ("Cannot perform I/O on
+//! behalf of a different request"). Both happened under churn load with a channel (705 and
+//! 1,868 errors in one run each); a timer of the follower's own keeps it and its
+//! continuation in its own request.
 
-use futures::channel::oneshot;
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::future::Future;
+use std::rc::Rc;
 
-/// Keys with work in flight, each with the callers waiting for it. Single-threaded (one
-/// isolate), so a `RefCell` suffices; it is never borrowed across an await.
+/// One running computation: its result once the leader has it.
+struct Slot<T> {
+    result: RefCell<Option<T>>,
+    /// The leader finished or was dropped (its request cancelled) without a result.
+    over: Cell<bool>,
+}
+
+/// Keys with work in flight. Single-threaded (one isolate), so `RefCell` suffices; it is
+/// never borrowed across an await.
 pub struct SingleFlight<T> {
-    waiting: RefCell<HashMap<String, Vec<oneshot::Sender<T>>>>,
+    running: RefCell<HashMap<String, Rc<Slot<T>>>>,
 }
 
 impl<T> Default for SingleFlight<T> {
     fn default() -> Self {
         Self {
-            waiting: RefCell::new(HashMap::new()),
+            running: RefCell::new(HashMap::new()),
         }
     }
 }
 
 impl<T: Clone> SingleFlight<T> {
-    /// Runs `work` for `key` unless it is already running, in which case waits for and
-    /// returns that result. Answers whether this caller shared another's result.
-    pub async fn run<F: Future<Output = T>>(
+    /// Runs `work` for `key` unless it is already running. A caller that finds it running
+    /// awaits `tick()` up to `max_ticks` times, checking for the result after each, then runs
+    /// `work` itself (also when the leader was dropped). Answers whether this caller shared
+    /// another's result.
+    pub async fn run<F, S>(
         &self,
         key: &str,
+        mut tick: impl FnMut() -> S,
+        max_ticks: u32,
         work: impl FnOnce() -> F,
-    ) -> (T, bool) {
-        let joined = {
-            let mut w = self.waiting.borrow_mut();
-            match w.get_mut(key) {
-                Some(waiters) => {
-                    let (tx, rx) = oneshot::channel();
-                    waiters.push(tx);
-                    Some(rx)
+    ) -> (T, bool)
+    where
+        F: Future<Output = T>,
+        S: Future<Output = ()>,
+    {
+        let running = self.running.borrow().get(key).cloned();
+        if let Some(slot) = running {
+            for _ in 0..max_ticks {
+                tick().await;
+                if let Some(v) = slot.result.borrow().clone() {
+                    return (v, true);
                 }
-                None => {
-                    w.insert(key.to_string(), Vec::new());
-                    None
+                if slot.over.get() {
+                    break;
                 }
             }
+            return (work().await, false);
+        }
+        let slot = Rc::new(Slot {
+            result: RefCell::new(None),
+            over: Cell::new(false),
+        });
+        self.running
+            .borrow_mut()
+            .insert(key.to_string(), slot.clone());
+        let guard = Leader {
+            flight: self,
+            key,
+            slot,
         };
-        if let Some(rx) = joined {
-            match rx.await {
-                Ok(v) => return (v, true),
-                // The leader was dropped; its guard removed the key, so work alone.
-                Err(oneshot::Canceled) => return (work().await, false),
-            }
-        }
-        let guard = Leader { flight: self, key };
         let v = work().await;
-        for tx in guard.finish() {
-            let _ = tx.send(v.clone());
+        // Only followers hold the slot besides the guard and the map.
+        if Rc::strong_count(&guard.slot) > 2 {
+            *guard.slot.result.borrow_mut() = Some(v.clone());
         }
+        drop(guard);
         (v, false)
     }
 
     /// How many keys have work in flight (for tests and metrics).
     pub fn in_flight(&self) -> usize {
-        self.waiting.borrow().len()
+        self.running.borrow().len()
     }
 }
 
-/// Removes the key when the leading caller finishes or is dropped, so a cancelled leader
-/// never leaves waiters hanging (their senders drop with the entry).
+/// Ends the flight when the leading caller finishes or is dropped: later callers start a new
+/// one, and followers of a dropped leader stop waiting at their next tick.
 struct Leader<'a, T> {
     flight: &'a SingleFlight<T>,
     key: &'a str,
-}
-
-impl<T> Leader<'_, T> {
-    fn finish(self) -> Vec<oneshot::Sender<T>> {
-        let waiters = self.flight.waiting.borrow_mut().remove(self.key);
-        std::mem::forget(self);
-        waiters.unwrap_or_default()
-    }
+    slot: Rc<Slot<T>>,
 }
 
 impl<T> Drop for Leader<'_, T> {
     fn drop(&mut self) {
-        self.flight.waiting.borrow_mut().remove(self.key);
+        self.slot.over.set(true);
+        let mut running = self.flight.running.borrow_mut();
+        if running
+            .get(self.key)
+            .is_some_and(|s| Rc::ptr_eq(s, &self.slot))
+        {
+            running.remove(self.key);
+        }
     }
 }
 
@@ -94,32 +121,41 @@ mod tests {
     use super::*;
     use futures::executor::LocalPool;
     use futures::task::LocalSpawnExt;
-    use std::cell::Cell;
-    use std::rc::Rc;
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    /// Pending once, then ready: a tick that lets the other tasks run.
+    struct YieldNow(bool);
+    impl Future for YieldNow {
+        type Output = ();
+        fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+            if self.0 {
+                return Poll::Ready(());
+            }
+            self.0 = true;
+            cx.waker().wake_by_ref();
+            Poll::Pending
+        }
+    }
+    fn yield_now() -> YieldNow {
+        YieldNow(false)
+    }
 
     #[test]
     fn concurrent_callers_share_one_run() {
         let flight = Rc::new(SingleFlight::<u32>::default());
         let runs = Rc::new(Cell::new(0));
-        let (open_tx, open_rx) = oneshot::channel::<()>();
-        let open_rx = Rc::new(RefCell::new(Some(open_rx)));
         let results = Rc::new(RefCell::new(Vec::new()));
         let mut pool = LocalPool::new();
         for _ in 0..3 {
-            let (flight, runs, open_rx, results) = (
-                flight.clone(),
-                runs.clone(),
-                open_rx.clone(),
-                results.clone(),
-            );
+            let (flight, runs, results) = (flight.clone(), runs.clone(), results.clone());
             pool.spawner()
                 .spawn_local(async move {
                     let r = flight
-                        .run("u1", || async {
+                        .run("u1", yield_now, 1000, || async {
                             runs.set(runs.get() + 1);
-                            let rx = open_rx.borrow_mut().take();
-                            if let Some(rx) = rx {
-                                let _ = rx.await;
+                            for _ in 0..5 {
+                                yield_now().await;
                             }
                             7
                         })
@@ -128,10 +164,6 @@ mod tests {
                 })
                 .unwrap();
         }
-        pool.run_until_stalled();
-        assert_eq!(flight.in_flight(), 1);
-        assert!(results.borrow().is_empty());
-        open_tx.send(()).unwrap();
         pool.run();
         assert_eq!(runs.get(), 1);
         let mut r = results.borrow().clone();
@@ -148,7 +180,7 @@ mod tests {
         pool.run_until(async {
             for key in ["a", "b", "a"] {
                 let (v, shared) = flight
-                    .run(key, || async {
+                    .run(key, yield_now, 1000, || async {
                         runs.set(runs.get() + 1);
                         runs.get()
                     })
@@ -158,31 +190,46 @@ mod tests {
             }
         });
         assert_eq!(runs.get(), 3);
+        assert_eq!(flight.in_flight(), 0);
     }
 
     #[test]
     fn a_dropped_leader_lets_waiters_run_their_own() {
-        let flight = Rc::new(SingleFlight::<u32>::default());
-        let mut pool = LocalPool::new();
-        // The leader never finishes: its future is dropped with the pool's first task.
-        let leader = {
-            let flight = flight.clone();
-            async move { flight.run("u", futures::future::pending::<u32>).await }
-        };
-        let mut leader = Box::pin(leader);
+        let flight = SingleFlight::<u32>::default();
         let waker = futures::task::noop_waker();
-        let mut cx = std::task::Context::from_waker(&waker);
+        let mut cx = Context::from_waker(&waker);
+        let mut leader =
+            Box::pin(flight.run("u", yield_now, 1000, futures::future::pending::<u32>));
         assert!(leader.as_mut().poll(&mut cx).is_pending());
         assert_eq!(flight.in_flight(), 1);
-        let follower = {
-            let flight = flight.clone();
-            async move { flight.run("u", || async { 9 }).await }
-        };
-        let mut follower = Box::pin(follower);
+        let mut follower = Box::pin(flight.run("u", yield_now, 1000, || async { 9 }));
         assert!(follower.as_mut().poll(&mut cx).is_pending());
         drop(leader);
         assert_eq!(flight.in_flight(), 0);
-        let r = pool.run_until(follower);
-        assert_eq!(r, (9, false));
+        assert_eq!(LocalPool::new().run_until(follower), (9, false));
+    }
+
+    #[test]
+    fn an_impatient_follower_runs_its_own_and_the_leader_still_finishes() {
+        let flight = SingleFlight::<u32>::default();
+        let waker = futures::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        let gate = Cell::new(false);
+        let mut leader = Box::pin(flight.run("u", yield_now, 1000, || async {
+            while !gate.get() {
+                yield_now().await;
+            }
+            1
+        }));
+        assert!(leader.as_mut().poll(&mut cx).is_pending());
+        // No patience at all: the follower does not wait for the blocked leader.
+        let mut pool = LocalPool::new();
+        assert_eq!(
+            pool.run_until(flight.run("u", yield_now, 0, || async { 2 })),
+            (2, false)
+        );
+        gate.set(true);
+        assert_eq!(pool.run_until(leader), (1, false));
+        assert_eq!(flight.in_flight(), 0);
     }
 }

@@ -83,6 +83,7 @@ def main() -> int:
         want((p.get("cpu_runtime_s") or 0) > 0 and (p.get("cpu_ms_per_connect") or 0) > 0,
              f"{p['policy']}: no runtime CPU measured ({p.get('cpu_runtime_s')} s)")
         want((p.get("rss_end_runtime_kb") or 0) > 0, f"{p['policy']}: no runtime RSS at the end")
+        want(p.get("runtime_faults") == 0, f"{p['policy']}: {p.get('runtime_faults')} runtime faults in the workerd log")
     if problems:
         print("check_compare_smoke: " + "; ".join(problems), file=sys.stderr)
         return 1

@@ -249,6 +249,12 @@ class Policy:
         return s["stats"].get("subrequestsPerFrame") if s else None
 
     @property
+    def runtime_faults(self) -> int | None:
+        """Lines of the workerd log that mean a bug of ours or a runtime restart (compare.sh)."""
+        v = self.meta.get("runtime_faults")
+        return None if v is None else int(v)
+
+    @property
     def rss_end_kb(self) -> float | None:
         return self.meta.get("end_rss_runtime_kb") or None
 
@@ -637,6 +643,8 @@ def cost_rows(run: Run, row) -> None:
         row("Runtime RSS while holding the peak: first -> last; trend (whole hold, second half)", lambda p: _hold(p))
         row("DO memory estimate per connection (stats memoryUsage)", lambda p: _estimate(p))
     row("Mean 1-min load average during the run (2 CPUs)", lambda p: _load(p))
+    row("**Runtime faults** in the workerd log (fatal exceptions, cross-request I/O, hung requests, panics)",
+        lambda p: "n/a" if p.runtime_faults is None else str(p.runtime_faults))
 
 
 def result_rows(run: Run) -> list[tuple[str, list[str]]]:
@@ -810,7 +818,7 @@ def environment(run: Run) -> list[str]:
         f"- Machine: {info.get('cpus', '?')} CPUs ({info.get('cpu', '?')}), {info.get('memory', '?')}. k6 (up to "
         f"{int(first.stat('vus_max', 'max') or 0)} VUs), wrangler and workerd share these CPUs, so absolute latencies "
         "include client-side queueing; compare policies with each other, not with production.",
-        f"- Software: wrangler {info.get('wrangler', '?')} (its bundled workerd), {info.get('k6', '?')}.",
+        f"- Software: wrangler {info.get('wrangler', '?')}, workerd {info.get('workerd', '?')}, {info.get('k6', '?')}.",
         load,
         f"- Clients: {SHAPE_TEXT[run.traffic]}.",
         "- Memory and CPU: workerd's RSS sampled with `ps` every few seconds; the *runtime* process hosts the Worker "
@@ -937,6 +945,7 @@ def _summary(p: Policy, peak: int | None) -> dict:
         "frames_routed": p.frames_routed,
         "cpu_ms_per_frame": p.cpu_ms_per_frame(),
         "rss_end_runtime_kb": p.rss_end_kb,
+        "runtime_faults": p.runtime_faults,
         **({"platform": _platform_summary(p)} if p.count("rpc_calls") else {}),
     }
 

@@ -153,31 +153,48 @@ pub async fn stats(
     // Concurrent stats calls for one user share one fan-out (single_flight.rs): the answer
     // is then at most one fan-out older than the call.
     let flight = STATS_IN_FLIGHT.with(Rc::clone);
+    // A follower checks after 2, 4, 8, 16 ms, then every STATS_TICK_MAX_MS, for at most two
+    // fan-out timeouts (a view read and a fan-out), then asks itself: a quick fan-out is
+    // shared within milliseconds, a slow one costs a waiter a timer every 32 ms, not 500/s.
+    let ticks = 4 + cfg.fanout_timeout_ms.saturating_mul(2) / STATS_TICK_MAX_MS;
+    let mut wait = 1;
     let (answer, _shared) = flight
-        .run(&user, || async {
-            let round = fresh_fan_out::<_, ShardStats>(
-                env,
-                cfg,
-                &user,
-                |v| targets(cfg, v),
-                "/stats",
-                &serde_json::json!({}),
-            )
-            .await?;
-            observe_latencies(env, ctx, &user, &round.view, Series::DoResponse, round.took);
-            let view = &round.view;
-            let ctx = UserContext {
-                tier: view.tier.tier.clone(),
-                limit: view.tier.limit,
-                policy: cfg.policy_name.clone(),
-                rejected_tier_limit: view.rejected_tier_limit,
-                rejected_unavailable: view.rejected_unavailable,
-            };
-            Ok(Rc::new(stats::aggregate(ctx, &round.answers, round.failed)))
-        })
+        .run(
+            &user,
+            || {
+                wait = (wait * 2).min(STATS_TICK_MAX_MS);
+                runtime::sleep(wait)
+            },
+            ticks,
+            || async {
+                let round = fresh_fan_out::<_, ShardStats>(
+                    env,
+                    cfg,
+                    &user,
+                    |v| targets(cfg, v),
+                    "/stats",
+                    &serde_json::json!({}),
+                )
+                .await?;
+                observe_latencies(env, ctx, &user, &round.view, Series::DoResponse, round.took);
+                let view = &round.view;
+                let ctx = UserContext {
+                    tier: view.tier.tier.clone(),
+                    limit: view.tier.limit,
+                    policy: cfg.policy_name.clone(),
+                    rejected_tier_limit: view.rejected_tier_limit,
+                    rejected_unavailable: view.rejected_unavailable,
+                };
+                Ok(Rc::new(stats::aggregate(ctx, &round.answers, round.failed)))
+            },
+        )
         .await;
     ok_json(&*answer?)
 }
+
+/// The longest a stats call waiting for another's fan-out sleeps between checks: the most it
+/// adds to a slow fan-out's latency.
+const STATS_TICK_MAX_MS: u32 = 32;
 
 thread_local! {
     static STATS_IN_FLIGHT: Rc<SingleFlight<Result<Rc<UserStats>, ApiError>>> = Rc::default();
