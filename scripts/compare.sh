@@ -107,13 +107,25 @@ tiers=$(jq -cn --argjson l "$LOAD_TIER_LIMIT" '{
   enterprise: {limit: 500, latencyP95Ms: 100, availability: 99.95},
   load: {limit: $l, latencyP95Ms: 500, availability: 99.5}}')
 
+# UPSTREAM=service: the reference upstream (examples/upstream/) beside every edge gateway,
+# bound as UPSTREAM_SERVICE, so the platform's business events go through it (docs/upstream.md);
+# UPSTREAM=failing: an upstream that refuses every call, to see what the edge does then.
+upstream=${UPSTREAM:-off}
+case $upstream in
+  off) upstream_args=() ;;
+  service) upstream_args=(-c "$ROOT/examples/upstream/wrangler.toml" --var "UPSTREAM:service") ;;
+  # An upstream URL on a loopback port nobody listens on: every business event fails at once.
+  failing) upstream_args=(--var "UPSTREAM:http://127.0.0.1:$(gw_free_port)/events") ;;
+  *) echo "error: UPSTREAM is off, service (the reference upstream) or failing (a refused URL), not \"$upstream\"" >&2; exit 2 ;;
+esac
+
 # A policy's gateway, or the baseline in its place.
 start_target() {
   if [ "$1" = baseline ]; then
     # shellcheck disable=SC2119 # no extra wrangler arguments
     gw_start_baseline
   else
-    gw_start "$1" --var "TIERS:$tiers" --var "SHARD_MAX_CONNECTIONS:$CAP"
+    gw_start "$1" --var "TIERS:$tiers" --var "SHARD_MAX_CONNECTIONS:$CAP" "${upstream_args[@]}"
   fi
 }
 
@@ -231,6 +243,10 @@ for policy in "${policies[@]}"; do
   read -r cpu_pid1 cpu_ticks1 < <(gw_workerd_cpu_ticks)
   read -r end_rt end_px < <(gw_workerd_rss_kb)
   final_stats=$(user_stats)
+  # The gateway's own view of the run (upstream calls and their latency, among others).
+  if [ "$policy" != baseline ]; then
+    curl -s --max-time 10 -H "authorization: Bearer $admin" "$GW_URL/metrics" >"$run_dir/$slug.metrics.txt" || true
+  fi
   case $rc in
     0) verdict="passed every threshold" ;;
     99) verdict="failed thresholds (recorded in the report)" ;;
@@ -262,14 +278,14 @@ done
 
 total=$(($(date +%s) - started))
 jq -n --arg mode "$mode" --arg shape "$shape" --argjson planned "$planned_s" --argjson total "$total" --arg cap "$CAP" \
-  --argjson tier_limit "$LOAD_TIER_LIMIT" --arg users "${users:-1}" --arg who "$who" \
+  --argjson tier_limit "$LOAD_TIER_LIMIT" --arg users "${users:-1}" --arg who "$who" --arg upstream "$upstream" \
   --arg wrangler "$(node_modules/.bin/wrangler --version 2>/dev/null | tail -n 1)" \
   --arg workerd "$(node_modules/.bin/workerd --version 2>/dev/null | awk '{ print $2 }')" \
   --arg k6 "$("$K6" version | head -n 1)" --arg cpus "$(nproc)" \
   --arg mem "$(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo)" \
   --arg cpu "$(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo)" \
   '{mode: $mode, shape: $shape, planned_s: $planned, total_s: $total, shard_max_connections: ($cap | tonumber),
-    tier_limit: $tier_limit, users: ($users | tonumber), load: $who,
+    tier_limit: $tier_limit, users: ($users | tonumber), load: $who, upstream: $upstream,
     wrangler: $wrangler, workerd: $workerd, k6: $k6, cpus: ($cpus | tonumber), memory: $mem, cpu: $cpu}' \
   >"$run_dir/run.json"
 echo

@@ -22,6 +22,7 @@ import csv
 import datetime as dt
 import gzip
 import json
+import re
 import math
 import sys
 from pathlib import Path
@@ -124,6 +125,46 @@ def mmss(s: float) -> str:
     return f"{s // 60:02d}:{s % 60:02d}"
 
 
+def upstream_from_metrics(text: str) -> dict | None:
+    """The gateway's upstream figures from its /metrics at the end of a run: calls by result
+    and the latency histogram summed over tiers and events (None when nothing went upstream)."""
+    results: dict[str, float] = {}
+    buckets: dict[float, float] = {}
+    for line in text.splitlines():
+        m = re.match(r'^(edge_upstream_requests_total|edge_upstream_latency_ms_bucket)\{(.*)\} ([0-9.eE+-]+)$', line)
+        if not m:
+            continue
+        labels = dict(re.findall(r'(\w+)="([^"]*)"', m.group(2)))
+        v = float(m.group(3))
+        if m.group(1) == "edge_upstream_requests_total":
+            results[labels.get("result", "?")] = results.get(labels.get("result", "?"), 0) + v
+        else:
+            le = float("inf") if labels.get("le") == "+Inf" else float(labels.get("le", "inf"))
+            buckets[le] = buckets.get(le, 0) + v
+    calls = sum(results.values())
+    if not calls:
+        return None
+    return {"calls": {k: int(v) for k, v in sorted(results.items())},
+            "latency_ms": {"p50": histogram_quantile(buckets, 0.5), "p95": histogram_quantile(buckets, 0.95)}}
+
+
+def histogram_quantile(buckets: dict[float, float], q: float) -> float | None:
+    """Prometheus' histogram_quantile: linear within the bucket that holds the rank."""
+    les = sorted(buckets)
+    total = buckets[les[-1]] if les else 0
+    if not total:
+        return None
+    rank, lo, below = q * total, 0.0, 0.0
+    for le in les:
+        n = buckets[le]
+        if n >= rank:
+            if le == float("inf"):
+                return lo
+            return lo + (le - lo) * ((rank - below) / (n - below) if n > below else 1)
+        lo, below = le, n
+    return lo
+
+
 class Policy:
     """Everything measured for one policy."""
 
@@ -144,6 +185,8 @@ class Policy:
         csv_path = run_dir / f"{slug}.k6.csv.gz"
         if csv_path.exists():
             self._read_csv(csv_path)
+        mp = run_dir / f"{slug}.metrics.txt"
+        self.upstream = upstream_from_metrics(mp.read_text()) if mp.exists() else None
         self.t0 = min([t for rows in self.series.values() for t, _, _ in rows[:1]] + [s["t"] for s in self.samples[:1]]
                       or [self.meta["start"]])
 
@@ -524,7 +567,10 @@ class Run:
         self.baseline = next((p for p in self.policies if p.is_baseline), None)
         start = self.policies[0].meta["start"] if self.policies else 0
         self.date = dt.datetime.fromtimestamp(start).strftime("%Y-%m-%d")
-        self.base = f"{self.mode}-{self.date}" if self.shape == "steady" else f"{self.mode}-{self.shape}-{self.date}"
+        self.upstream = self.info.get("upstream", "off")
+        via = {"service": "-upstream", "failing": "-upstream-failing"}.get(self.upstream, "")
+        self.base = (f"{self.mode}{via}-{self.date}" if self.shape == "steady"
+                     else f"{self.mode}-{self.shape}{via}-{self.date}")
 
     @property
     def label(self) -> str:
@@ -611,6 +657,14 @@ def platform_rows(row) -> None:
     row("RPC p95 cross-shard / same-shard", cross_ratio)
     row("**Forwarding delivery** p95 (count): session-alive / machine-alive to the apps",
         lambda p: kinds(p, "forward_delivery_time", "kind", "session", "machine"))
+    row("Forwarding p50 / p95 (count): as sent (edge only) / the upstream's `activity` ephemerals",
+        lambda p: " / ".join(
+            f"{ms(p.pctl('forward_delivery_time', 0.5, form=f))}, {ms(p.pctl('forward_delivery_time', 0.95, form=f))} "
+            f"({len(p.tagged('forward_delivery_time', form=f))})" for f in ("forwarded", "activity")))
+    row("**Upstream calls** by result; upstream time p50 / p95 (gateway `/metrics`, all events)",
+        lambda p: "none" if not p.upstream else
+        ", ".join(f"{k} {v:,}" for k, v in p.upstream["calls"].items() if v) + "; "
+        + f"{ms(p.upstream['latency_ms']['p50'])} / {ms(p.upstream['latency_ms']['p95'])}")
     row("Client frames per second: sent / received", lambda p: f"{p.rate('frames_sent') or 0:.1f} / {p.rate('frames_received') or 0:.1f}")
     row("**Dropped frames** (no ack within 10 s)", lambda p: str(p.count("frames_dropped")))
     row("**Misdelivered frames**", reasons)
@@ -821,6 +875,14 @@ def environment(run: Run) -> list[str]:
         f"- Software: wrangler {info.get('wrangler', '?')}, workerd {info.get('workerd', '?')}, {info.get('k6', '?')}.",
         load,
         f"- Clients: {SHAPE_TEXT[run.traffic]}.",
+        *(["- Upstream: the reference upstream (`examples/upstream/`) beside every edge gateway through the service "
+           "binding (`UPSTREAM=service`): the platform's business events (`session-alive`, `machine-alive`, ...) go "
+           "through it, and the apps receive its `activity` ephemerals instead of the forwarded frames."]
+          if info.get("upstream") == "service" else []),
+        *(["- Upstream: `UPSTREAM=failing`, an upstream URL on a loopback port nobody listens on, so every business "
+           "event the edge sends upstream fails at once (counted in `edge_upstream_requests_total{result=\"error\"}`); "
+           "routing (RPC, acks, presence) must go on unaffected."]
+          if info.get("upstream") == "failing" else []),
         "- Memory and CPU: workerd's RSS sampled with `ps` every few seconds; the *runtime* process hosts the Worker "
         "and all Durable Objects (all shards share it locally); the dev *proxy* in front of it exists only under "
         "`wrangler dev`. CPU is the runtime process's user + system time (`/proc/PID/stat`) from the start to the "
@@ -838,7 +900,8 @@ def environment(run: Run) -> list[str]:
 
 def markdown(run: Run, rows, chart_files: list[tuple[str, str]]) -> str:
     names = [p.name for p in run.policies]
-    shape_arg = "" if run.shape == "steady" else f"SHAPE={run.shape} "
+    shape_arg = ("" if run.shape == "steady" else f"SHAPE={run.shape} ") + (
+        f"UPSTREAM={run.upstream} " if run.upstream != "off" else "")
     md = [
         f"# WebSocket capacity: `{run.mode}` ({run.shape}) policy comparison, {run.date}",
         "",
@@ -967,6 +1030,11 @@ def _platform_summary(p: Policy) -> dict:
         "dropped": p.count("frames_dropped"), "misdelivered": p.count("frames_misdelivered"),
         "misdelivered_by_reason": p.by_tag("frames_misdelivered", "reason"),
         "subrequests_per_frame": p.subrequests_per_frame(),
+        "upstream": p.upstream,
+        "forward_by_form_ms": {f: {"p50": p.pctl("forward_delivery_time", 0.5, form=f),
+                                   "p95": p.pctl("forward_delivery_time", 0.95, form=f),
+                                   "count": len(p.tagged("forward_delivery_time", form=f))}
+                               for f in ("forwarded", "activity")},
     }
 
 
