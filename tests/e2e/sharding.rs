@@ -281,3 +281,30 @@ const SPILL: Policy = Policy {
     spec: "hash:shards=3",
     query: user_scoped,
 };
+
+/// The gateway caches a user's directory view for 500 ms and shares one stats fan-out between
+/// concurrent calls (docs/architecture.md): neither may hide a shard that appeared since. Under
+/// `session` every new session is a new shard: right after its socket opens, within the cache
+/// window, a broadcast reaches it and stats count it, also when many stats calls race.
+#[tokio::test]
+async fn a_cached_view_never_hides_a_new_shard() {
+    let g = gateway(&SESSION);
+    let u = user("fresh-view");
+    let t = g.token(&u, "load").await;
+    let mut clients = vec![g.connect(&t, "clientType=session-scoped&sessionId=a").await];
+    // Fill the cache with a view of one shard.
+    assert_eq!(g.stats(&t).await["totalConnections"], 1);
+    for (i, s) in ["b", "c", "d"].iter().enumerate() {
+        clients.push(
+            g.connect(&t, &format!("clientType=session-scoped&sessionId={s}"))
+                .await,
+        );
+        let r = broadcast_reaches_each_once(g, &t, &mut clients).await;
+        assert_eq!(r["shards"], i + 2, "every session shard reached: {r}");
+        let all = futures_util::future::join_all((0..12).map(|_| g.stats(&t))).await;
+        for st in all {
+            assert_eq!(st["totalConnections"], clients.len(), "{st}");
+            assert_eq!(st["shards"].as_array().unwrap().len(), i + 2, "{st}");
+        }
+    }
+}
