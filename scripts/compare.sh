@@ -114,8 +114,9 @@ upstream=${UPSTREAM:-off}
 case $upstream in
   off) upstream_args=() ;;
   service) upstream_args=(-c "$ROOT/examples/upstream/wrangler.toml" --var "UPSTREAM:service") ;;
-  # An upstream URL on a loopback port nobody listens on: every business event fails at once.
-  failing) upstream_args=(--var "UPSTREAM:http://127.0.0.1:$(gw_free_port)/events") ;;
+  # An upstream URL on a loopback port nobody listens on (9, discard; never one of the
+  # ephemeral ports the gateways get): every business event fails at once.
+  failing) upstream_args=(--var "UPSTREAM:http://127.0.0.1:9/events") ;;
   *) echo "error: UPSTREAM is off, service (the reference upstream) or failing (a refused URL), not \"$upstream\"" >&2; exit 2 ;;
 esac
 

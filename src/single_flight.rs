@@ -81,10 +81,7 @@ impl<T: Clone> SingleFlight<T> {
             slot,
         };
         let v = work().await;
-        // Only followers hold the slot besides the guard and the map.
-        if Rc::strong_count(&guard.slot) > 2 {
-            *guard.slot.result.borrow_mut() = Some(v.clone());
-        }
+        *guard.slot.result.borrow_mut() = Some(v.clone());
         drop(guard);
         (v, false)
     }
