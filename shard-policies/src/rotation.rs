@@ -347,6 +347,17 @@ mod tests {
     }
 
     #[test]
+    fn strata_narrower_than_a_millisecond_floor_to_whole_ms() {
+        // 4789 sockets over 1 s: socket 3857's exact place is 805.387.. ms; the slot is
+        // the floor (805 ms), never earlier, never in the next socket's millisecond.
+        let plan = DrainPlan::new(0, 1_000, 4_789);
+        assert_eq!(plan.slot(3_857, 0).notify_at_ms, 805);
+        assert_eq!(plan.slot(3_857, 0xffff_ffff).notify_at_ms, 805);
+        assert_eq!(plan.slot(4_788, 0xffff_ffff).notify_at_ms, 999);
+        assert_eq!(plan.slot(4_788, 0).retry_after_ms, 0);
+    }
+
+    #[test]
     fn retry_hint_is_bounded_by_the_stratum_width() {
         // 1000 sockets over 2 s: strata are 2 ms wide, so is the hint.
         let plan = DrainPlan::new(0, 2_000, 1_000);

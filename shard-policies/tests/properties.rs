@@ -290,8 +290,10 @@ proptest! {
         let i = u128::from(index.min(sockets - 1));
         let (window, n) = (u128::from(rotation.drain_ms()), u128::from(sockets));
         let offset = u128::from(slot.notify_at_ms - plan.start_ms());
-        // window * i / n <= offset < window * (i + 1) / n
-        prop_assert!(offset * n >= window * i);
+        // floor(window * i / n) <= offset < window * (i + 1) / n: offsets are whole
+        // milliseconds, so when a stratum is narrower than 1 ms (more sockets than ms in
+        // the window) the slot is the floor of its exact place, never below that floor.
+        prop_assert!(offset >= window * i / n);
         prop_assert!(offset * n < window * (i + 1));
         prop_assert!(slot.notify_at_ms < plan.end_ms());
         prop_assert!(slot.retry_after_ms <= MAX_RETRY_AFTER_MS);
