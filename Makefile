@@ -99,7 +99,7 @@ dry-run: build ## validate the production bundle and config for every environmen
 load: $(TOOLS) dev-vars ## run a k6 scenario against `make dev`: make load MODE=smoke [SHAPE=churn|http] (MODE=platform: apps, sessions, machines)
 	SHAPE=$(SHAPE) scripts/load.sh $(MODE)
 
-compare: build dev-vars $(TOOLS) ## compare policies under load: make compare MODE=quick [SHAPE=churn|http] [UPSTREAM=service|failing] [POLICIES="baseline hash:shards=auto"]
+compare: build dev-vars $(TOOLS) ## compare policies under load: make compare MODE=quick [SHAPE=churn|http] [UPSTREAM=service|failing] [REPORT_NAME=tag] [POLICIES="baseline hash:shards=auto"]
 	SHAPE=$(SHAPE) scripts/compare.sh $(MODE) $(POLICIES)
 
 deploy: build check-config ## deploy: make deploy ENV=staging|production

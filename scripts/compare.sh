@@ -10,7 +10,8 @@
 # Durable Object per user, the capacity guide's design) in the gateway's place, started the
 # same way. Then write docs/results/MODE[-SHAPE]-DATE.md (the capacity guide's result
 # template, one table across the policies), its charts and MODE[-SHAPE]-DATE.json (headline
-# figures; RESULTS_DIR moves all of them).
+# figures; RESULTS_DIR moves all of them; REPORT_NAME=TAG names them MODE[-SHAPE]-TAG-DATE, so
+# a second comparison of the same mode on the same day does not overwrite the first).
 #
 # The load is one user (load-alice) in a tier `load` whose limit (LOAD_TIER_LIMIT, default
 # 1000) is above the mode's peak, so every rejection comes from the per-object cap
@@ -31,6 +32,10 @@ LOAD_TIER_LIMIT=${LOAD_TIER_LIMIT:-1000}
 CAP=${SHARD_MAX_CONNECTIONS:-200}
 SAMPLE_S=${SAMPLE_INTERVAL:-5}
 RESULTS_DIR=${RESULTS_DIR:-docs/results}
+REPORT_NAME=${REPORT_NAME:-}
+case $REPORT_NAME in
+  *[!A-Za-z0-9-]*) echo "error: REPORT_NAME is letters, digits and '-' only (it goes into file names), not \"$REPORT_NAME\"" >&2; exit 2 ;;
+esac
 RUNTIME_FAULTS='Fatal uncaught|on behalf of a different request|had hung|panicked'
 
 usage() {
@@ -280,13 +285,14 @@ done
 total=$(($(date +%s) - started))
 jq -n --arg mode "$mode" --arg shape "$shape" --argjson planned "$planned_s" --argjson total "$total" --arg cap "$CAP" \
   --argjson tier_limit "$LOAD_TIER_LIMIT" --arg users "${users:-1}" --arg who "$who" --arg upstream "$upstream" \
+  --arg report_name "$REPORT_NAME" \
   --arg wrangler "$(node_modules/.bin/wrangler --version 2>/dev/null | tail -n 1)" \
   --arg workerd "$(node_modules/.bin/workerd --version 2>/dev/null | awk '{ print $2 }')" \
   --arg k6 "$("$K6" version | head -n 1)" --arg cpus "$(nproc)" \
   --arg mem "$(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo)" \
   --arg cpu "$(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo)" \
   '{mode: $mode, shape: $shape, planned_s: $planned, total_s: $total, shard_max_connections: ($cap | tonumber),
-    tier_limit: $tier_limit, users: ($users | tonumber), load: $who, upstream: $upstream,
+    tier_limit: $tier_limit, users: ($users | tonumber), load: $who, upstream: $upstream, report_name: $report_name,
     wrangler: $wrangler, workerd: $workerd, k6: $k6, cpus: ($cpus | tonumber), memory: $mem, cpu: $cpu}' \
   >"$run_dir/run.json"
 echo

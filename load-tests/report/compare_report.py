@@ -523,7 +523,8 @@ def degradation_points(p: Policy, targets: dict, cap: int) -> list[str]:
         s = over[0]
         found.append((s["t"], f"At {s['stats']['totalConnections']} connections (t={mmss(s['t'] - p.t0)}): a shard held "
                               "more than 400 sockets (alert: warning)"))
-    full = next((s for s in p.samples if isinstance(s.get("stats"), dict)
+    # The baseline has no per-object cap: its one object passing the edge's cap is no event.
+    full = None if p.is_baseline else next((s for s in p.samples if isinstance(s.get("stats"), dict)
                  and any(x.get("connections", 0) >= cap for x in s["stats"].get("shards", []))), None)
     if full is not None:
         shards = full["stats"].get("shards", [])
@@ -569,8 +570,9 @@ class Run:
         self.date = dt.datetime.fromtimestamp(start).strftime("%Y-%m-%d")
         self.upstream = self.info.get("upstream", "off")
         via = {"service": "-upstream", "failing": "-upstream-failing"}.get(self.upstream, "")
-        self.base = (f"{self.mode}{via}-{self.date}" if self.shape == "steady"
-                     else f"{self.mode}-{self.shape}{via}-{self.date}")
+        tag = f"-{self.info['report_name']}" if self.info.get("report_name") else ""
+        self.base = (f"{self.mode}{via}{tag}-{self.date}" if self.shape == "steady"
+                     else f"{self.mode}-{self.shape}{via}{tag}-{self.date}")
 
     @property
     def label(self) -> str:
