@@ -570,9 +570,9 @@ class Run:
         self.date = dt.datetime.fromtimestamp(start).strftime("%Y-%m-%d")
         self.upstream = self.info.get("upstream", "off")
         via = {"service": "-upstream", "failing": "-upstream-failing"}.get(self.upstream, "")
+        shape = "" if self.shape == "steady" else f"-{self.shape}"
         tag = f"-{self.info['report_name']}" if self.info.get("report_name") else ""
-        self.base = (f"{self.mode}{via}{tag}-{self.date}" if self.shape == "steady"
-                     else f"{self.mode}-{self.shape}{via}{tag}-{self.date}")
+        self.base = f"{self.mode}{shape}{via}{tag}-{self.date}"
 
     @property
     def label(self) -> str:
