@@ -12,6 +12,7 @@ use shard_policies::PolicyConfig;
 use crate::auth::TokenKeys;
 use crate::cors::CorsPolicy;
 use crate::routing::ack_id::AckKey;
+pub use crate::routing::guard::Limits as FrameLimits;
 use crate::upstream::{self, EventSet, Target, UpstreamConfig};
 
 /// Where configuration values come from: the Worker env, a TOML table, a map.
@@ -66,6 +67,9 @@ pub const VARS: &[(&str, Option<&str>)] = &[
     ("FANOUT_TIMEOUT_MS", Some("5000")),
     ("LEASE_BATCH", Some("8")),
     ("BAD_FRAME_LIMIT", Some("10")),
+    ("FRAME_RATE", Some("50")),
+    ("FRAME_BURST", Some("200")),
+    ("REVOCATION_POLL_MS", Some("5000")),
     ("TEST_KNOBS", Some("off")),
     ("REGISTRY_SHARDS", Some("8")),
     ("METRICS_MAX_USER_SERIES", Some("50")),
@@ -100,7 +104,10 @@ pub struct Config {
     pub max_message_bytes: usize,
     pub fanout_timeout_ms: u32,
     pub lease_batch: u32,
-    pub bad_frame_limit: u32,
+    /// What one socket may send: frames per second, burst, invalid frames per minute.
+    pub frame_limits: FrameLimits,
+    /// How often the revocation feed reads `RevokedToken` for new rows.
+    pub revocation_poll_ms: u64,
     /// Fault and latency injection for tests (`POST /admin/test/shard`).
     /// Off unless the config says `on`; never enable it in production.
     pub test_knobs: bool,
@@ -211,7 +218,12 @@ impl Config {
             max_message_bytes: int(src, "MAX_MESSAGE_BYTES", 128, 1 << 20)? as usize,
             fanout_timeout_ms: int(src, "FANOUT_TIMEOUT_MS", 10, 60_000)?,
             lease_batch: int(src, "LEASE_BATCH", 1, 1_000)?,
-            bad_frame_limit: int(src, "BAD_FRAME_LIMIT", 1, 10_000)?,
+            frame_limits: FrameLimits {
+                rate_per_s: int(src, "FRAME_RATE", 1, 100_000)?,
+                burst: int(src, "FRAME_BURST", 1, 1_000_000)?,
+                bad_frames: int(src, "BAD_FRAME_LIMIT", 1, 10_000)?,
+            },
+            revocation_poll_ms: u64::from(int(src, "REVOCATION_POLL_MS", 500, 300_000)?),
             test_knobs: switch(src, "TEST_KNOBS")?,
             registry_shards: int(src, "REGISTRY_SHARDS", 1, 256)?,
             metrics_max_user_series: int(src, "METRICS_MAX_USER_SERIES", 1, 10_000)?,

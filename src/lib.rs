@@ -25,6 +25,8 @@
 //! - [`ConnectionManager`]: the shard Durable Object (hibernating sockets).
 //! - [`Directory`]: the per-user Durable Object that owns the shard set and the tier limit.
 //! - [`Registry`]: `REGISTRY_SHARDS` objects holding users' metrics for the global view.
+//! - [`Revocations`]: one object reading the platform's `RevokedToken` table for new rows and
+//!   ending the revoked tokens' sockets.
 //! - `placement`: the bridge to the `shard-policies` crate; `runtime`: env, clock, calls.
 
 pub mod admission;
@@ -49,11 +51,13 @@ mod gateway;
 mod outbox;
 mod placement;
 mod registry;
+mod revocations;
 mod runtime;
 
 pub use connection_manager::ConnectionManager;
 pub use directory::Directory;
 pub use registry::Registry;
+pub use revocations::Revocations;
 
 #[worker::event(fetch)]
 async fn fetch(

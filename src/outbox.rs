@@ -74,6 +74,19 @@ pub fn earliest(a: Option<u64>, b: Option<u64>) -> Option<u64> {
     }
 }
 
+/// Whether any hook is still stored (one key read).
+pub async fn has_pending(state: &State) -> bool {
+    match state
+        .storage()
+        .list_with_options(ListOptions::new().prefix(KEY_PREFIX).limit(1))
+        .await
+    {
+        Ok(map) => map.size() > 0,
+        // Unreadable: assume there is, so nothing is deleted on a guess.
+        Err(_) => true,
+    }
+}
+
 /// Stores hooks for the next flush; the caller arms its alarm.
 pub async fn enqueue(state: &State, hooks: &[Hook]) {
     for h in hooks {

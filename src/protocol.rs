@@ -197,6 +197,13 @@ pub struct SocketMeta {
     pub machine_id: Option<String>,
     pub tier: String,
     pub connected_at: u64,
+    /// The credential the socket was opened with, so it ends with it (docs/reliability.md):
+    /// the token's revocation hash (lowercase hex SHA-256, the platform's `tokenHash`) and
+    /// its expiry in ms. A ticket carries the token it was issued for; `None` when unknown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_hash: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<u64>,
 }
 
 impl SocketMeta {
@@ -210,8 +217,16 @@ impl SocketMeta {
         if let Some(m) = &self.machine_id {
             tags.push(machine_tag(m));
         }
+        if let Some(h) = &self.token_hash {
+            tags.push(token_tag(h));
+        }
         tags
     }
+}
+
+/// The tag of the sockets opened with one token, by its revocation hash.
+pub fn token_tag(hash: &str) -> String {
+    format!("tok:{hash}")
 }
 
 pub fn session_tag(id: &str) -> String {
@@ -282,6 +297,45 @@ pub fn relay_frame(data: Option<&RawValue>, from: &str) -> String {
         event: "broadcast",
         data,
         from: Some(from),
+        timestamp: None,
+    })
+}
+
+/// The platform's close code after a failed authentication (platform-protocol.md §5.5): its
+/// clients reconnect on it, and a revoked or expired credential then fails with 401.
+pub const AUTH_FAILED: u16 = 4001;
+/// The reason that goes with [`AUTH_FAILED`], as the platform writes it.
+pub const AUTH_FAILED_REASON: &str = "Authentication failed";
+
+/// Why the edge ends a socket whose credential no longer holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CredentialEnd {
+    /// The token's `exp` passed.
+    Expired,
+    /// The token's hash appeared in `RevokedToken`.
+    Revoked,
+    /// An operator (or the platform's backend) ended the socket.
+    Disconnected,
+}
+
+impl CredentialEnd {
+    fn message(self) -> &'static str {
+        match self {
+            CredentialEnd::Expired => "Invalid authentication token: it expired; sign in again",
+            CredentialEnd::Revoked => "Invalid authentication token: it was revoked; sign in again",
+            CredentialEnd::Disconnected => "Connection ended by the server; reconnect",
+        }
+    }
+}
+
+/// `{"event":"auth-error","data":{"code":4001,"message":M,"timestamp":T}}`, the platform's
+/// auth-error frame, sent before the close when a socket's credential ends.
+pub fn auth_error_frame(why: CredentialEnd, now_ms: u64) -> String {
+    render(&Out {
+        event: "auth-error",
+        data: serde_json::json!({"code": AUTH_FAILED, "message": why.message(), "timestamp": now_ms}),
+        from: None,
         timestamp: None,
     })
 }
@@ -547,6 +601,8 @@ mod tests {
             session_id: Some("s1".into()),
             machine_id: None,
             tier: "pro".into(),
+            token_hash: None,
+            expires_at: None,
             connected_at: 5,
         };
         let v: serde_json::Value =

@@ -81,6 +81,17 @@ pub struct Redeemed {
     pub result: crate::auth::ticket_book::Redeem,
     /// The user's tier, so a ticket connect needs no other directory call.
     pub tier: TierInfo,
+    /// The token the ticket was issued for (none for a ticket minted elsewhere).
+    #[serde(default)]
+    pub token: Option<crate::auth::TokenRef>,
+}
+
+/// Gateway -> directory: count a ticket against the user's rate limit and, when allowed,
+/// remember the token it is issued for under its nonce.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IssueTicket {
+    pub nonce: String,
+    pub token: crate::auth::TokenRef,
 }
 
 /// Shard -> directory: slots given back (already removed from the lease).
@@ -190,4 +201,69 @@ pub enum Fault {
     Error,
     /// Fan-out calls answer only after the fan-out timeout.
     Hang,
+}
+
+/// Gateway or revocation feed -> shard: end the sockets a selector picks, at once. At most one
+/// of the ids is set; none means every socket of the user on the shard.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Disconnect {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_hash: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub machine_id: Option<String>,
+    /// Why: `revoked` (the default for a token hash) or `disconnected`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<crate::protocol::CredentialEnd>,
+}
+
+impl Disconnect {
+    /// The hibernation tag that finds the sockets, or `None` for all of them; `Err` when more
+    /// than one selector is set.
+    pub fn tag(&self) -> Result<Option<String>, &'static str> {
+        use crate::protocol::{machine_tag, session_tag, token_tag};
+        match (&self.token_hash, &self.session_id, &self.machine_id) {
+            (None, None, None) => Ok(None),
+            (Some(h), None, None) => Ok(Some(token_tag(h))),
+            (None, Some(s), None) => Ok(Some(session_tag(s))),
+            (None, None, Some(m)) => Ok(Some(machine_tag(m))),
+            _ => Err("name at most one of `tokenHash`, `sessionId`, `machineId`"),
+        }
+    }
+
+    pub fn why(&self) -> crate::protocol::CredentialEnd {
+        self.reason
+            .unwrap_or(crate::protocol::CredentialEnd::Disconnected)
+    }
+}
+
+/// Shard -> caller: how many sockets a [`Disconnect`] ended.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ended {
+    pub closed: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_disconnect_names_at_most_one_selector() {
+        let all = Disconnect::default();
+        assert_eq!(all.tag(), Ok(None));
+        let by_token = Disconnect {
+            token_hash: Some("ab".into()),
+            ..Disconnect::default()
+        };
+        assert_eq!(by_token.tag(), Ok(Some("tok:ab".into())));
+        let by_machine: Disconnect = serde_json::from_str(r#"{"machineId":"m1"}"#).unwrap();
+        assert_eq!(by_machine.tag(), Ok(Some("machine:m1".into())));
+        let two: Disconnect =
+            serde_json::from_str(r#"{"machineId":"m1","sessionId":"s1"}"#).unwrap();
+        assert!(two.tag().is_err());
+        assert!(serde_json::from_str::<Disconnect>(r#"{"user":"x"}"#).is_err());
+        assert_eq!(all.why(), crate::protocol::CredentialEnd::Disconnected);
+    }
 }

@@ -62,6 +62,10 @@ impl<V> BoundedMap<V> {
         }
     }
 
+    pub fn keys(&self) -> impl Iterator<Item = &String> {
+        self.entries.keys()
+    }
+
     pub fn len(&self) -> usize {
         self.entries.len()
     }
@@ -98,9 +102,9 @@ impl TokenCache {
         }
     }
 
-    /// The user of a cached token still valid at `now_ms`; an expired or stale entry is
-    /// dropped, so the caller verifies (and checks revocation) again.
-    pub fn get(&mut self, token: &str, now_ms: u64) -> Option<String> {
+    /// The user (and `exp`, seconds) of a cached token still valid at `now_ms`; an expired or
+    /// stale entry is dropped, so the caller verifies (and checks revocation) again.
+    pub fn get(&mut self, token: &str, now_ms: u64) -> Option<(String, Option<u64>)> {
         let e = self.map.get(token)?;
         let expired = e.exp_s.is_some_and(|exp| now_ms / 1000 >= exp);
         let stale = now_ms.saturating_sub(e.checked_ms) >= self.recheck_ms;
@@ -108,7 +112,7 @@ impl TokenCache {
             self.map.remove(token);
             return None;
         }
-        Some(e.user_id.clone())
+        Some((e.user_id.clone(), e.exp_s))
     }
 
     pub fn insert(&mut self, token: &str, user_id: &str, exp_s: Option<u64>, now_ms: u64) {
@@ -120,6 +124,19 @@ impl TokenCache {
                 checked_ms: now_ms,
             },
         );
+    }
+
+    /// Drops every cached token whose revocation hash is `hash`.
+    pub fn forget_hash(&mut self, hash: &str) {
+        let gone: Vec<String> = self
+            .map
+            .keys()
+            .filter(|t| super::token::revocation_hash(t) == hash)
+            .cloned()
+            .collect();
+        for t in gone {
+            self.map.remove(&t);
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -139,7 +156,7 @@ mod tests {
     fn hits_honour_exp_on_every_lookup() {
         let mut c = TokenCache::new(10, 600_000);
         c.insert("t", "alice", Some(100), 0);
-        assert_eq!(c.get("t", 99_999).as_deref(), Some("alice"));
+        assert_eq!(c.get("t", 99_999).map(|(u, _)| u).as_deref(), Some("alice"));
         // At exp, exactly as verification refuses it.
         assert_eq!(c.get("t", 100_000), None);
         assert!(c.is_empty());
@@ -149,10 +166,10 @@ mod tests {
     fn entries_are_rechecked_after_the_staleness_bound() {
         let mut c = TokenCache::new(10, 60_000);
         c.insert("t", "alice", None, 1_000);
-        assert_eq!(c.get("t", 60_999).as_deref(), Some("alice"));
+        assert_eq!(c.get("t", 60_999).map(|(u, _)| u).as_deref(), Some("alice"));
         assert_eq!(c.get("t", 61_000), None);
         c.insert("t", "alice", None, 61_000);
-        assert_eq!(c.get("t", 61_001).as_deref(), Some("alice"));
+        assert_eq!(c.get("t", 61_001).map(|(u, _)| u).as_deref(), Some("alice"));
     }
 
     #[test]

@@ -14,6 +14,26 @@ pub use cache::TokenCache;
 pub use ticket::{Ticket, TicketError};
 pub use token::{MintClaims, TokenError, TokenKeys, Verified};
 
+/// The token a socket was opened with, so the socket ends with it: the token's revocation
+/// hash and expiry (ms). A ticket carries the one of the token it was issued for.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TokenRef {
+    pub token_hash: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<u64>,
+}
+
+impl TokenRef {
+    /// The reference of a verified token whose `exp` (seconds) is `exp_s`.
+    pub fn of(token: &str, exp_s: Option<u64>) -> Self {
+        Self {
+            token_hash: token::revocation_hash(token),
+            expires_at: exp_s.map(|s| s.saturating_mul(1000)),
+        }
+    }
+}
+
 /// The credential an upgrade presents, in the platform's order of precedence.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Credential<'a> {

@@ -7,7 +7,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::ticket::SKEW_MS;
+use super::ticket::{SKEW_MS, TTL_MS};
+use super::TokenRef;
 
 /// Tickets one user may be issued per fixed one-minute bucket (the platform's limit).
 pub const TICKETS_PER_MINUTE: u32 = 10;
@@ -24,6 +25,9 @@ pub struct TicketBook {
     issued: u32,
     /// Redeemed nonce -> when it can be forgotten (its ticket's last valid moment).
     redeemed: BTreeMap<String, u64>,
+    /// Issued nonce -> the token the ticket was issued for, and when to forget it. At most
+    /// [`TICKETS_PER_MINUTE`] a minute are added, each kept for a ticket's life.
+    bound: BTreeMap<String, (TokenRef, u64)>,
 }
 
 /// The answer to a ticket request.
@@ -52,6 +56,23 @@ pub enum Redeem {
 }
 
 impl TicketBook {
+    /// Counts a ticket request against the current minute; an allowed ticket remembers the
+    /// token it is issued for under its nonce, for its redemption.
+    pub fn issue_bound(&mut self, now_ms: u64, nonce: &str, token: TokenRef) -> Issue {
+        let issue = self.issue(now_ms);
+        if matches!(issue, Issue::Allowed { .. }) {
+            self.bound.retain(|_, (_, forget_at)| *forget_at >= now_ms);
+            let forget_at = now_ms.saturating_add(TTL_MS + SKEW_MS);
+            self.bound.insert(nonce.to_owned(), (token, forget_at));
+        }
+        issue
+    }
+
+    /// The token a nonce's ticket was issued for, once (tickets minted elsewhere have none).
+    pub fn take_bound(&mut self, nonce: &str) -> Option<TokenRef> {
+        self.bound.remove(nonce).map(|(t, _)| t)
+    }
+
     /// Counts a ticket request against the current minute.
     pub fn issue(&mut self, now_ms: u64) -> Issue {
         let bucket = now_ms / BUCKET_MS;
@@ -130,5 +151,28 @@ mod tests {
         assert_eq!(b.redeem("one-more", 30_000, 0), Redeem::Full);
         assert_eq!(b.redeem("n0", 30_000, 0), Redeem::Replayed);
         assert_eq!(b.redeem("later", 30_000, 40_000), Redeem::Fresh);
+    }
+
+    #[test]
+    fn a_ticket_carries_the_token_it_was_issued_for_once() {
+        let mut b = TicketBook::default();
+        let t = TokenRef {
+            token_hash: "ab".into(),
+            expires_at: Some(9),
+        };
+        assert!(matches!(
+            b.issue_bound(0, "n1", t.clone()),
+            Issue::Allowed { .. }
+        ));
+        assert_eq!(b.take_bound("n1"), Some(t.clone()));
+        assert_eq!(b.take_bound("n1"), None);
+        // Forgotten after a ticket's life; refused issues bind nothing.
+        b.issue_bound(0, "n2", t.clone());
+        b.issue_bound(TTL_MS + SKEW_MS + 1, "n3", t.clone());
+        assert_eq!(b.take_bound("n2"), None);
+        for i in 0..20 {
+            b.issue_bound(TTL_MS + SKEW_MS + 1, &format!("x{i}"), t.clone());
+        }
+        assert!(b.bound.len() <= TICKETS_PER_MINUTE as usize);
     }
 }

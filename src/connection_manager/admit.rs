@@ -315,6 +315,12 @@ impl ConnectionManager {
 
     /// Gives surplus slots back after sockets closed (they are already out of the index).
     pub(super) async fn settle(&self) -> worker::Result<()> {
+        self.give_back().await?;
+        self.retire_soon().await;
+        Ok(())
+    }
+
+    async fn give_back(&self) -> worker::Result<()> {
         let batch = runtime::config(&self.env)
             .map(|c| c.lease_batch)
             .unwrap_or(8);
@@ -375,6 +381,7 @@ impl ConnectionManager {
         };
         if released > 0 {
             self.save().await?;
+            self.retire_soon().await;
         }
         Ok(Reclaimed {
             lease: crate::lease::Returned {

@@ -44,15 +44,7 @@ impl ConnectionManager {
             if slot.notify_at_ms <= now || now >= plan.end_ms() {
                 let _ =
                     ws.send_with_str(protocol::reconnect_frame("rotation", slot.retry_after_ms));
-                close(ws, 1012, "rotation");
-                // Closed by us, it may never reach the close handler.
-                self.forget_socket(&m.connection_id).await;
-                if let Ok(cfg) = crate::runtime::config(&self.env) {
-                    if cfg.upstream.posts_hooks() {
-                        let hook = self.disconnected_hook(&m, 1012);
-                        self.post_hooks(&cfg, vec![hook]).await;
-                    }
-                }
+                self.end_socket(ws, &m, 1012, "rotation").await;
             } else {
                 next = Some(next.map_or(slot.notify_at_ms, |n| n.min(slot.notify_at_ms)));
             }

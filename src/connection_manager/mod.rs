@@ -16,6 +16,7 @@
 
 mod admit;
 mod drain;
+mod end;
 mod observe;
 mod presence;
 mod route;
@@ -38,9 +39,10 @@ use crate::auth::cache::BoundedMap;
 use crate::config::Config;
 use crate::protocol::{self, conn_tag, machine_tag, session_tag, ApiError, ClientType, Delivery};
 use crate::protocol::{Filter, SocketMeta};
+use crate::routing::guard::{SocketGuard, Verdict};
 use crate::routing::index::SocketIndex;
 use crate::routing::view::RoutingView;
-use crate::rpc::{AckRelay, Delivered, Fault, Knob};
+use crate::rpc::{AckRelay, Delivered, Disconnect, Fault, Knob};
 use crate::runtime::{self, SHARD_HEADER};
 use crate::stats::ShardStats;
 use state::Persisted;
@@ -64,8 +66,8 @@ pub struct ConnectionManager {
     saved: Rc<RefCell<Persisted>>,
     /// Serializes this shard's own calls to the directory (see `lease`).
     directory_lock: Mutex<()>,
-    /// Bad frames per connection in the current window: (count, window start).
-    bad_frames: RefCell<HashMap<String, (u32, u64)>>,
+    /// What each open socket may still send (rate and invalid frames), by connection.
+    guards: RefCell<HashMap<String, SocketGuard>>,
     /// Cross-shard deliveries in flight, reported as `messageQueueDepth`.
     relays_in_flight: Cell<u64>,
     observer: RefCell<observe::Observer>,
@@ -95,6 +97,8 @@ pub struct ConnectionManager {
     save_at: Cell<Option<u64>>,
     /// The alarm time last set, so an unchanged alarm is not written again.
     armed_at: Cell<Option<u64>>,
+    /// When to check whether this shard, empty and holding no slots, can delete its storage.
+    retire_at: Cell<Option<u64>>,
 }
 
 impl DurableObject for ConnectionManager {
@@ -128,7 +132,7 @@ impl DurableObject for ConnectionManager {
             env,
             saved,
             directory_lock: Mutex::new(()),
-            bad_frames: RefCell::new(HashMap::new()),
+            guards: RefCell::new(HashMap::new()),
             relays_in_flight: Cell::new(0),
             observer: RefCell::new(observe::Observer::default()),
             index: RefCell::new(None),
@@ -145,6 +149,7 @@ impl DurableObject for ConnectionManager {
             hooks_known: Cell::new(false),
             save_at: Cell::new(None),
             armed_at: Cell::new(None),
+            retire_at: Cell::new(None),
         }
     }
 
@@ -212,6 +217,10 @@ impl DurableObject for ConnectionManager {
                 runtime::json(200, &k)
             }
             (Method::Post, "/reclaim") => runtime::json(200, &self.reclaim().await?),
+            (Method::Post, "/disconnect") => {
+                let d: Disconnect = runtime::body_json(&mut req).await?;
+                runtime::json(200, &self.disconnect(&d).await?)
+            }
             (Method::Post, "/view") => {
                 let v: RoutingView = runtime::body_json(&mut req).await?;
                 self.learn_view(v);
@@ -262,6 +271,7 @@ impl DurableObject for ConnectionManager {
         if self.saved.borrow().drain_at.is_some_and(|at| at <= now) {
             self.drain_step().await?;
         }
+        self.expire_sockets(now).await?;
         if self.observer.borrow().report_at.is_some_and(|at| at <= now) {
             self.report().await;
         }
@@ -280,6 +290,12 @@ impl DurableObject for ConnectionManager {
                 if cfg.upstream.posts_hooks() {
                     self.flush_hooks(&cfg).await;
                 }
+            }
+        }
+        if self.retire_at.get().is_some_and(|at| at <= now) {
+            self.retire_at.set(None);
+            if self.retire().await? {
+                return Response::ok("");
             }
         }
         self.rearm().await?;
@@ -424,26 +440,58 @@ impl ConnectionManager {
         }
     }
 
+    /// Runs `f` on the socket's guard, creating it on the socket's first frame.
+    fn guard<R>(&self, cfg: &Config, ws: &WebSocket, f: impl FnOnce(&mut SocketGuard) -> R) -> R {
+        let key = attachment(ws).map(|m| m.connection_id).unwrap_or_default();
+        let now = runtime::now_ms();
+        let mut map = self.guards.borrow_mut();
+        let g = map
+            .entry(key)
+            .or_insert_with(|| SocketGuard::new(&cfg.frame_limits, now));
+        f(g)
+    }
+
+    /// Takes a token for a frame; `false` when the frame is to be dropped (the client was
+    /// told, or the socket closed for flooding).
+    fn admit_frame(&self, cfg: &Config, ws: &WebSocket) -> bool {
+        let now = runtime::now_ms();
+        match self.guard(cfg, ws, |g| g.frame(&cfg.frame_limits, now)) {
+            Verdict::Pass => true,
+            Verdict::Drop { notify } => {
+                if notify {
+                    let _ = ws.send_with_str(crate::routing::envelope::error_frame(
+                        crate::routing::envelope::POLICY_VIOLATION,
+                        &format!(
+                            "more than {} frames a second (burst {}); frames are being dropped",
+                            cfg.frame_limits.rate_per_s, cfg.frame_limits.burst
+                        ),
+                        now,
+                    ));
+                }
+                false
+            }
+            Verdict::Close => {
+                let _ = ws.send_with_str(crate::routing::envelope::error_frame(
+                    crate::routing::envelope::POLICY_VIOLATION,
+                    "kept sending over the frame rate limit; closing",
+                    now,
+                ));
+                close(ws, 1008, "rate limit exceeded");
+                false
+            }
+        }
+    }
+
     fn bad_frame(
         &self,
+        cfg: &Config,
         ws: &WebSocket,
         code: u16,
         message: &str,
-        limit: u32,
     ) -> worker::Result<()> {
-        let key = attachment(ws).map(|m| m.connection_id).unwrap_or_default();
         let now = runtime::now_ms();
-        let count = {
-            let mut map = self.bad_frames.borrow_mut();
-            let entry = map.entry(key).or_insert((0, now));
-            // A fresh window each minute: occasional mistakes never add up.
-            if now.saturating_sub(entry.1) > 60_000 {
-                *entry = (0, now);
-            }
-            entry.0 += 1;
-            entry.0
-        };
-        if count > limit {
+        let limit = cfg.frame_limits.bad_frames;
+        if self.guard(cfg, ws, |g| g.bad_frame(&cfg.frame_limits, now)) {
             let _ = ws.send_with_str(crate::routing::envelope::error_frame(
                 crate::routing::envelope::POLICY_VIOLATION,
                 &format!("more than {limit} invalid frames in a minute; closing"),
@@ -457,17 +505,8 @@ impl ConnectionManager {
 
     async fn after_close(&self, ws: &WebSocket, code: u16) -> worker::Result<()> {
         if let Some(m) = attachment(ws) {
-            self.bad_frames.borrow_mut().remove(&m.connection_id);
-            let was_open = self.with_index(|ix| ix.contains(&m.connection_id));
-            self.forget_socket(&m.connection_id).await;
-            if was_open {
-                if let Ok(cfg) = runtime::config(&self.env) {
-                    if cfg.upstream.posts_hooks() {
-                        let hook = self.disconnected_hook(&m, code);
-                        self.post_hooks(&cfg, vec![hook]).await;
-                    }
-                }
-            }
+            self.index_with_closing(&m);
+            self.count_close(&m, code).await;
         }
         self.settle().await?;
         self.observe_gauges().await;
@@ -512,6 +551,8 @@ impl ConnectionManager {
             self.saved.borrow().presence_retry_at,
             self.hooks_at.get(),
             self.save_at.get(),
+            self.with_index(|ix| ix.next_expiry()),
+            self.retire_at.get(),
         ]
         .into_iter()
         .flatten()

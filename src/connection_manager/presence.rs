@@ -40,19 +40,36 @@ impl ConnectionManager {
     /// object has just woken (the one walk of the socket list).
     pub(super) fn with_index<R>(&self, f: impl FnOnce(&mut SocketIndex) -> R) -> R {
         let mut slot = self.index.borrow_mut();
-        let ix = slot.get_or_insert_with(|| {
-            let metas: Vec<(SocketMeta, u64)> = self
-                .open_sockets()
-                .iter()
-                .filter_map(attachment)
-                .map(|m| {
-                    let bytes = serde_json::to_string(&m).map_or(0, |s| s.len() as u64);
-                    (m, bytes)
-                })
-                .collect();
-            SocketIndex::rebuild(metas.iter().map(|(m, b)| (m, *b)))
-        });
+        let ix = slot.get_or_insert_with(|| self.build_index(None));
         f(ix)
+    }
+
+    /// Builds the index now if this object has just woken, counting `closing` as open: a
+    /// close that is the first event after a wake must still find its socket counted, or it
+    /// would change no count, store no hook and report no presence until a reconcile.
+    pub(super) fn index_with_closing(&self, closing: &SocketMeta) {
+        let mut slot = self.index.borrow_mut();
+        if slot.is_none() {
+            *slot = Some(self.build_index(Some(closing)));
+        }
+    }
+
+    fn build_index(&self, closing: Option<&SocketMeta>) -> SocketIndex {
+        let mut metas: Vec<SocketMeta> =
+            self.open_sockets().iter().filter_map(attachment).collect();
+        if let Some(c) = closing {
+            if !metas.iter().any(|m| m.connection_id == c.connection_id) {
+                metas.push(c.clone());
+            }
+        }
+        let sized: Vec<(SocketMeta, u64)> = metas
+            .into_iter()
+            .map(|m| {
+                let bytes = serde_json::to_string(&m).map_or(0, |s| s.len() as u64);
+                (m, bytes)
+            })
+            .collect();
+        SocketIndex::rebuild(sized.iter().map(|(m, b)| (m, *b)))
     }
 
     pub(super) fn open_count(&self) -> u32 {

@@ -38,7 +38,10 @@ impl ConnectionManager {
             Err(_) => return Ok(()),
         };
         runtime::sleep(self.knob(&cfg).latency_ms).await;
-        let (max, limit) = (cfg.max_message_bytes, cfg.bad_frame_limit);
+        if !self.admit_frame(&cfg, &ws) {
+            return Ok(());
+        }
+        let max = cfg.max_message_bytes;
         // Binary frames are read as UTF-8 text, as the platform does.
         let text = match message {
             WebSocketIncomingMessage::String(t) => t,
@@ -49,10 +52,10 @@ impl ConnectionManager {
                 Ok(t) => t,
                 Err(_) => {
                     return self.bad_frame(
+                        &cfg,
                         &ws,
                         PROTOCOL_ERROR,
                         envelope::Invalid::Json.message(),
-                        limit,
                     )
                 }
             },
@@ -63,7 +66,7 @@ impl ConnectionManager {
         let frame = match envelope::parse(&text) {
             Parsed::Frame(f) => f,
             Parsed::ClientAck => return Ok(()),
-            Parsed::Invalid(k) => return self.bad_frame(&ws, PROTOCOL_ERROR, k.message(), limit),
+            Parsed::Invalid(k) => return self.bad_frame(&cfg, &ws, PROTOCOL_ERROR, k.message()),
         };
         let Some(meta) = attachment(&ws) else {
             return Ok(());

@@ -19,8 +19,8 @@ use crate::placement;
 use crate::protocol::ApiError;
 use crate::routing::view::{PresenceBook, PresenceReport};
 use crate::rpc::{
-    Acquire, DirectoryView, Granted, Observed, Reclaimed, Redeem, Redeemed, Release, SetTier,
-    TierInfo, ViewShard,
+    Acquire, DirectoryView, Granted, IssueTicket, Observed, Reclaimed, Redeem, Redeemed, Release,
+    SetTier, TierInfo, ViewShard,
 };
 use crate::runtime;
 
@@ -187,7 +187,10 @@ impl DurableObject for Directory {
                 let t: SetTier = runtime::body_json(&mut req).await?;
                 runtime::json(200, &self.set_tier(t).await?)
             }
-            (Method::Post, "/ticket/issue") => runtime::json(200, &self.issue_ticket().await?),
+            (Method::Post, "/ticket/issue") => {
+                let i: IssueTicket = runtime::body_json(&mut req).await?;
+                runtime::json(200, &self.issue_ticket(i).await?)
+            }
             (Method::Post, "/ticket/redeem") => {
                 let r: Redeem = runtime::body_json(&mut req).await?;
                 runtime::json(200, &self.redeem_ticket(r).await?)
@@ -272,24 +275,30 @@ impl Directory {
 
     /// Counts a ticket against the user's per-minute limit, exactly: this object handles one
     /// request at a time and the count changes before any await.
-    async fn issue_ticket(&self) -> worker::Result<Issue> {
-        let issue = self.tickets.borrow_mut().issue(runtime::now_ms());
+    async fn issue_ticket(&self, i: IssueTicket) -> worker::Result<Issue> {
+        let issue = self
+            .tickets
+            .borrow_mut()
+            .issue_bound(runtime::now_ms(), &i.nonce, i.token);
         if matches!(issue, Issue::Allowed { .. }) {
             self.save_tickets().await?;
         }
         Ok(issue)
     }
 
-    /// Marks a ticket's nonce used, so a replay within its window is refused.
+    /// Marks a ticket's nonce used, so a replay within its window is refused, and hands over
+    /// the token it was issued for.
     async fn redeem_ticket(&self, r: Redeem) -> worker::Result<Redeemed> {
-        let result = self
-            .tickets
-            .borrow_mut()
-            .redeem(&r.nonce, r.exp_ms, runtime::now_ms());
+        let (result, token) = {
+            let mut book = self.tickets.borrow_mut();
+            let result = book.redeem(&r.nonce, r.exp_ms, runtime::now_ms());
+            (result, book.take_bound(&r.nonce))
+        };
         self.save_tickets().await?;
         Ok(Redeemed {
             result,
             tier: self.tier_info(),
+            token,
         })
     }
 

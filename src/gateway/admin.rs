@@ -10,7 +10,7 @@ use crate::exposition::{self, ExpositionOptions};
 use crate::metrics::GlobalMetrics;
 use crate::placement;
 use crate::protocol::ApiError;
-use crate::rpc::{Knob, SetTier, TierInfo};
+use crate::rpc::{Disconnect, Knob, SetTier, TierInfo};
 use crate::runtime;
 use crate::slo;
 
@@ -100,6 +100,86 @@ pub async fn user_tier(mut req: Request, env: &Env, cfg: &Config) -> Result<Resp
         &serde_json::json!({"user": user, "tier": info.tier, "limit": info.limit, "override": info.overridden}),
     )
     .map_err(|e| ApiError::new(500, "internal", e.to_string()))
+}
+
+/// The user id of `/admin/users/{id}/disconnect`.
+pub fn user_disconnect_path(path: &str) -> Option<&str> {
+    path.strip_prefix("/admin/users/")?
+        .strip_suffix("/disconnect")
+}
+
+/// `POST /admin/users/{id}/disconnect`: ends at once, across every shard of the user, all of
+/// the user's sockets, or those of one token (`{"tokenHash": "<hex sha256>"}`, the
+/// platform's `RevokedToken.tokenHash`), one session (`{"sessionId"}`) or one machine
+/// (`{"machineId"}`). Each socket gets the platform's `auth-error` frame and close 4001, on
+/// which its client reconnects (and, with a revoked token, fails with 401). With a
+/// `tokenHash` the reason is `revoked` unless `"reason": "disconnected"` is given. The
+/// platform's backend calls this when it revokes a token.
+pub async fn user_disconnect(
+    mut req: Request,
+    env: &Env,
+    cfg: &Config,
+) -> Result<Response, ApiError> {
+    authorize(&req, cfg)?;
+    if req.method() != Method::Post {
+        return Err(ApiError::new(
+            405,
+            "method_not_allowed",
+            "use POST on this path",
+        ));
+    }
+    let path = req.path();
+    let user = user_disconnect_path(&path).unwrap_or_default().to_owned();
+    crate::ids::validate_id(&user)
+        .map_err(|e| ApiError::bad_request("invalid_id", format!("user id: {e}")))?;
+    let text = req
+        .text()
+        .await
+        .map_err(|_| ApiError::bad_request("bad_body", "could not read the request body"))?;
+    let mut d: Disconnect = if text.trim().is_empty() {
+        Disconnect::default()
+    } else {
+        serde_json::from_str(&text).map_err(|e| {
+            ApiError::bad_request(
+                "invalid_body",
+                format!("expected {{}} or one of {{\"tokenHash\"}}, {{\"sessionId\"}}, {{\"machineId\"}} (and optionally \"reason\"): {e}"),
+            )
+        })?
+    };
+    d.tag()
+        .map_err(|e| ApiError::bad_request("invalid_body", e))?;
+    if let Some(h) = &d.token_hash {
+        if h.len() != 64 || !h.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(ApiError::bad_request(
+                "invalid_token_hash",
+                "`tokenHash` is the token's SHA-256 as 64 hex digits (RevokedToken.tokenHash)",
+            ));
+        }
+        let lower = h.to_ascii_lowercase();
+        identity::forget_token_hash(&lower);
+        d.token_hash = Some(lower);
+        d.reason
+            .get_or_insert(crate::protocol::CredentialEnd::Revoked);
+    }
+    for id in [&d.session_id, &d.machine_id].into_iter().flatten() {
+        crate::ids::validate_id(id)
+            .map_err(|e| ApiError::bad_request("invalid_id", format!("{e}")))?;
+    }
+    let r = super::fanout::disconnect_user(env, cfg, &user, &d).await?;
+    runtime::json(200, &r).map_err(|e| ApiError::new(500, "internal", e.to_string()))
+}
+
+/// `GET /admin/revocations`: the revocation feed's state (watermark, revocations read,
+/// sockets ended, dispatches pending, shed and failed, the last poll and its error).
+pub async fn revocations(req: &Request, env: &Env, cfg: &Config) -> Result<Response, ApiError> {
+    authorize(req, cfg)?;
+    let unavailable = |e: worker::Error| ApiError::new(503, "feed_unavailable", e.to_string());
+    let stub = runtime::stub(env, crate::revocations::BINDING, crate::revocations::NAME)
+        .map_err(unavailable)?;
+    let v: serde_json::Value = runtime::call(&stub, "/status", None, &serde_json::json!({}))
+        .await
+        .map_err(unavailable)?;
+    runtime::json(200, &v).map_err(|e| ApiError::new(500, "internal", e.to_string()))
 }
 
 /// `POST /admin/test/shard {"shard": name, "latencyMs": n, "fault": "error"|"hang"|null}`:

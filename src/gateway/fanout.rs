@@ -429,3 +429,36 @@ pub async fn fan_out<B: Serialize, T: DeserializeOwned>(
     }
     (ok, failed, took)
 }
+
+/// What ending a user's sockets did, across the user's shards.
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Disconnected {
+    pub closed: u64,
+    pub shards: usize,
+    pub failed_shards: Vec<String>,
+}
+
+/// Ends the sockets `d` selects on every shard the user has (from a fresh view: this is an
+/// operator's or the revocation feed's call, and must not miss a new shard).
+pub async fn disconnect_user(
+    env: &Env,
+    cfg: &Config,
+    user: &str,
+    d: &crate::rpc::Disconnect,
+) -> Result<Disconnected, ApiError> {
+    let (view, _) = directory_view(env, user, true).await?;
+    let mut shards: Vec<String> = view.shards.iter().map(|s| s.name.clone()).collect();
+    for name in view.routing.shards.keys() {
+        if !shards.contains(name) {
+            shards.push(name.clone());
+        }
+    }
+    let (answers, failed, _) =
+        fan_out::<_, crate::rpc::Ended>(env, &shards, "/disconnect", d, cfg).await;
+    Ok(Disconnected {
+        closed: answers.iter().map(|e| e.closed).sum(),
+        shards: shards.len(),
+        failed_shards: failed,
+    })
+}

@@ -8,7 +8,7 @@ use worker::{Env, Request};
 
 use crate::auth::cache::{BoundedMap, CAPACITY};
 use crate::auth::ticket_book::Redeem as Redemption;
-use crate::auth::{self, ticket, token, Credential, TokenCache};
+use crate::auth::{self, ticket, token, Credential, TokenCache, TokenRef};
 use crate::config::Config;
 use crate::placement;
 use crate::protocol::ApiError;
@@ -33,6 +33,8 @@ thread_local! {
 pub struct Caller {
     pub user: String,
     pub tier: TierInfo,
+    /// The token the socket will end with (for a ticket, the one it was issued for).
+    pub token: Option<TokenRef>,
 }
 
 /// How an endpoint words a refusal: the upgrade's texts or the REST middleware's.
@@ -42,17 +44,17 @@ pub enum Wording {
     Http,
 }
 
-/// The user of a platform token: from the cache, else verified (signature before the
-/// revocation query, so garbage never costs a D1 read) and cached.
+/// The user of a platform token and the token's reference: from the cache, else verified
+/// (signature before the revocation query, so garbage never costs a D1 read) and cached.
 pub async fn user_of_token(
     env: &Env,
     cfg: &Config,
     token: &str,
     wording: Wording,
-) -> Result<String, ApiError> {
+) -> Result<(String, TokenRef), ApiError> {
     let now_ms = runtime::now_ms();
-    if let Some(user) = TOKENS.with(|c| c.borrow_mut().get(token, now_ms)) {
-        return Ok(user);
+    if let Some((user, exp)) = TOKENS.with(|c| c.borrow_mut().get(token, now_ms)) {
+        return Ok((user, TokenRef::of(token, exp)));
     }
     let prefix = match wording {
         Wording::Upgrade => "Invalid authentication token",
@@ -68,7 +70,12 @@ pub async fn user_of_token(
         ));
     }
     TOKENS.with(|c| c.borrow_mut().insert(token, &v.user_id, v.exp, now_ms));
-    Ok(v.user_id)
+    Ok((v.user_id, TokenRef::of(token, v.exp)))
+}
+
+/// Forgets a token this isolate verified (an operator revoked it through this isolate).
+pub fn forget_token_hash(hash: &str) {
+    TOKENS.with(|c| c.borrow_mut().forget_hash(hash));
 }
 
 /// Whether the token's hash is in `RevokedToken`; `false` when no D1 binding is configured.
@@ -101,6 +108,15 @@ pub fn revocation_configured(env: &Env) -> bool {
 
 /// The caller of an HTTP endpoint: `Authorization: Bearer <token>`.
 pub async fn http_user(req: &Request, env: &Env, cfg: &Config) -> Result<String, ApiError> {
+    http_caller(req, env, cfg).await.map(|(user, _)| user)
+}
+
+/// The caller of an HTTP endpoint and the token it presented.
+pub async fn http_caller(
+    req: &Request,
+    env: &Env,
+    cfg: &Config,
+) -> Result<(String, TokenRef), ApiError> {
     let header = req.headers().get("authorization").ok().flatten();
     let Some(t) = auth::bearer(header.as_deref()) else {
         return Err(ApiError::new(
@@ -130,9 +146,13 @@ pub async fn upgrade_caller(
     match auth::upgrade_credential(q("ticket"), q("token"), header.as_deref()) {
         Credential::Ticket(t) => ticket_caller(env, cfg, t).await,
         Credential::Token(t) => {
-            let user = user_of_token(env, cfg, t, Wording::Upgrade).await?;
+            let (user, token) = user_of_token(env, cfg, t, Wording::Upgrade).await?;
             let tier = tier_of(env, &user).await?;
-            Ok(Caller { user, tier })
+            Ok(Caller {
+                user,
+                tier,
+                token: Some(token),
+            })
         }
         Credential::Missing => Err(ApiError::new(
             401,
@@ -170,6 +190,7 @@ async fn ticket_caller(env: &Env, cfg: &Config, t: &str) -> Result<Caller, ApiEr
             Ok(Caller {
                 user: tk.user_id,
                 tier: r.tier,
+                token: r.token,
             })
         }
         Redemption::Replayed => Err(ApiError::new(

@@ -1,7 +1,7 @@
 //! The stateless gateway Worker: routing, auth, placement and fan-out.
 
 mod admin;
-mod fanout;
+pub(crate) mod fanout;
 pub(crate) mod identity;
 mod ticket;
 mod upgrade;
@@ -29,6 +29,7 @@ pub async fn handle(req: Request, env: Env, ctx: Context) -> worker::Result<Resp
             ))
         }
     };
+    crate::revocations::ensure(&env, &ctx);
     let origin = req.headers().get("origin").ok().flatten();
     // Browsers preflight the ticket, stats and broadcast calls (platform-protocol.md §7.5).
     if req.method() == Method::Options {
@@ -50,7 +51,11 @@ pub async fn handle(req: Request, env: Env, ctx: Context) -> worker::Result<Resp
         (Method::Get, "/metrics") => admin::metrics(&req, &env, &cfg).await,
         (Method::Get, "/admin/stats") => admin::stats(&req, &env, &cfg).await,
         (Method::Get, "/admin/slo") => admin::slo(&req, &env, &cfg).await,
+        (Method::Get, "/admin/revocations") => admin::revocations(&req, &env, &cfg).await,
         (_, p) if admin::user_tier_path(p).is_some() => admin::user_tier(req, &env, &cfg).await,
+        (_, p) if admin::user_disconnect_path(p).is_some() => {
+            admin::user_disconnect(req, &env, &cfg).await
+        }
         (Method::Post, "/admin/test/shard") if cfg.test_knobs => {
             admin::test_shard(req, &env, &cfg).await
         }
@@ -69,7 +74,7 @@ pub async fn handle(req: Request, env: Env, ctx: Context) -> worker::Result<Resp
             404,
             "not_found",
             format!(
-                "no route {}; see /health, /v1/updates, /v1/websocket/ticket, /v1/websocket/broadcast, /v1/websocket/stats, /v1/usage/limits, /v1/backend/publish, /metrics, /admin/stats, /admin/slo, /admin/users/{{id}}/tier",
+                "no route {}; see /health, /v1/updates, /v1/websocket/ticket, /v1/websocket/broadcast, /v1/websocket/stats, /v1/usage/limits, /v1/backend/publish, /metrics, /admin/stats, /admin/slo, /admin/users/{{id}}/tier, /admin/users/{{id}}/disconnect, /admin/revocations",
                 crate::protocol::truncate(&path, 100)
             ),
         )),

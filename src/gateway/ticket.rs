@@ -8,17 +8,29 @@ use crate::auth::ticket;
 use crate::auth::ticket_book::{Issue, TICKETS_PER_MINUTE};
 use crate::config::Config;
 use crate::protocol::ApiError;
+use crate::rpc::IssueTicket;
 use crate::runtime;
 
 pub async fn issue(req: &Request, env: &Env, cfg: &Config) -> Result<Response, ApiError> {
     // Authentication first, then the per-user limit (the platform's order).
-    let user = identity::http_user(req, env, cfg).await?;
-    let issue: Issue = directory_call(env, &user, "/ticket/issue", &serde_json::json!({})).await?;
+    let (user, token) = identity::http_caller(req, env, cfg).await?;
+    // The ticket's socket ends with the token it was issued for: the directory keeps that
+    // token's reference under the nonce until the ticket is redeemed.
+    let nonce = ticket::uuid_v4(runtime::random16());
+    let issue: Issue = directory_call(
+        env,
+        &user,
+        "/ticket/issue",
+        &IssueTicket {
+            nonce: nonce.clone(),
+            token,
+        },
+    )
+    .await?;
     let internal = |e: worker::Error| ApiError::new(500, "internal", e.to_string());
     let limit = TICKETS_PER_MINUTE.to_string();
     match issue {
         Issue::Allowed { remaining } => {
-            let nonce = ticket::uuid_v4(runtime::random16());
             let t = ticket::mint(
                 cfg.master_secret.expose().as_bytes(),
                 &user,

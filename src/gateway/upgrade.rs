@@ -67,6 +67,8 @@ pub async fn upgrade(
         machine_id: query.machine_id,
         tier: caller.tier.tier.clone(),
         connected_at: now,
+        token_hash: caller.token.as_ref().map(|t| t.token_hash.clone()),
+        expires_at: caller.token.as_ref().and_then(|t| t.expires_at),
     };
     let candidates = placement::candidates(cfg, caller.tier.limit, &meta, now);
     let mut connect = Connect {

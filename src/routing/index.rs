@@ -3,7 +3,7 @@
 //! the presence that routing needs. Every connect and close is O(log n); nothing walks the
 //! socket list except [`SocketIndex::rebuild`], once after the object wakes.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use crate::protocol::{ClientType, SocketMeta};
 use crate::routing::view::ShardPresence;
@@ -19,6 +19,7 @@ struct Entry {
     session_id: Option<String>,
     machine_id: Option<String>,
     connected_at: u64,
+    expires_at: Option<u64>,
     bytes: u64,
 }
 
@@ -48,6 +49,8 @@ pub struct SocketIndex {
     tagged: u32,
     /// connected_at -> sockets connected at that ms.
     oldest: BTreeMap<u64, u32>,
+    /// (credential expiry, connection) of every socket whose credential expires.
+    expiries: BTreeSet<(u64, String)>,
     bytes: u64,
     /// Bumped on every presence change, so reports can be ordered.
     seq: u64,
@@ -101,8 +104,12 @@ impl SocketIndex {
             session_id: m.session_id.clone(),
             machine_id: m.machine_id.clone(),
             connected_at: m.connected_at,
+            expires_at: m.expires_at,
             bytes: SOCKET_OVERHEAD_BYTES + attachment_bytes,
         };
+        if let Some(at) = e.expires_at {
+            self.expiries.insert((at, m.connection_id.clone()));
+        }
         let mut presence = false;
         match e.client_type {
             ClientType::UserScoped => {
@@ -143,6 +150,9 @@ impl SocketIndex {
         let Some(e) = self.sockets.remove(connection_id) else {
             return Change::None;
         };
+        if let Some(at) = e.expires_at {
+            self.expiries.remove(&(at, connection_id.to_owned()));
+        }
         let mut presence = false;
         match e.client_type {
             ClientType::UserScoped => {
@@ -189,6 +199,20 @@ impl SocketIndex {
         } else {
             Change::Counts
         }
+    }
+
+    /// When the first socket's credential expires.
+    pub fn next_expiry(&self) -> Option<u64> {
+        self.expiries.first().map(|(at, _)| *at)
+    }
+
+    /// The sockets whose credential has expired at `now_ms`.
+    pub fn expired(&self, now_ms: u64) -> Vec<String> {
+        self.expiries
+            .iter()
+            .take_while(|(at, _)| *at <= now_ms)
+            .map(|(_, id)| id.clone())
+            .collect()
     }
 
     pub fn contains(&self, connection_id: &str) -> bool {
@@ -268,6 +292,8 @@ mod tests {
             machine_id: m.map(Into::into),
             tier: "pro".into(),
             connected_at: at,
+            token_hash: None,
+            expires_at: None,
         }
     }
 
@@ -367,5 +393,24 @@ mod tests {
         assert_eq!(re.by_type(), inc.by_type());
         assert_eq!(re.memory_bytes(), inc.memory_bytes());
         assert_eq!(re.oldest_connection(), inc.oldest_connection());
+    }
+
+    #[test]
+    fn credential_expiries_are_kept_in_order() {
+        let mut ix = SocketIndex::default();
+        let mut a = meta("a", ClientType::UserScoped, None, None, 1);
+        a.expires_at = Some(500);
+        let mut b = meta("b", ClientType::UserScoped, None, None, 2);
+        b.expires_at = Some(300);
+        ix.add(&a, 0);
+        ix.add(&b, 0);
+        ix.add(&meta("c", ClientType::UserScoped, None, None, 3), 0);
+        assert_eq!(ix.next_expiry(), Some(300));
+        assert_eq!(ix.expired(299), Vec::<String>::new());
+        assert_eq!(ix.expired(500), vec!["b".to_owned(), "a".to_owned()]);
+        ix.remove("b");
+        assert_eq!(ix.next_expiry(), Some(500));
+        ix.remove("a");
+        assert_eq!(ix.next_expiry(), None);
     }
 }

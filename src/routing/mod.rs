@@ -5,6 +5,7 @@
 
 pub mod ack_id;
 pub mod envelope;
+pub mod guard;
 pub mod index;
 pub mod rules;
 pub mod view;

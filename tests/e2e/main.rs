@@ -17,4 +17,5 @@ mod observability;
 mod reliability;
 mod routing;
 mod sharding;
+mod trust;
 mod upstream;

@@ -285,6 +285,38 @@ impl Gateway {
         }
     }
 
+    /// The Durable Objects of `class` in this gateway's local state: each object's name and
+    /// how many storage entries it holds (workerd keeps one SQLite file per object, with the
+    /// key-value storage in `_cf_KV`; an object whose storage was deleted has none).
+    pub fn objects(&self, class: &str) -> Vec<(String, u64)> {
+        let dir = self
+            .state_dir
+            .join("v3/do")
+            .join(format!("edge-gateway-{class}"));
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for e in entries.flatten() {
+            let path = e.path();
+            if path.extension().and_then(|x| x.to_str()) != Some("sqlite") {
+                continue;
+            }
+            let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY;
+            let Ok(db) = rusqlite::Connection::open_with_flags(&path, flags) else {
+                continue;
+            };
+            let name: String = db
+                .query_row("SELECT name FROM __miniflare_do_name", [], |r| r.get(0))
+                .unwrap_or_default();
+            let rows: i64 = db
+                .query_row("SELECT count(*) FROM _cf_KV", [], |r| r.get(0))
+                .unwrap_or(0);
+            out.push((name, rows.unsigned_abs()));
+        }
+        out
+    }
+
     pub fn http(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
