@@ -70,6 +70,7 @@ pub const VARS: &[(&str, Option<&str>)] = &[
     ("FRAME_RATE", Some("50")),
     ("FRAME_BURST", Some("200")),
     ("REVOCATION_POLL_MS", Some("5000")),
+    ("METRICS_PUSH_MS", Some("10000")),
     ("TEST_KNOBS", Some("off")),
     ("REGISTRY_SHARDS", Some("8")),
     ("METRICS_MAX_USER_SERIES", Some("50")),
@@ -108,6 +109,8 @@ pub struct Config {
     pub frame_limits: FrameLimits,
     /// How often the revocation feed reads `RevokedToken` for new rows.
     pub revocation_poll_ms: u64,
+    /// How often at most a user's home pushes its metrics to the registry.
+    pub metrics_push_ms: u64,
     /// Fault and latency injection for tests (`POST /admin/test/shard`).
     /// Off unless the config says `on`; never enable it in production.
     pub test_knobs: bool,
@@ -224,6 +227,7 @@ impl Config {
                 bad_frames: int(src, "BAD_FRAME_LIMIT", 1, 10_000)?,
             },
             revocation_poll_ms: u64::from(int(src, "REVOCATION_POLL_MS", 500, 300_000)?),
+            metrics_push_ms: u64::from(int(src, "METRICS_PUSH_MS", 500, 300_000)?),
             test_knobs: switch(src, "TEST_KNOBS")?,
             registry_shards: int(src, "REGISTRY_SHARDS", 1, 256)?,
             metrics_max_user_series: int(src, "METRICS_MAX_USER_SERIES", 1, 10_000)?,

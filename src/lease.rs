@@ -91,20 +91,40 @@ impl Ledger {
     }
 
     pub fn free(&self) -> u32 {
-        self.limit.saturating_sub(self.granted_total())
+        self.free_beside(0)
+    }
+
+    /// Slots free when the ledger's owner (the user's home) holds `own` sockets itself: the
+    /// home counts its own sockets directly instead of leasing to itself.
+    pub fn free_beside(&self, own: u32) -> u32 {
+        self.limit
+            .saturating_sub(self.granted_total().saturating_add(own))
     }
 
     /// Grants `shard` up to `want` slots, and at least `need` or none at all.
+    pub fn grant(&mut self, shard: &str, want: u32, need: u32, open: u32) -> Grant {
+        self.grant_beside(shard, want, need, open, 0)
+    }
+
+    /// [`Ledger::grant`] while the owner holds `own` sockets of its own.
     ///
     /// Near the limit the batch shrinks to a fair share of what is left, so
     /// one shard does not hoard the last slots while others need them.
-    pub fn grant(&mut self, shard: &str, want: u32, need: u32, open: u32) -> Grant {
-        let free = self.free();
+    pub fn grant_beside(
+        &mut self,
+        shard: &str,
+        want: u32,
+        need: u32,
+        open: u32,
+        own: u32,
+    ) -> Grant {
+        let free = self.free_beside(own);
         let others = self
             .shards
             .iter()
             .filter(|(n, e)| n.as_str() != shard && e.granted > 0)
-            .count() as u32;
+            .count() as u32
+            + u32::from(own > 0);
         let fair = free / others.saturating_add(1);
         let g = want.min(free).min(fair.max(need));
         let g = if g < need { 0 } else { g };
@@ -435,6 +455,8 @@ mod tests {
             };
             let mut leases = vec![Lease::default(); shards];
             let mut open = vec![0u32; shards];
+            // The ledger's owner (the user's home) holds sockets of its own, counted directly.
+            let mut home_open = 0u32;
             // Grant answers on their way: (shard, granted, seq).
             let mut in_flight: Vec<(usize, u32, u64)> = Vec::new();
             let busy = |f: &Vec<(usize, u32, u64)>, s: usize| f.iter().any(|m| m.0 == s);
@@ -460,16 +482,16 @@ mod tests {
             };
             for _step in 0..500 {
                 let s = (next() % shards as u64) as usize;
-                match next() % 7 {
+                match next() % 9 {
                     0 | 1 => match leases[s].admit(open[s], 200, 4) {
                         Admit::Accept => open[s] += 1,
                         Admit::Acquire(w) if !busy(&in_flight, s) => {
-                            if ledger.free() < 1 {
+                            if ledger.free_beside(home_open) < 1 {
                                 for t in (0..shards).filter(|&t| t != s) {
                                     reclaim(t, &mut ledger, &mut leases, &open, &in_flight);
                                 }
                             }
-                            let g = ledger.grant(&names[s], w, 1, open[s]);
+                            let g = ledger.grant_beside(&names[s], w, 1, open[s], home_open);
                             if g.granted > 0 {
                                 in_flight.push((s, g.granted, g.seq));
                             }
@@ -500,9 +522,23 @@ mod tests {
                             reclaim(t, &mut ledger, &mut leases, &open, &in_flight);
                         }
                     }
+                    5 => {
+                        // a connect on the home: checked against what the others hold,
+                        // reclaiming first when short (no await between check and accept)
+                        if ledger.free_beside(home_open) < 1 {
+                            for t in 0..shards {
+                                reclaim(t, &mut ledger, &mut leases, &open, &in_flight);
+                            }
+                        }
+                        if ledger.free_beside(home_open) > 0 {
+                            home_open += 1;
+                        }
+                    }
+                    6 if home_open > 0 => home_open -= 1,
                     _ => {}
                 }
-                let total: u32 = open.iter().sum();
+                let total: u32 = open.iter().sum::<u32>() + home_open;
+                assert!(ledger.granted_total() + home_open <= limit);
                 assert!(total <= limit, "open {total} > limit {limit}");
                 assert!(ledger.granted_total() <= limit);
                 for t in 0..shards {
@@ -519,11 +555,12 @@ mod tests {
                 }
             }
             open.iter_mut().for_each(|o| *o = 0);
+            home_open = 0;
             for t in 0..shards {
                 reclaim(t, &mut ledger, &mut leases, &open, &in_flight);
             }
             assert_eq!(ledger.granted_total(), 0);
-            assert_eq!(ledger.free(), limit);
+            assert_eq!(ledger.free_beside(home_open), limit);
             assert!(ledger.shards.is_empty());
         }
     }

@@ -14,7 +14,7 @@
 //! - [`ids`]: the id rule and connection ids.
 //! - [`lease`]: exact tier limits across shards (directory ledger, shard leases).
 //! - [`stats`]: per-shard reports and their aggregation.
-//! - [`rpc`]: the internal messages between gateway, shards and directory.
+//! - [`object_api`]: what each Durable Object is asked and answers, one type per message.
 //! - [`metrics`]: mergeable latency histograms, outcome counters, time-windowed rings.
 //! - [`exposition`]: Prometheus text exposition of the global metrics.
 //! - [`slo`]: the per-tier SLO report and the admin stats.
@@ -22,8 +22,8 @@
 //!
 //! The runtime layer, thin: it converts between JS and the pure types and does I/O:
 //! - `gateway`: the stateless Worker: routing, auth, placement, fan-out.
-//! - [`ConnectionManager`]: the shard Durable Object (hibernating sockets).
-//! - [`Directory`]: the per-user Durable Object that owns the shard set and the tier limit.
+//! - [`ConnectionManager`]: the shard Durable Object (hibernating sockets); a user's home
+//!   shard `cm:{user}` is also the user's authority (tier limit, shard set, presence, stats).
 //! - [`Registry`]: `REGISTRY_SHARDS` objects holding users' metrics for the global view.
 //! - [`Revocations`]: one object reading the platform's `RevokedToken` table for new rows and
 //!   ending the revoked tokens' sockets.
@@ -37,16 +37,14 @@ pub mod exposition;
 pub mod ids;
 pub mod lease;
 pub mod metrics;
+pub mod object_api;
 pub mod protocol;
 pub mod routing;
-pub mod rpc;
-pub mod single_flight;
 pub mod slo;
 pub mod stats;
 pub mod upstream;
 
 mod connection_manager;
-mod directory;
 mod gateway;
 mod outbox;
 mod placement;
@@ -55,7 +53,6 @@ mod revocations;
 mod runtime;
 
 pub use connection_manager::ConnectionManager;
-pub use directory::Directory;
 pub use registry::Registry;
 pub use revocations::Revocations;
 

@@ -1,21 +1,17 @@
 //! Where connections go: the gateway's one point of contact with the
 //! `shard-policies` crate, plus the object names and bindings.
 
-use shard_policies::{
-    parse_object_name, ConnectionRequest, Rotation, ShardKey, ShardPolicy, SHARD_NAME_PREFIX,
-};
+use shard_policies::{parse_object_name, ConnectionRequest, Rotation, ShardKey, ShardPolicy};
 
 use crate::config::Config;
 use crate::protocol::{ClientType, SocketMeta};
 
 /// `wrangler.toml` binding of the shard class.
 pub const SHARD_BINDING: &str = "CONNECTION_MANAGER";
-/// `wrangler.toml` binding of the per-user directory class.
-pub const DIRECTORY_BINDING: &str = "DIRECTORY";
 /// `wrangler.toml` binding of the metrics registry class.
 pub const REGISTRY_BINDING: &str = "REGISTRY";
 
-/// The registry object a user's directory reports to: `reg:{k}`, k from the
+/// The registry object a user's home reports to: `reg:{k}`, k from the
 /// user id's hash, so the global view is a fan-out over `n` objects.
 pub fn registry_name(user: &str, n: u32) -> String {
     let k = shard_policies::hash::xxh64(user.as_bytes()) % u64::from(n.max(1));
@@ -26,8 +22,15 @@ pub fn registry_names(n: u32) -> Vec<String> {
     (0..n.max(1)).map(|k| format!("reg:{k}")).collect()
 }
 
-/// The candidate shard names for a new socket, preferred first.
-pub fn candidates(cfg: &Config, tier_limit: u32, meta: &SocketMeta, now_ms: u64) -> Vec<String> {
+/// The candidate shard names for a new socket, preferred first, for a user of `tier_limit`
+/// spread over `spread` hash shards (`shard_policies::spread`).
+pub fn candidates(
+    cfg: &Config,
+    tier_limit: u32,
+    spread: u32,
+    meta: &SocketMeta,
+    now_ms: u64,
+) -> Vec<String> {
     let req = ConnectionRequest {
         user_id: &meta.user_id,
         tier_limit,
@@ -37,6 +40,7 @@ pub fn candidates(cfg: &Config, tier_limit: u32, meta: &SocketMeta, now_ms: u64)
         machine_id: meta.machine_id.as_deref(),
         connection_id: &meta.connection_id,
         now_ms,
+        spread,
     };
     cfg.policy
         .candidates(&req)
@@ -52,13 +56,15 @@ fn client_type(t: ClientType) -> shard_policies::ClientType {
     }
 }
 
-/// The user's directory: `dir:{user}` with the user escaped as in shard names.
-pub fn directory_name(user: &str) -> String {
-    let base = ShardKey::<&str>::Base.object_name(user);
-    let escaped = base
-        .strip_prefix(SHARD_NAME_PREFIX)
-        .unwrap_or(base.as_str());
-    format!("dir{escaped}")
+/// The user's home shard, `cm:{user}`: the user's authority (see `connection_manager::home`)
+/// and the shard `single` uses.
+pub fn home_name(user: &str) -> String {
+    ShardKey::<&str>::Base.object_name(user)
+}
+
+/// Whether `shard` is a user's home shard.
+pub fn is_home(shard: &str) -> bool {
+    parse_object_name(shard).is_some_and(|n| n.key == ShardKey::Base)
 }
 
 /// The rotation schedule and epoch of a rotation shard, from its name.

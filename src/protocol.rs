@@ -204,6 +204,10 @@ pub struct SocketMeta {
     pub token_hash: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<u64>,
+    /// The shard that accepted the socket (set there): an object is not told its own name,
+    /// and after a wake with nothing stored its sockets say it.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub shard: String,
 }
 
 impl SocketMeta {
@@ -255,7 +259,13 @@ fn render<D: Serialize>(out: &Out<'_, D>) -> String {
 }
 
 /// The first frame on every socket.
-pub fn connected_frame(meta: &SocketMeta, shard: &str, policy: &str, now_ms: u64) -> String {
+pub fn connected_frame(
+    meta: &SocketMeta,
+    shard: &str,
+    policy: &str,
+    spread: u32,
+    now_ms: u64,
+) -> String {
     #[derive(Serialize)]
     #[serde(rename_all = "camelCase")]
     struct Data<'a> {
@@ -268,6 +278,7 @@ pub fn connected_frame(meta: &SocketMeta, shard: &str, policy: &str, now_ms: u64
         machine_id: Option<&'a str>,
         shard: &'a str,
         policy: &'a str,
+        spread: u32,
         timestamp: u64,
     }
     render(&Out {
@@ -280,6 +291,7 @@ pub fn connected_frame(meta: &SocketMeta, shard: &str, policy: &str, now_ms: u64
             machine_id: meta.machine_id.as_deref(),
             shard,
             policy,
+            spread,
             timestamp: now_ms,
         },
         from: None,
@@ -603,10 +615,11 @@ mod tests {
             tier: "pro".into(),
             token_hash: None,
             expires_at: None,
+            shard: String::new(),
             connected_at: 5,
         };
         let v: serde_json::Value =
-            serde_json::from_str(&connected_frame(&meta, "cm:alice", "single", 7)).unwrap();
+            serde_json::from_str(&connected_frame(&meta, "cm:alice", "single", 0, 7)).unwrap();
         assert_eq!(v["event"], "connected");
         assert_eq!(v["data"]["connectionId"], "c1");
         assert_eq!(v["data"]["userId"], "alice");

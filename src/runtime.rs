@@ -156,6 +156,38 @@ pub fn internal_request(
     Request::new_with_init(&format!("https://do.internal{path}"), &init)
 }
 
+/// Sends a typed message to an object and reads its typed reply (`object_api`). `shard`
+/// names the receiving shard (objects are not told their own name).
+pub async fn ask<M: crate::object_api::Message>(
+    stub: &Stub,
+    shard: Option<&str>,
+    msg: &M,
+) -> worker::Result<M::Reply> {
+    call(stub, M::PATH, shard, msg).await
+}
+
+/// A message serialised once, for a fan-out that sends the same body to many objects.
+pub struct Encoded<M> {
+    body: String,
+    _message: std::marker::PhantomData<M>,
+}
+
+pub fn encode<M: crate::object_api::Message>(msg: &M) -> worker::Result<Encoded<M>> {
+    Ok(Encoded {
+        body: serde_json::to_string(msg)?,
+        _message: std::marker::PhantomData,
+    })
+}
+
+/// [`ask`] with a body serialised beforehand.
+pub async fn ask_encoded<M: crate::object_api::Message>(
+    stub: &Stub,
+    shard: Option<&str>,
+    msg: &Encoded<M>,
+) -> worker::Result<M::Reply> {
+    call_raw(stub, M::PATH, shard, msg.body.clone()).await
+}
+
 /// POSTs JSON to an object and reads a JSON answer; a non-2xx answer is an error.
 pub async fn call<Req: Serialize, Resp: DeserializeOwned>(
     stub: &Stub,
@@ -163,17 +195,21 @@ pub async fn call<Req: Serialize, Resp: DeserializeOwned>(
     shard: Option<&str>,
     body: &Req,
 ) -> worker::Result<Resp> {
+    call_raw(stub, path, shard, serde_json::to_string(body)?).await
+}
+
+async fn call_raw<Resp: DeserializeOwned>(
+    stub: &Stub,
+    path: &str,
+    shard: Option<&str>,
+    body: String,
+) -> worker::Result<Resp> {
     let headers = Headers::new();
     headers.set("content-type", "application/json")?;
     if let Some(s) = shard {
         headers.set(SHARD_HEADER, s)?;
     }
-    let req = internal_request(
-        Method::Post,
-        path,
-        Some(serde_json::to_string(body)?),
-        headers,
-    )?;
+    let req = internal_request(Method::Post, path, Some(body), headers)?;
     let resp = stub.fetch_with_request(req).await?;
     let status = resp.status_code();
     let text = body_text(resp).await?;
@@ -278,10 +314,30 @@ pub fn send_all<'a>(sockets: impl IntoIterator<Item = &'a worker::WebSocket>, fr
         .count() as u64
 }
 
-/// The shard's own name, passed by every caller (objects do not know their name).
-pub const SHARD_HEADER: &str = "x-edge-shard";
-/// The connect metadata from the gateway, JSON.
-pub const CONNECT_HEADER: &str = "x-edge-connect";
+pub use crate::object_api::SHARD_HEADER;
+
+/// An object's one alarm, shared by the parts that need it: each asks for a time, and the
+/// alarm is moved only when that time is earlier than the one set (the handler re-arms).
+#[derive(Debug, Default)]
+pub struct AlarmClock {
+    armed_at: std::cell::Cell<Option<u64>>,
+}
+
+impl AlarmClock {
+    /// Makes sure the alarm fires no later than `at`.
+    pub async fn arm(&self, state: &worker::State, at: u64) -> worker::Result<()> {
+        if self.armed_at.get().is_some_and(|armed| armed <= at) {
+            return Ok(());
+        }
+        self.armed_at.set(Some(at));
+        state.storage().set_alarm(scheduled(at)).await
+    }
+
+    /// The alarm fired (or was deleted): nothing is set any more.
+    pub fn fired(&self) {
+        self.armed_at.set(None);
+    }
+}
 
 /// The handlers a Durable Object without sockets or TCP still has to
 /// implement: the workers-rs defaults panic, and a panic resets every object

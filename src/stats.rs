@@ -60,9 +60,97 @@ pub struct ShardStats {
     pub frames: u64,
     #[serde(default)]
     pub frame_subrequests: u64,
-    /// The version of the routing view this shard holds (see `rpc::Delivered`).
+    /// The version of the routing view this shard holds (see `object_api::Delivered`).
     #[serde(default)]
     pub view_version: u64,
+    /// What this object handled since it started ([`ObjectLoad`]).
+    #[serde(default)]
+    pub events: u64,
+    #[serde(default)]
+    pub frames_sent: u64,
+    #[serde(default)]
+    pub peak_events_per_second: u64,
+}
+
+/// What one Durable Object has handled since it started: its events (requests, socket
+/// messages, closes and errors, alarms), the frames it sent, and its busiest second. Memory
+/// only, like the object: an evicted object starts again from zero.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ObjectLoad {
+    events: u64,
+    frames_sent: u64,
+    second: u64,
+    in_second: u64,
+    peak: u64,
+}
+
+impl ObjectLoad {
+    /// One event at `now_ms`.
+    pub fn event(&mut self, now_ms: u64) {
+        self.events += 1;
+        let second = now_ms / 1000;
+        if second != self.second {
+            self.second = second;
+            self.in_second = 0;
+        }
+        self.in_second += 1;
+        self.peak = self.peak.max(self.in_second);
+    }
+
+    /// `n` frames sent to sockets.
+    pub fn sent(&mut self, n: u64) {
+        self.frames_sent += n;
+    }
+
+    pub fn events(&self) -> u64 {
+        self.events
+    }
+
+    pub fn frames_sent(&self) -> u64 {
+        self.frames_sent
+    }
+
+    pub fn peak_per_second(&self) -> u64 {
+        self.peak
+    }
+}
+
+/// How a user's work spreads over its objects: what sharding is for is that no object
+/// carries more than its share.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Load {
+    /// The user's objects that handled events (its home included).
+    pub objects: u64,
+    pub events: u64,
+    pub busiest_object: String,
+    /// The busiest object's events / all the user's objects' events (0 with none).
+    pub busiest_share: f64,
+    /// The highest one-second event count of any of the user's objects.
+    pub peak_events_per_second: u64,
+}
+
+impl Load {
+    /// Over every object of the user (each object's stats once).
+    pub fn over(objects: &[&ShardStats]) -> Load {
+        let used: Vec<&&ShardStats> = objects.iter().filter(|s| s.events > 0).collect();
+        let events: u64 = used.iter().map(|s| s.events).sum();
+        let busiest = used.iter().max_by_key(|s| s.events);
+        Load {
+            objects: used.len() as u64,
+            events,
+            busiest_object: busiest.map(|s| s.name.clone()).unwrap_or_default(),
+            busiest_share: match busiest {
+                Some(b) if events > 0 => b.events as f64 / events as f64,
+                _ => 0.0,
+            },
+            peak_events_per_second: used
+                .iter()
+                .map(|s| s.peak_events_per_second)
+                .max()
+                .unwrap_or(0),
+        }
+    }
 }
 
 /// 53 bits of the id's xxh64: exact in the JavaScript numbers internal JSON passes through,
@@ -84,6 +172,9 @@ pub struct ShardRow {
     pub rejected_tier_limit: u64,
     pub epoch: Option<u64>,
     pub draining: bool,
+    pub events: u64,
+    pub frames_sent: u64,
+    pub peak_events_per_second: u64,
 }
 
 /// `GET /v1/websocket/stats`: the caller's stats over all its shards.
@@ -101,6 +192,9 @@ pub struct UserStats {
     pub rejected: u64,
     pub rejected_tier_limit: u64,
     pub rejected_unavailable: u64,
+    /// Connects the user's shards refused for capacity (full, draining, over their objective,
+    /// spread), over every shard the user has had.
+    pub shard_refusals: u64,
     pub tier: String,
     pub limit: u32,
     pub policy: String,
@@ -118,6 +212,51 @@ pub struct UserStats {
     pub subrequests_per_frame: f64,
     pub shards: Vec<ShardRow>,
     pub failed_shards: Vec<String>,
+    /// How the user's work spreads over its objects.
+    pub load: Load,
+}
+
+/// What shards that left a user's set had counted: the user's totals keep it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct Retired {
+    pub accepted: u64,
+    pub rejected: u64,
+    pub directory_round_trips: u64,
+    pub frames: u64,
+    pub frame_subrequests: u64,
+}
+
+impl Retired {
+    pub fn add(&mut self, s: &ShardStats) {
+        self.accepted += s.accepted;
+        self.rejected += s.rejected;
+        self.directory_round_trips += s.directory_round_trips;
+        self.frames += s.frames;
+        self.frame_subrequests += s.frame_subrequests;
+    }
+}
+
+impl UserStats {
+    /// Adds what shards that left the user's set had counted to the lifetime totals.
+    pub fn add_retired(&mut self, r: &Retired) {
+        self.connects_accepted += r.accepted;
+        self.shard_refusals += r.rejected;
+        self.directory_round_trips += r.directory_round_trips;
+        self.frames += r.frames;
+        self.frame_subrequests += r.frame_subrequests;
+        self.directory_round_trips_per_connect =
+            ratio(self.directory_round_trips, self.connects_accepted);
+        self.subrequests_per_frame = ratio(self.frame_subrequests, self.frames);
+    }
+}
+
+fn ratio(a: u64, b: u64) -> f64 {
+    if b == 0 {
+        0.0
+    } else {
+        a as f64 / b as f64
+    }
 }
 
 /// The user-level facts that do not come from shards.
@@ -169,6 +308,9 @@ pub fn aggregate(ctx: UserContext, shards: &[ShardStats], failed: Vec<String>) -
             rejected_tier_limit: s.rejected_tier_limit,
             epoch: s.epoch,
             draining: s.draining,
+            events: s.events,
+            frames_sent: s.frames_sent,
+            peak_events_per_second: s.peak_events_per_second,
         });
     }
     // Over shards holding sockets: an emptied shard still listed (a drained
@@ -190,26 +332,20 @@ pub fn aggregate(ctx: UserContext, shards: &[ShardStats], failed: Vec<String>) -
         rejected: ctx.rejected_tier_limit + ctx.rejected_unavailable,
         rejected_tier_limit: ctx.rejected_tier_limit,
         rejected_unavailable: ctx.rejected_unavailable,
+        shard_refusals: shards.iter().map(|s| s.rejected).sum(),
         tier: ctx.tier,
         limit: ctx.limit,
         policy: ctx.policy,
         imbalance,
-        directory_round_trips_per_connect: if accepted == 0 {
-            0.0
-        } else {
-            round_trips as f64 / accepted as f64
-        },
+        directory_round_trips_per_connect: ratio(round_trips, accepted),
         connects_accepted: accepted,
         directory_round_trips: round_trips,
         frames,
         frame_subrequests,
-        subrequests_per_frame: if frames == 0 {
-            0.0
-        } else {
-            frame_subrequests as f64 / frames as f64
-        },
+        subrequests_per_frame: ratio(frame_subrequests, frames),
         shards: rows,
         failed_shards: failed,
+        load: Load::over(&shards.iter().collect::<Vec<_>>()),
     }
 }
 
@@ -262,6 +398,35 @@ mod tests {
         assert_eq!(s.directory_round_trips_per_connect, 0.75);
         assert_eq!(s.shards.len(), 3);
         assert_eq!(s.failed_shards, vec!["c".to_string()]);
+    }
+
+    #[test]
+    fn the_busiest_object_and_its_share() {
+        let mut a = shard("a", 1, &[], None);
+        a.events = 30;
+        a.peak_events_per_second = 4;
+        let mut b = shard("b", 1, &[], None);
+        b.events = 10;
+        b.peak_events_per_second = 9;
+        let idle = shard("idle", 0, &[], None);
+        let l = Load::over(&[&a, &b, &idle]);
+        assert_eq!((l.objects, l.events), (2, 40));
+        assert_eq!(l.busiest_object, "a");
+        assert_eq!(l.busiest_share, 0.75);
+        assert_eq!(l.peak_events_per_second, 9);
+        assert_eq!(Load::over(&[]).busiest_share, 0.0);
+    }
+
+    #[test]
+    fn an_objects_load_counts_events_and_its_busiest_second() {
+        let mut l = ObjectLoad::default();
+        for t in [0, 10, 999, 1000, 2500, 2600, 2700, 2999] {
+            l.event(t);
+        }
+        l.sent(3);
+        assert_eq!(l.events(), 8);
+        assert_eq!(l.peak_per_second(), 4);
+        assert_eq!(l.frames_sent(), 3);
     }
 
     #[test]

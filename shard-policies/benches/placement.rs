@@ -47,6 +47,7 @@ fn request<'a>(id: &'a str, client_type: ClientType) -> ConnectionRequest<'a> {
         machine_id: None,
         connection_id: id,
         now_ms: 1_760_000_123_456,
+        spread: 0,
     }
 }
 

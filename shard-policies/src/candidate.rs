@@ -38,6 +38,17 @@ impl Slots {
     }
 }
 
+/// Where the user's home shard (`cm:{user}`) stands in a filling placement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Home {
+    /// Not a candidate (or the slots themselves are the base shard).
+    Absent,
+    /// Tried first: the user still fits on it.
+    First,
+    /// Tried last: the user has spread; the home takes a socket only when the others are full.
+    Last,
+}
+
 /// The shards a new connection may go to, best first: the first is the preferred shard,
 /// the rest is the spill order to try when a shard is full or unhealthy. Never empty and
 /// never repeats a shard.
@@ -49,6 +60,7 @@ impl Slots {
 pub struct Candidates<'a> {
     /// A dedicated shard tried before the spill set (the session shard of `session`).
     lead: Option<&'a str>,
+    home: Home,
     slots: Slots,
     order: SpillOrder,
 }
@@ -58,6 +70,7 @@ impl<'a> Candidates<'a> {
     pub fn base(lead: Option<&'a str>) -> Self {
         Self {
             lead,
+            home: Home::Absent,
             slots: Slots::Base,
             order: SpillOrder::single(),
         }
@@ -68,8 +81,22 @@ impl<'a> Candidates<'a> {
     pub fn hashed(lead: Option<&'a str>, hash: u64, n: u32) -> Self {
         Self {
             lead,
+            home: Home::Absent,
             slots: Slots::Hash,
             order: SpillOrder::new(hash, n),
+        }
+    }
+
+    /// A filling placement over the home shard and hash shards `0..max`, after `lead` if
+    /// given. At spread `level` 0 the user fits on its home shard, which comes first, then
+    /// the hash shards in spill order; at level L >= 1 the connection prefers its shard among
+    /// hash shards `0..L`, spills over all `max`, and the home comes last.
+    pub fn fill(lead: Option<&'a str>, hash: u64, level: u32, max: u32) -> Self {
+        Self {
+            lead,
+            home: if level == 0 { Home::First } else { Home::Last },
+            slots: Slots::Hash,
+            order: SpillOrder::within(hash, level, max),
         }
     }
 
@@ -82,6 +109,7 @@ impl<'a> Candidates<'a> {
         };
         Self {
             lead: None,
+            home: Home::Absent,
             slots: Slots::Epoch {
                 rotation,
                 epoch,
@@ -91,12 +119,28 @@ impl<'a> Candidates<'a> {
         }
     }
 
+    /// The epoch's hash shards `0..max`, preferring the connection's among the first
+    /// `level` (at least one): a rotation that spreads only as the user grows.
+    pub fn epoch_spread(rotation: Rotation, epoch: u64, hash: u64, level: u32, max: u32) -> Self {
+        Self {
+            lead: None,
+            home: Home::Absent,
+            slots: Slots::Epoch {
+                rotation,
+                epoch,
+                hashed: true,
+            },
+            order: SpillOrder::within(hash, level.max(1), max),
+        }
+    }
+
     /// The preferred shard (what `next()` returns first), without consuming anything.
     #[inline]
     pub fn preferred(&self) -> ShardKey<&'a str> {
-        match self.lead {
-            Some(session) => ShardKey::Session(session),
-            None => self.slots.key(self.order.first()),
+        match (self.lead, self.home) {
+            (Some(session), _) => ShardKey::Session(session),
+            (None, Home::First) => ShardKey::Base,
+            (None, _) => self.slots.key(self.order.first()),
         }
     }
 
@@ -115,13 +159,26 @@ impl<'a> Iterator for Candidates<'a> {
         if let Some(session) = self.lead.take() {
             return Some(ShardKey::Session(session));
         }
+        if self.home == Home::First {
+            self.home = Home::Absent;
+            return Some(ShardKey::Base);
+        }
         let slots = self.slots;
-        self.order.next().map(|slot| slots.key(slot))
+        match self.order.next() {
+            Some(slot) => Some(slots.key(slot)),
+            None if self.home == Home::Last => {
+                self.home = Home::Absent;
+                Some(ShardKey::Base)
+            }
+            None => None,
+        }
     }
 
     #[inline]
     fn size_hint(&self) -> (usize, Option<usize>) {
-        let n = self.order.len() + usize::from(self.lead.is_some());
+        let n = self.order.len()
+            + usize::from(self.lead.is_some())
+            + usize::from(self.home != Home::Absent);
         (n, Some(n))
     }
 }
@@ -149,6 +206,34 @@ mod tests {
             .collect();
         ks.sort_unstable();
         assert_eq!(ks, vec![0, 1, 2]);
+    }
+
+    #[test]
+    fn a_filling_placement_puts_the_home_first_until_the_user_spreads() {
+        let solo: Vec<_> = Candidates::fill(None, 42, 0, 3).collect();
+        assert_eq!(solo.len(), 4);
+        assert_eq!(solo[0], ShardKey::Base);
+        assert!(solo[1..].iter().all(|k| matches!(k, ShardKey::Hash { .. })));
+        let spread = Candidates::fill(Some("s"), 42, 2, 3);
+        assert_eq!(spread.preferred(), ShardKey::Session("s"));
+        let v: Vec<_> = spread.collect();
+        assert_eq!(v.len(), 5);
+        assert_eq!(v[0], ShardKey::Session("s"));
+        assert!(matches!(v[1], ShardKey::Hash { k } if k < 2), "{v:?}");
+        assert_eq!(v[4], ShardKey::Base);
+        let c = Candidates::fill(None, 42, 1, 3);
+        assert_eq!(c.preferred(), ShardKey::Hash { k: 0 });
+        let r = Rotation::try_new(600, 60).unwrap();
+        let e = Candidates::epoch_spread(r, 9, 42, 0, 4);
+        assert_eq!(
+            e.preferred(),
+            ShardKey::Epoch {
+                rotation: r,
+                epoch: 9,
+                hash: Some(0)
+            }
+        );
+        assert_eq!(e.count(), 4);
     }
 
     #[test]

@@ -71,6 +71,18 @@ impl SpillOrder {
         }
     }
 
+    /// The spill order over `n` shards (at least 1) that starts at the connection's shard
+    /// among the first `active` of them (`1..=n`): a user spread over `active` shards of at
+    /// most `n` prefers one of those, and spills over all `n`.
+    #[inline]
+    pub fn within(hash: u64, active: u32, n: u32) -> Self {
+        let n = n.max(1);
+        Self {
+            first: jump_consistent_hash(hash, active.clamp(1, n)),
+            ..Self::new(hash, n)
+        }
+    }
+
     /// A one-element order over a set of a single shard; no hashing needed.
     #[inline]
     pub fn single() -> Self {
@@ -243,6 +255,22 @@ mod tests {
             }
         }
         assert!(second.len() >= 4, "spill targets {second:?}");
+    }
+
+    #[test]
+    fn an_order_within_the_active_shards_prefers_them_and_covers_all() {
+        for i in 0..200u64 {
+            let h = xxh64(&i.to_le_bytes());
+            for n in 1..20u32 {
+                for active in 0..=n + 1 {
+                    let v: Vec<u32> = SpillOrder::within(h, active, n).collect();
+                    assert_eq!(v[0], jump_consistent_hash(h, active.clamp(1, n)));
+                    let mut sorted = v.clone();
+                    sorted.sort_unstable();
+                    assert_eq!(sorted, (0..n).collect::<Vec<_>>());
+                }
+            }
+        }
     }
 
     #[test]

@@ -18,6 +18,7 @@
 //! * [`rotation`]: epochs of the `rotate` policy, their phases, and the [`DrainPlan`] that
 //!   spreads reconnects over the drain window.
 //! * [`mod@fanout`]: which known shards a broadcast or stats request must reach.
+//! * [`spread`]: filling before spreading, the [`SpreadPlan`] of `shards=auto`.
 //! * [`id`]: [`validate_id`], the id rule shared with the gateway.
 //!
 //! # Example
@@ -35,13 +36,17 @@
 //!     machine_id: None,
 //!     connection_id: "c-7f3a",
 //!     now_ms: 1_760_000_000_000,
+//!     spread: 2,
 //! };
-//! let candidates = policy.candidates(&req);
-//! assert_eq!(candidates.len(), 3); // ceil(500 / 200) hash shards
-//! for key in candidates {
-//!     let name = key.object_name(req.user_id); // e.g. "cm:alice:h1"
-//!     assert!(name.starts_with("cm:alice:h"));
-//! }
+//! // A user spread over 2 of its ceil(500 / 200) = 3 hash shards: one of those first, then
+//! // the spill order over all 3, then its home shard.
+//! let candidates: Vec<String> = policy
+//!     .candidates(&req)
+//!     .map(|key| key.object_name(req.user_id))
+//!     .collect();
+//! assert_eq!(candidates.len(), 4);
+//! assert!(["cm:alice:h0", "cm:alice:h1"].contains(&candidates[0].as_str()));
+//! assert_eq!(candidates[3], "cm:alice");
 //! # Ok::<(), shard_policies::GrammarError>(())
 //! ```
 
@@ -55,6 +60,7 @@ pub mod id;
 pub mod name;
 pub mod policy;
 pub mod rotation;
+pub mod spread;
 
 pub use candidate::Candidates;
 pub use fanout::{fanout, KnownShard};
@@ -66,3 +72,4 @@ pub use policy::{
     ShardCount, ShardPolicy, SinglePolicy, MAX_SHARDS,
 };
 pub use rotation::{DrainPlan, DrainSlot, EpochPhase, Rotation, RotationError};
+pub use spread::{default_fill, SpreadPlan};

@@ -34,9 +34,11 @@
 //!   only the connections jump hashing sends to the new shard.
 
 use crate::id::validate_id;
-use crate::policy::MAX_SHARDS;
 use crate::rotation::Rotation;
 use core::fmt;
+
+/// Largest shard count a hashed set may have (fixed or `auto`): bounds the `k` of a name.
+pub const MAX_SHARDS: u32 = 1024;
 
 /// Prefix of every ConnectionManager shard name.
 pub const SHARD_NAME_PREFIX: &str = "cm";

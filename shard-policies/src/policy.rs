@@ -4,10 +4,10 @@ use crate::candidate::Candidates;
 use crate::fanout::{fanout, KnownShard};
 use crate::hash::xxh64;
 use crate::rotation::Rotation;
+use crate::spread::{default_fill, SpreadPlan};
 use core::fmt;
 
-/// Largest shard count a hashed set may have (fixed or `auto`).
-pub const MAX_SHARDS: u32 = 1024;
+pub use crate::name::MAX_SHARDS;
 
 /// What kind of socket is being placed (`clientType` on the upgrade request).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -61,6 +61,10 @@ pub struct ConnectionRequest<'a> {
     pub connection_id: &'a str,
     /// Current time, Unix ms (drives rotation epochs).
     pub now_ms: u64,
+    /// The user's spread level as the caller last learned it from the user's home shard
+    /// (0, the home alone, when unknown): how many hash shards `shards=auto` uses (see
+    /// [`crate::spread`]).
+    pub spread: u32,
 }
 
 /// A placement strategy: where a new connection may go, and which shards a fan-out must
@@ -146,10 +150,23 @@ pub struct HashPolicy {
 impl ShardPolicy for HashPolicy {
     #[inline]
     fn candidates<'a>(&self, req: &ConnectionRequest<'a>) -> Candidates<'a> {
-        let n = self
-            .shards
-            .resolve(req.tier_limit, req.shard_max_connections);
-        Candidates::hashed(None, xxh64(req.connection_id.as_bytes()), n)
+        hashed_or_filled(None, self.shards, req)
+    }
+}
+
+/// Hash shards: `auto` fills the home first and spreads as the user grows; a fixed N spreads
+/// over all N from the first socket.
+fn hashed_or_filled<'a>(
+    lead: Option<&'a str>,
+    count: ShardCount,
+    req: &ConnectionRequest<'a>,
+) -> Candidates<'a> {
+    let n = count.resolve(req.tier_limit, req.shard_max_connections);
+    let hash = xxh64(req.connection_id.as_bytes());
+    if count.is_auto() {
+        Candidates::fill(lead, hash, req.spread, n)
+    } else {
+        Candidates::hashed(lead, hash, n)
     }
 }
 
@@ -184,10 +201,7 @@ impl ShardPolicy for SessionPolicy {
         };
         match self.others {
             Others::Base => Candidates::base(lead),
-            Others::Hash(count) => {
-                let n = count.resolve(req.tier_limit, req.shard_max_connections);
-                Candidates::hashed(lead, xxh64(req.connection_id.as_bytes()), n)
-            }
+            Others::Hash(count) => hashed_or_filled(lead, count, req),
         }
     }
 }
@@ -210,9 +224,13 @@ impl ShardPolicy for RotatePolicy {
         let epoch = self.rotation.epoch_at(req.now_ms);
         let hash = self.shards.map(|count| {
             let n = count.resolve(req.tier_limit, req.shard_max_connections);
-            (xxh64(req.connection_id.as_bytes()), n)
+            (xxh64(req.connection_id.as_bytes()), n, count.is_auto())
         });
-        Candidates::epoch(self.rotation, epoch, hash)
+        match hash {
+            Some((h, n, true)) => Candidates::epoch_spread(self.rotation, epoch, h, req.spread, n),
+            Some((h, n, false)) => Candidates::epoch(self.rotation, epoch, Some((h, n))),
+            None => Candidates::epoch(self.rotation, epoch, None),
+        }
     }
 }
 
@@ -239,6 +257,27 @@ impl PolicyConfig {
             PolicyConfig::Session(_) => "session",
             PolicyConfig::Rotate(_) => "rotate",
         }
+    }
+
+    /// How a user of this tier spreads, for the policies that fill before spreading
+    /// (`shards=auto`); `None` when placement does not depend on the user's size.
+    pub fn spread_plan(&self, tier_limit: u32, shard_max_connections: u32) -> Option<SpreadPlan> {
+        let (count, home_holds) = match self {
+            PolicyConfig::Hash(HashPolicy { shards }) => (*shards, true),
+            PolicyConfig::Session(SessionPolicy {
+                others: Others::Hash(count),
+            }) => (*count, true),
+            PolicyConfig::Rotate(RotatePolicy {
+                shards: Some(count),
+                ..
+            }) => (*count, false),
+            _ => return None,
+        };
+        count.is_auto().then(|| SpreadPlan {
+            max: count.resolve(tier_limit, shard_max_connections),
+            fill: default_fill(shard_max_connections),
+            home_holds,
+        })
     }
 
     /// The rotation schedule, for `rotate`.
@@ -282,6 +321,7 @@ mod tests {
             machine_id: None,
             connection_id: conn,
             now_ms: 1_760_000_123_456,
+            spread: 0,
         }
     }
 
@@ -345,10 +385,22 @@ mod tests {
                 k: shard_index("conn-1", 16)
             }
         );
+        // `auto` fills first: the home shard, then the ceil(500 / 200) = 3 hash shards.
         let auto = HashPolicy {
             shards: ShardCount::AUTO,
         };
-        assert_eq!(auto.candidates(&r).len(), 3);
+        let v = keys(&auto, &r);
+        assert_eq!(v.len(), 4);
+        assert_eq!(v[0], ShardKey::Base);
+        let spread = ConnectionRequest { spread: 3, ..r };
+        let v = keys(&auto, &spread);
+        assert_eq!(
+            v[0],
+            ShardKey::Hash {
+                k: shard_index("conn-1", 3)
+            }
+        );
+        assert_eq!(v[3], ShardKey::Base);
     }
 
     #[test]
@@ -410,7 +462,8 @@ mod tests {
             rotation,
             shards: Some(ShardCount::AUTO),
         };
-        let v = keys(&hashed, &r);
+        // `auto` spreads over as many of the epoch's 3 hash shards as the user needs.
+        let v = keys(&hashed, &ConnectionRequest { spread: 3, ..r });
         assert_eq!(v.len(), 3);
         assert_eq!(
             v[0],
@@ -418,6 +471,14 @@ mod tests {
                 rotation,
                 epoch,
                 hash: Some(shard_index("c1", 3))
+            }
+        );
+        assert_eq!(
+            hashed.candidates(&r).preferred(),
+            ShardKey::Epoch {
+                rotation,
+                epoch,
+                hash: Some(0)
             }
         );
         let later = ConnectionRequest {

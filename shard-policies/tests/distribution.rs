@@ -237,6 +237,7 @@ fn the_policy_places_exactly_where_the_pure_hash_says() {
                 machine_id: None,
                 connection_id: id,
                 now_ms: 0,
+                spread: 0,
             };
             assert_eq!(
                 policy.candidates(&req).preferred(),

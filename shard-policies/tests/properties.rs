@@ -145,6 +145,7 @@ struct Req {
     session: Option<String>,
     connection: String,
     now_ms: u64,
+    spread: u32,
 }
 
 impl Req {
@@ -158,6 +159,7 @@ impl Req {
             machine_id: None,
             connection_id: &self.connection,
             now_ms: self.now_ms,
+            spread: self.spread,
         }
     }
 }
@@ -171,9 +173,10 @@ fn request() -> impl Strategy<Value = Req> {
         prop::option::of(id()),
         id(),
         any::<u64>(),
+        0..8u32,
     )
         .prop_map(
-            |(user, tier_limit, shard_max, client_type, session, connection, now_ms)| Req {
+            |(user, tier_limit, shard_max, client_type, session, connection, now_ms, spread)| Req {
                 user,
                 tier_limit,
                 shard_max,
@@ -181,6 +184,7 @@ fn request() -> impl Strategy<Value = Req> {
                 session,
                 connection,
                 now_ms,
+                spread,
             },
         )
 }
@@ -221,9 +225,15 @@ proptest! {
         let distinct: BTreeSet<_> = keys.iter().collect();
         prop_assert_eq!(distinct.len(), keys.len());
         let lead = matches!(keys[0], ShardKey::Session(_));
-        prop_assert_eq!(keys.len(), set_len + usize::from(lead));
         let rest = if lead { &keys[1..] } else { &keys[..] };
         let indices: Vec<u32> = rest.iter().filter_map(hash_index).collect();
+        // A filling placement (`auto`) also offers the home shard, first or last.
+        let home = usize::from(!indices.is_empty() && rest.contains(&ShardKey::Base));
+        if home == 1 {
+            prop_assert!(rest[0] == ShardKey::Base || rest[rest.len() - 1] == ShardKey::Base);
+            prop_assert_eq!(rest[0] == ShardKey::Base, r.spread == 0);
+        }
+        prop_assert_eq!(keys.len(), set_len + usize::from(lead) + home);
         if indices.is_empty() {
             prop_assert_eq!(set_len, 1);
         } else {
@@ -239,6 +249,22 @@ proptest! {
             };
             prop_assert_eq!(set_len as u32, n);
         }
+    }
+
+    #[test]
+    fn spreading_one_level_further_moves_a_connection_only_to_the_new_shard(req in request(), level in 1..40u32) {
+        // `hash:shards=auto` at spread L prefers one of hash shards 0..L; at L+1 a connection
+        // either keeps its shard or moves to shard L: growing moves about 1/(L+1) of new
+        // placements and never shuffles the others.
+        let policy = HashPolicy { shards: ShardCount::AUTO };
+        let mut r = req.clone();
+        r.tier_limit = 100_000;
+        r.shard_max = 100;
+        r.spread = level;
+        let before = policy.candidates(&r.get()).preferred().to_owned_key();
+        r.spread = level + 1;
+        let after = policy.candidates(&r.get()).preferred().to_owned_key();
+        prop_assert!(after == before || after == ShardKey::Hash { k: level }, "{:?} -> {:?}", before, after);
     }
 
     #[test]

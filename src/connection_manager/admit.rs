@@ -1,30 +1,55 @@
-//! Admission on the shard: the per-shard cap, the SLO check, leases from the
-//! directory (see `lease`), accepting sockets, and giving slots back.
+//! Admission on the shard: the per-shard cap, the SLO check, the tier limit (the home counts
+//! its own sockets against it; another shard leases slots from the home, see `lease`),
+//! accepting sockets, and giving slots back.
+//!
+//! Every answer to a connect carries the user's placement ([`PLACEMENT_HEADER`]): the tier
+//! and limit the home resolved and the user's spread level, which the gateway caches so its
+//! next connect for the user goes where the user's sockets now go.
 
 use wasm_bindgen::JsValue;
 use worker::{console_error, Request, Response, WebSocketPair};
 
 use super::ConnectionManager;
+use super::OwnAdmit;
 use super::{MAX_ADMIT_ROUNDS, RETRY_PAUSE_MS};
 use crate::admission::{self, Health, ShardLoad};
 use crate::config::Config;
 use crate::lease::Admit;
 use crate::metrics::{Outcome, Series};
+use crate::object_api::{
+    Acquire, Connect, Granted, Placement, Reclaimed, Release, CONNECT_HEADER, HEALTH_HEADER,
+    PLACEMENT_HEADER,
+};
 use crate::placement;
 use crate::protocol::{self, ApiError};
-use crate::rpc::{self, Connect, Reclaimed};
-use crate::runtime::{self, CONNECT_HEADER};
-
-/// Carries a refusing shard's health to the gateway: `full`, or
-/// `over_latency;ratio=R` (recent p95 / the tier's objective).
-pub const HEALTH_HEADER: &str = "x-edge-health";
+use crate::runtime;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Refusal {
-    /// Full, draining, over its objective, no directory: another shard may take it.
+    /// Full, draining, over its objective, no home, spread: another shard may take it.
     Capacity,
     /// The user is at the tier limit: final.
     TierLimit,
+}
+
+fn tier_limit_error(tier: &str, limit: u32) -> ApiError {
+    ApiError::new(
+        429,
+        "tier_limit",
+        format!(
+            "Connection limit exceeded: tier `{tier}` allows {limit} open connections; close one or ask the operator for a higher tier"
+        ),
+    )
+    .retry_after(5)
+}
+
+fn full_error(open: u32, cap: u32) -> ApiError {
+    ApiError::new(
+        503,
+        "shard_full",
+        format!("shard holds {open} sockets, its cap (SHARD_MAX_CONNECTIONS={cap})"),
+    )
+    .retry_after(1)
 }
 
 impl ConnectionManager {
@@ -34,47 +59,90 @@ impl ConnectionManager {
         cfg: &Config,
         started: u64,
     ) -> worker::Result<Response> {
-        let connect: Connect = match req
+        let Some(mut connect) = req
             .headers()
             .get(CONNECT_HEADER)?
-            .and_then(|h| serde_json::from_str(&h).ok())
-        {
-            Some(c) => c,
-            None => {
-                return runtime::error(&ApiError::bad_request(
-                    "bad_connect",
-                    "missing or invalid connect metadata",
-                ))
-            }
+            .and_then(|h| serde_json::from_str::<Connect>(&h).ok())
+        else {
+            return runtime::error(&ApiError::bad_request(
+                "bad_connect",
+                "missing or invalid connect metadata",
+            ));
         };
         self.learn_name(&connect.shard);
-        {
-            let mut s = self.saved.borrow_mut();
-            s.tier.clone_from(&connect.meta.tier);
-            if s.user.is_empty() {
-                s.user.clone_from(&connect.meta.user_id);
-            }
-        }
+        connect.meta.shard.clone_from(&connect.shard);
         if self.saved.borrow().draining {
-            return self
-                .refuse(
-                    Refusal::Capacity,
-                    ApiError::new(
-                        503,
-                        "shard_draining",
-                        "this shard is draining for rotation; reconnect",
-                    ),
-                )
-                .await;
+            let e = ApiError::new(
+                503,
+                "shard_draining",
+                "this shard is draining for rotation; reconnect",
+            );
+            return self.refuse(Refusal::Capacity, e).await;
         }
         if connect.strict {
             if let Some((e, health)) = self.over_slo(cfg, &connect) {
                 return self.refuse_with(Refusal::Capacity, e, &health).await;
             }
         }
-        // A few rounds: a grant can be reclaimed between its answer and the
-        // accept, and a directory that is short while slots are on their way
-        // to another shard asks us to retry shortly.
+        if self.is_home() {
+            self.admit_at_home(&mut connect, cfg, started).await
+        } else {
+            self.admit_leased(&mut connect, cfg, started).await
+        }
+    }
+
+    /// The home admits against the user's limit itself: no round trip, no lease.
+    async fn admit_at_home(
+        &self,
+        c: &mut Connect,
+        cfg: &Config,
+        started: u64,
+    ) -> worker::Result<Response> {
+        let open = self.open_count();
+        if open >= cfg.shard_max_connections {
+            return self
+                .refuse(
+                    Refusal::Capacity,
+                    full_error(open, cfg.shard_max_connections),
+                )
+                .await;
+        }
+        let tier = self.home.tier_info(cfg);
+        let verdict = self.home.admit_own(cfg, open, c.last_resort).await;
+        *self.placement.borrow_mut() = self.home.placement(cfg);
+        match verdict {
+            OwnAdmit::Spread(level) => {
+                let e = ApiError::new(
+                    503,
+                    "spread",
+                    format!("this user spreads over {level} shards now; try them first"),
+                );
+                self.refuse(Refusal::Capacity, e).await
+            }
+            // Checked again right before the accept: no await between them.
+            _ if self.home.has_room(self.open_count()) => {
+                c.meta.tier.clone_from(&tier.tier);
+                self.saved.borrow_mut().tier.clone_from(&tier.tier);
+                self.accept(c, started).await
+            }
+            _ => {
+                self.home.count_tier_refusal().await;
+                self.refuse(Refusal::TierLimit, tier_limit_error(&tier.tier, tier.limit))
+                    .await
+            }
+        }
+    }
+
+    /// Another shard admits while it holds a free leased slot, and leases more from the home
+    /// when it does not. A few rounds: a grant can be reclaimed between its answer and the
+    /// accept, and a home that is short while slots are on their way to another shard asks
+    /// us to retry shortly.
+    async fn admit_leased(
+        &self,
+        c: &mut Connect,
+        cfg: &Config,
+        started: u64,
+    ) -> worker::Result<Response> {
         for round in 0..MAX_ADMIT_ROUNDS {
             let open = self.open_count();
             let admit =
@@ -83,108 +151,86 @@ impl ConnectionManager {
                     .lease
                     .admit(open, cfg.shard_max_connections, cfg.lease_batch);
             match admit {
-                Admit::Accept => return self.accept(&connect, started).await,
+                Admit::Accept => {
+                    let tier = self.saved.borrow().tier.clone();
+                    if !tier.is_empty() {
+                        c.meta.tier = tier;
+                    }
+                    return self.accept(c, started).await;
+                }
                 Admit::Full => {
                     return self
                         .refuse(
                             Refusal::Capacity,
-                            ApiError::new(
-                                503,
-                                "shard_full",
-                                format!(
-                                "shard holds {open} sockets, its cap (SHARD_MAX_CONNECTIONS={})",
-                                cfg.shard_max_connections
-                            ),
-                            )
-                            .retry_after(1),
+                            full_error(open, cfg.shard_max_connections),
                         )
                         .await
                 }
                 Admit::Acquire(want) => {
                     let granted = {
-                        let _guard = self.directory_lock.lock().await;
+                        let _guard = self.lease_lock.lock().await;
                         // Another connect may have leased while we waited.
                         if self.saved.borrow().lease.leased > self.open_count() {
                             continue;
                         }
-                        self.acquire(&connect, want, open).await
+                        self.acquire(c, want, open).await
                     };
                     match granted {
                         Ok(g) if g.granted > 0 => {}
                         Ok(g) if g.retry && round + 1 < MAX_ADMIT_ROUNDS => {
-                            // Backs off 10, 20, 40, 80, 160 ms: grants land in
-                            // milliseconds, longer only on a loaded machine.
+                            // Backs off 10, 20, 40, 80, 160 ms: grants land in milliseconds,
+                            // longer only on a loaded machine.
                             runtime::sleep(RETRY_PAUSE_MS << round).await;
                         }
                         Ok(g) => {
-                            return self
-                                .refuse(
-                                    Refusal::TierLimit,
-                                    ApiError::new(
-                                        429,
-                                        "tier_limit",
-                                        format!(
-                                            "Connection limit exceeded: tier `{}` allows {} open connections; close one or ask the operator for a higher tier",
-                                            g.tier.tier, g.tier.limit
-                                        ),
-                                    )
-                                    .retry_after(5),
-                                )
-                                .await;
+                            let e = tier_limit_error(&g.placement.tier, g.placement.limit);
+                            return self.refuse(Refusal::TierLimit, e).await;
                         }
                         Err(e) => {
                             console_error!("acquire failed: {e}");
-                            return self
-                                .refuse(
-                                    Refusal::Capacity,
-                                    ApiError::new(
-                                        503,
-                                        "directory_unavailable",
-                                        "the user's directory did not answer; retry",
-                                    )
-                                    .retry_after(1),
-                                )
-                                .await;
+                            let e = ApiError::new(
+                                503,
+                                "home_unavailable",
+                                "the user's home shard did not answer; retry",
+                            )
+                            .retry_after(1);
+                            return self.refuse(Refusal::Capacity, e).await;
                         }
                     }
                 }
             }
         }
-        self.refuse(
-            Refusal::Capacity,
-            ApiError::new(
-                503,
-                "lease_contended",
-                "could not hold a connection slot; retry",
-            )
-            .retry_after(1),
+        let e = ApiError::new(
+            503,
+            "lease_contended",
+            "could not hold a connection slot; retry",
         )
-        .await
+        .retry_after(1);
+        self.refuse(Refusal::Capacity, e).await
     }
 
-    async fn acquire(&self, c: &Connect, want: u32, open: u32) -> worker::Result<rpc::Granted> {
-        let dir = runtime::stub(
-            &self.env,
-            placement::DIRECTORY_BINDING,
-            &placement::directory_name(&c.meta.user_id),
-        )?;
-        let body = rpc::Acquire {
+    async fn acquire(&self, c: &Connect, want: u32, open: u32) -> worker::Result<Granted> {
+        let home = placement::home_name(&c.meta.user_id);
+        let stub = runtime::stub(&self.env, placement::SHARD_BINDING, &home)?;
+        let body = Acquire {
             shard: c.shard.clone(),
             want,
             need: 1,
             open,
         };
         self.saved.borrow_mut().round_trips += 1;
-        let g: rpc::Granted = runtime::call(&dir, "/acquire", None, &body).await?;
+        let g = runtime::ask(&stub, Some(&home), &body).await?;
         {
             let mut s = self.saved.borrow_mut();
             s.lease.apply(g.granted, g.seq);
-            // The directory's resolution wins over the gateway's cached tier.
-            if !g.tier.tier.is_empty() {
-                s.tier.clone_from(&g.tier.tier);
+            // The home's resolution wins over the gateway's cached tier.
+            if !g.placement.tier.is_empty() {
+                s.tier.clone_from(&g.placement.tier);
             }
         }
-        self.learn_view(g.view.clone());
+        self.announced_version
+            .set(self.announced_version.get().max(g.view_version));
+        *self.placement.borrow_mut() = g.placement.clone();
         // Saved at once (acquires are rare): a grant lost in a restart leaves the ledger
         // over-counting this shard, and a shard's own acquire never reclaims from itself.
         if g.granted > 0 {
@@ -216,10 +262,12 @@ impl ConnectionManager {
         let policy = runtime::config(&self.env)
             .map(|cfg| cfg.policy_name.clone())
             .unwrap_or_default();
-        pair.server
-            .send_with_str(protocol::connected_frame(&c.meta, &c.shard, &policy, now))?;
-        // Counted before any await, so the next connect's admission sees it; presence is
-        // reported before the 101 when it changed, so the socket is routable by then.
+        pair.server.send_with_str(protocol::connected_frame(
+            &c.meta, &c.shard, &policy, c.spread, now,
+        ))?;
+        self.load.borrow_mut().sent(1);
+        // Counted before any await, so the next connect's admission sees it. The home hears
+        // of it after the fact (its own sockets: at once, in memory).
         let bytes = serde_json::to_string(&c.meta).map_or(0, |s| s.len() as u64);
         self.count_socket(&c.meta, bytes).await;
         if let Ok(cfg) = runtime::config(&self.env) {
@@ -230,9 +278,11 @@ impl ConnectionManager {
         }
         let drain_from = {
             let mut s = self.saved.borrow_mut();
+            // Memory only: persisted with the next change that must be (a crash may lose
+            // what it counted since).
             s.accepted += 1;
-            // A rotation shard drains from its epoch's end, alarm-driven so it
-            // happens while the object hibernates.
+            // A rotation shard drains from its epoch's end, alarm-driven so it happens while
+            // the object hibernates.
             match placement::rotation_of(&c.shard) {
                 Some((rotation, epoch)) if s.drain_at.is_none() && !s.draining => {
                     s.drain_at = Some(rotation.epoch_end_ms(epoch));
@@ -244,18 +294,25 @@ impl ConnectionManager {
         if drain_from {
             self.save().await?;
             self.rearm().await?;
-        } else {
-            // Only the accept counter changed: a crash may lose a second of it.
-            self.save_soon().await;
         }
         self.observe_outcome(Outcome::Success).await;
         self.observe_latency(Series::ConnectAdmission, started)
             .await;
-        Response::from_websocket(pair.client)
+        let mut resp = Response::from_websocket(pair.client)?;
+        self.with_placement(&mut resp);
+        Ok(resp)
     }
 
-    /// A capacity refusal tells the gateway this shard's health, so it can
-    /// try another candidate or, when none is healthy, decide to shed.
+    /// Adds the user's placement to an answer, when this shard knows it.
+    fn with_placement(&self, resp: &mut Response) {
+        let p: Placement = self.placement.borrow().clone();
+        if !p.tier.is_empty() {
+            let _ = resp.headers_mut().set(PLACEMENT_HEADER, &p.header());
+        }
+    }
+
+    /// A capacity refusal tells the gateway this shard's health, so it can try another
+    /// candidate or, when none is healthy, decide to shed.
     async fn refuse(&self, kind: Refusal, e: ApiError) -> worker::Result<Response> {
         self.refuse_with(kind, e, "full").await
     }
@@ -276,17 +333,23 @@ impl ConnectionManager {
                 Outcome::TierLimit
             }
         };
-        self.save().await?;
+        // A spread refusal is placement, not trouble: not worth a write.
+        if e.code != "spread" {
+            self.save().await?;
+            // The refusal counts show in the user's stats.
+            self.report_soon(false);
+        }
         self.observe_outcome(outcome).await;
         let mut resp = runtime::error(&e)?;
         if kind == Refusal::Capacity {
             resp.headers_mut().set(HEALTH_HEADER, health)?;
         }
+        self.with_placement(&mut resp);
         Ok(resp)
     }
 
-    /// First pass: a shard over its tier's latency objective refuses, with
-    /// its health for the gateway's second pass.
+    /// First pass: a shard over its tier's latency objective refuses, with its health for the
+    /// gateway's second pass.
     fn over_slo(&self, cfg: &Config, c: &Connect) -> Option<(ApiError, String)> {
         let target = cfg.tier(&c.meta.tier)?.latency_p95_ms;
         let open = u64::from(self.open_count());
@@ -313,9 +376,15 @@ impl ConnectionManager {
         Some((e, format!("over_latency;ratio={ratio:.3}")))
     }
 
-    /// Gives surplus slots back after sockets closed (they are already out of the index).
+    /// Gives surplus slots back after sockets closed (they are already out of the index),
+    /// then checks whether this shard can go.
     pub(super) async fn settle(&self) -> worker::Result<()> {
-        self.give_back().await?;
+        if !self.is_home() {
+            self.give_back().await?;
+        } else if let Ok(cfg) = runtime::config(&self.env) {
+            let tier = self.home.tier_info(&cfg);
+            self.home.update_spread(&cfg, &tier, self.open_count());
+        }
         self.retire_soon().await;
         Ok(())
     }
@@ -328,7 +397,7 @@ impl ConnectionManager {
         if self.saved.borrow().lease.surplus_after_close(open, batch) == 0 {
             return Ok(());
         }
-        let _guard = self.directory_lock.lock().await;
+        let _guard = self.lease_lock.lock().await;
         let open = self.open_count();
         let (n, user, shard, draining) = {
             let mut s = self.saved.borrow_mut();
@@ -339,15 +408,12 @@ impl ConnectionManager {
         if n == 0 || user.is_empty() {
             return Ok(());
         }
-        // Persist the smaller lease before the directory hears of it.
+        // Persist the smaller lease before the home hears of it.
         self.save().await?;
         let reset = open == 0 && self.saved.borrow().lease.leased == 0;
-        let dir = runtime::stub(
-            &self.env,
-            placement::DIRECTORY_BINDING,
-            &placement::directory_name(&user),
-        )?;
-        let body = rpc::Release {
+        let home = placement::home_name(&user);
+        let stub = runtime::stub(&self.env, placement::SHARD_BINDING, &home)?;
+        let body = Release {
             shard,
             n,
             open,
@@ -355,26 +421,22 @@ impl ConnectionManager {
             reset,
         };
         self.saved.borrow_mut().round_trips += 1;
-        let r: worker::Result<serde_json::Value> =
-            runtime::call(&dir, "/release", None, &body).await;
-        if let Err(e) = r {
-            // The directory keeps counting these slots until it reclaims.
+        if let Err(e) = runtime::ask(&stub, Some(&home), &body).await {
+            // The home keeps counting these slots until it reclaims.
             console_error!("release failed: {e}");
         }
         if reset {
             *self.view.borrow_mut() = None;
         }
-        // The smaller lease was saved before the directory heard; this is bookkeeping.
-        self.save_soon().await;
         Ok(())
     }
 
-    /// The directory asks for spare slots. Never takes `directory_lock`: the
-    /// directory may be serving this shard's own acquire while it asks.
+    /// The home asks for spare slots. Never takes `lease_lock`: the home may be serving this
+    /// shard's own acquire while it asks.
     pub(super) async fn reclaim(&self) -> worker::Result<Reclaimed> {
         let open = self.open_count();
         // Free lock: no acquire of ours is in flight, so no grant can still arrive.
-        let quiet = self.directory_lock.try_lock().is_some();
+        let quiet = self.lease_lock.try_lock().is_some();
         let (released, draining, applied) = {
             let mut s = self.saved.borrow_mut();
             (s.lease.reclaim(open), s.draining, s.lease.applied)
@@ -391,7 +453,7 @@ impl ConnectionManager {
                 applied,
                 quiet,
             },
-            presence: self.presence_report(),
+            report: self.report(),
         })
     }
 }

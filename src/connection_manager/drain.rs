@@ -22,15 +22,20 @@ impl ConnectionManager {
             return self.save().await;
         }
         let sockets = self.open_sockets();
-        let planned = {
+        let (planned, started) = {
             let mut s = self.saved.borrow_mut();
-            if !s.draining {
+            let started = !s.draining;
+            if started {
                 s.draining = true;
                 s.drain_sockets = u32::try_from(sockets.len()).unwrap_or(u32::MAX).max(1);
             }
-            s.drain_sockets
+            (s.drain_sockets, started)
         };
         self.save().await?;
+        if started {
+            // The user's stats show the shard draining.
+            self.report_soon(false);
+        }
         let plan = rotation.drain_plan(epoch, planned);
         let mut next: Option<u64> = None;
         for ws in &sockets {

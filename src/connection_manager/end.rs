@@ -6,8 +6,8 @@
 use worker::WebSocket;
 
 use super::{attachment, close, ConnectionManager};
+use crate::object_api::{Disconnect, Ended};
 use crate::protocol::{self, conn_tag, CredentialEnd, SocketMeta};
-use crate::rpc::{Disconnect, Ended};
 use crate::{outbox, runtime};
 
 impl ConnectionManager {
@@ -111,10 +111,14 @@ impl ConnectionManager {
     /// hook first. Answers whether it deleted.
     pub(super) async fn retire(&self) -> worker::Result<bool> {
         let busy = self.observer.borrow().report_at.is_some()
-            || self.save_at.get().is_some()
-            || self.saved.borrow().presence_retry_at.is_some()
-            || self.hooks_at.get().is_some();
+            || self.reporter.borrow().busy()
+            || self.hooks_at.get().is_some()
+            || (self.is_home() && self.home.push_pending());
         if !self.retirable() {
+            return Ok(false);
+        }
+        // The home keeps the user's state for as long as there is any.
+        if self.is_home() && self.home.holds_state().await {
             return Ok(false);
         }
         if busy || outbox::has_pending(&self.state).await {
@@ -125,7 +129,7 @@ impl ConnectionManager {
         }
         self.state.storage().delete_all().await?;
         self.state.storage().delete_alarm().await?;
-        self.armed_at.set(None);
+        self.clock.fired();
         // Memory keeps what a next connect would learn again anyway.
         let mut s = self.saved.borrow_mut();
         *s = super::state::Persisted {

@@ -1,50 +1,62 @@
-//! The shard Durable Object: holds hibernating sockets of one user.
+//! The shard Durable Object: holds hibernating sockets of one user; the user's home shard
+//! `cm:{user}` is also the user's authority (`home`).
 //!
-//! Hibernation API only: sockets are accepted with tags (type, connection, session, machine)
-//! so filtered deliveries are tag lookups; per-socket metadata lives in the attachment;
+//! Hibernation API only: sockets are accepted with tags (type, connection, session, machine,
+//! token) so filtered deliveries are tag lookups; per-socket metadata lives in the attachment;
 //! `{"event":"ping"}` is answered by auto-response without waking the object. Bookkeeping is
 //! an in-memory index kept per connect and close (`routing::index`), rebuilt from the
-//! attachments once after a wake. What must survive a restart (the lease, counters, drain
-//! state) is in storage; the routing view is memory only and asked of the directory again
-//! when it is missing.
+//! attachments once after a wake. What must survive a restart (a lease, refusal counters,
+//! drain state; at the home, the user's state) is in storage; the routing view is memory
+//! only and asked of the home again when it is missing.
 //!
-//! - `admit`: the per-shard cap, SLO check, leases, accept and give back.
+//! - `admit`: the per-shard cap, SLO check, admission (the home's own, or a lease from the
+//!   home), accept and give back.
 //! - `route`: a frame's routing across the user's shards, RPCs and their answers.
-//! - `presence`: the index and the presence reports to the directory.
+//! - `presence`: the index, and what a shard tells its home (reports, after the fact).
+//! - `end`: sockets the shard ends (expired or revoked credentials, disconnects), and the
+//!   shard's own end (its storage, once empty). `drain`: rotation drains.
 //! - `upstream`: business events to the upstream, lifecycle hooks, usage limits.
-//! - `drain`: rotation drains. `observe`: metrics reports. `state`: what is persisted.
+//! - `observe`: metrics. `state`: what is persisted. `home`: the home role.
 
 mod admit;
 mod drain;
 mod end;
+mod home;
+use home::OwnAdmit;
 mod observe;
 mod presence;
 mod route;
 mod state;
 mod upstream;
 
-pub use admit::HEALTH_HEADER;
-
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
+use std::future::Future;
 use std::rc::Rc;
 
 use futures::lock::Mutex;
+use serde::de::DeserializeOwned;
 use worker::{
-    console_error, durable_object, DurableObject, Env, Method, Request, Response, State, WebSocket,
+    console_error, durable_object, DurableObject, Env, Request, Response, State, WebSocket,
     WebSocketIncomingMessage, WebSocketRequestResponsePair,
 };
 
 use crate::auth::cache::BoundedMap;
 use crate::config::Config;
+use crate::object_api::{
+    AckRelay, Acquire, BroadcastRequest, Deliver, DeliverBatch, Delivered, Disconnect,
+    DisconnectUser, Done, Fault, IssueTicket, Knob, Message, Observed, Placement, PushView,
+    Reclaim, Redeem, Release, RouteLookup, SetTier, ShardReport, StatsRequest, TierGet, UsageGet,
+    UsageSet, CONNECT_PATH,
+};
 use crate::protocol::{self, conn_tag, machine_tag, session_tag, ApiError, ClientType, Delivery};
 use crate::protocol::{Filter, SocketMeta};
 use crate::routing::guard::{SocketGuard, Verdict};
 use crate::routing::index::SocketIndex;
 use crate::routing::view::RoutingView;
-use crate::rpc::{AckRelay, Delivered, Disconnect, Fault, Knob};
-use crate::runtime::{self, SHARD_HEADER};
-use crate::stats::ShardStats;
+use crate::runtime::{self, AlarmClock, SHARD_HEADER};
+use crate::stats::{ObjectLoad, ShardStats};
+use home::Home;
 use state::Persisted;
 
 /// WebSocket ready state OPEN.
@@ -55,17 +67,16 @@ const MAX_ADMIT_ROUNDS: u32 = 6;
 const RETRY_PAUSE_MS: u32 = 10;
 /// RPC answers remembered per shard, to refuse a second answer to one call.
 const ANSWERED_CAPACITY: usize = 4096;
-/// How long a change that does not guard the limit waits to be persisted, so a burst of
-/// connects costs one write.
-const SAVE_COALESCE_MS: u64 = 1_000;
 
 #[durable_object]
 pub struct ConnectionManager {
-    state: State,
+    state: Rc<State>,
     env: Env,
     saved: Rc<RefCell<Persisted>>,
-    /// Serializes this shard's own calls to the directory (see `lease`).
-    directory_lock: Mutex<()>,
+    /// The home role (used when this shard is `cm:{user}`).
+    home: Home,
+    /// Serializes this shard's own calls to its home for leases (see `lease`).
+    lease_lock: Mutex<()>,
     /// What each open socket may still send (rate and invalid frames), by connection.
     guards: RefCell<HashMap<String, SocketGuard>>,
     /// Cross-shard deliveries in flight, reported as `messageQueueDepth`.
@@ -75,36 +86,38 @@ pub struct ConnectionManager {
     index: RefCell<Option<SocketIndex>>,
     /// The user's routing view, as last pushed or fetched; `None` after a wake.
     view: RefCell<Option<Rc<RoutingView>>>,
-    /// One presence report in flight at a time, so reports arrive in order and coalesce.
-    presence_lock: Mutex<()>,
-    /// The index sequence number the directory last accepted.
-    presence_published: Cell<Option<u64>>,
-    /// Tells the directory this object restarted (its sequence numbers start again).
+    /// The view version the home last announced (newer than ours: fetch before routing).
+    announced_version: Rc<Cell<u64>>,
+    /// What this shard tells its home, after the fact (`presence`).
+    reporter: Rc<RefCell<presence::Reporter>>,
+    /// Tells the home this object restarted (its sequence numbers start again).
     incarnation: u64,
     /// Sealed call references already answered -> their expiry.
     answered: RefCell<BoundedMap<u64>>,
     /// Frames routed and the subrequests their routing cost, for stats.
     frames: Cell<u64>,
     frame_subrequests: Cell<u64>,
+    /// What this object handled, for the per-object load.
+    load: RefCell<ObjectLoad>,
+    /// The user's placement as this shard last learned it (answered to the gateway).
+    placement: Rc<RefCell<Placement>>,
     /// Business events waiting per socket (a socket's entry exists while its queue drains).
     upstream_queues: RefCell<HashMap<String, VecDeque<upstream::Business>>>,
     /// Business events accepted and not yet answered on this shard.
     upstream_pending: Cell<u32>,
     /// When stored hooks are next due; unknown after a wake until the first alarm looks.
-    hooks_at: Cell<Option<u64>>,
+    hooks_at: Rc<Cell<Option<u64>>>,
     hooks_known: Cell<bool>,
-    /// A coalesced save is due then.
-    save_at: Cell<Option<u64>>,
-    /// The alarm time last set, so an unchanged alarm is not written again.
-    armed_at: Cell<Option<u64>>,
+    /// The object's one alarm, shared with the home role.
+    clock: Rc<AlarmClock>,
     /// When to check whether this shard, empty and holding no slots, can delete its storage.
     retire_at: Cell<Option<u64>>,
 }
 
 impl DurableObject for ConnectionManager {
     fn new(state: State, env: Env) -> Self {
-        // The exact ping text is answered by the runtime, so an idle shard
-        // stays hibernated. The pong carries the time this object woke.
+        // The exact ping text is answered by the runtime, so an idle shard stays hibernated.
+        // The pong carries the time this object woke.
         if let Ok(pair) = WebSocketRequestResponsePair::new(
             protocol::PING_FRAME,
             &protocol::pong_frame(runtime::now_ms()),
@@ -113,14 +126,26 @@ impl DurableObject for ConnectionManager {
                 console_error!("auto-response not set: {e:?}");
             }
         }
+        let state = Rc::new(state);
         let saved = Rc::new(RefCell::new(Persisted::default()));
+        let hooks_at = Rc::new(Cell::new(None));
+        let clock = Rc::new(AlarmClock::default());
+        let home = Home::new(
+            state.clone(),
+            env.clone(),
+            saved.clone(),
+            hooks_at.clone(),
+            clock.clone(),
+        );
         // Load before any event is delivered, so no handler sees defaults.
         let slot = saved.clone();
         let storage = state.storage();
+        let loaded = home.loaded_slot();
         let _load = state.block_concurrency_while(async move {
             if let Ok(Some(p)) = storage.get::<Persisted>(state::KEY).await {
                 *slot.borrow_mut() = p;
             }
+            *loaded.borrow_mut() = Some(home::Loaded::read(&storage).await?);
             Ok(())
         });
         // 53 bits: internal JSON is parsed by JavaScript, whose numbers are doubles.
@@ -131,103 +156,47 @@ impl DurableObject for ConnectionManager {
             state,
             env,
             saved,
-            directory_lock: Mutex::new(()),
+            home,
+            lease_lock: Mutex::new(()),
             guards: RefCell::new(HashMap::new()),
             relays_in_flight: Cell::new(0),
             observer: RefCell::new(observe::Observer::default()),
             index: RefCell::new(None),
             view: RefCell::new(None),
-            presence_lock: Mutex::new(()),
-            presence_published: Cell::new(None),
+            announced_version: Rc::new(Cell::new(0)),
+            reporter: Rc::new(RefCell::new(presence::Reporter::default())),
             incarnation,
             answered: RefCell::new(BoundedMap::new(ANSWERED_CAPACITY)),
             frames: Cell::new(0),
             frame_subrequests: Cell::new(0),
+            load: RefCell::new(ObjectLoad::default()),
+            placement: Rc::new(RefCell::new(Placement::default())),
             upstream_queues: RefCell::new(HashMap::new()),
             upstream_pending: Cell::new(0),
-            hooks_at: Cell::new(None),
+            hooks_at,
             hooks_known: Cell::new(false),
-            save_at: Cell::new(None),
-            armed_at: Cell::new(None),
+            clock,
             retire_at: Cell::new(None),
         }
     }
 
-    async fn fetch(&self, mut req: Request) -> worker::Result<Response> {
-        let started = runtime::now_ms();
-        let cfg = match runtime::config(&self.env) {
-            Ok(c) => c,
-            Err(e) => return runtime::error(&ApiError::new(503, "invalid_config", e.to_string())),
-        };
-        let path = req.path();
+    async fn fetch(&self, req: Request) -> worker::Result<Response> {
         let shard = req.headers().get(SHARD_HEADER)?.unwrap_or_default();
         if !shard.is_empty() {
             self.learn_name(&shard);
         }
-        let knob = self.knob(&cfg);
-        match (req.method(), path.as_str()) {
-            (Method::Get, "/connect") => {
-                runtime::sleep(knob.latency_ms).await;
-                self.open_socket(&req, &cfg, started).await
-            }
-            (Method::Post, "/deliver-batch") => {
-                // Several deliveries in one call (the directory's presence notices).
-                let batch: Vec<Delivery> = runtime::body_json(&mut req).await?;
-                let total =
-                    batch
-                        .iter()
-                        .map(|d| self.deliver(d))
-                        .fold(Delivered::default(), |a, b| Delivered {
-                            delivered: a.delivered + b.delivered,
-                            primary: a.primary + b.primary,
-                            view_version: b.view_version,
-                        });
-                runtime::json(200, &total)
-            }
-            (Method::Post, "/deliver") => {
-                if let Some(r) = self.inject_fault(&knob, &cfg).await {
-                    return r;
-                }
-                runtime::sleep(knob.latency_ms).await;
-                let d: Delivery = runtime::body_json(&mut req).await?;
-                runtime::json(200, &self.deliver(&d))
-            }
-            (Method::Post, "/ack") => {
-                let a: AckRelay = runtime::body_json(&mut req).await?;
-                let delivered = u64::from(self.answer(&cfg, &a.ack_id, &a.ack));
-                runtime::json(
-                    200,
-                    &Delivered {
-                        delivered,
-                        primary: delivered,
-                        view_version: self.view_version(),
-                    },
-                )
-            }
-            (Method::Post, "/stats") => {
-                if let Some(r) = self.inject_fault(&knob, &cfg).await {
-                    return r;
-                }
-                runtime::json(200, &self.stats())
-            }
-            (Method::Post, "/knob") if cfg.test_knobs => {
-                let k: Knob = runtime::body_json(&mut req).await?;
-                self.saved.borrow_mut().knob = k.clone();
-                self.save().await?;
-                runtime::json(200, &k)
-            }
-            (Method::Post, "/reclaim") => runtime::json(200, &self.reclaim().await?),
-            (Method::Post, "/disconnect") => {
-                let d: Disconnect = runtime::body_json(&mut req).await?;
-                runtime::json(200, &self.disconnect(&d).await?)
-            }
-            (Method::Post, "/view") => {
-                let v: RoutingView = runtime::body_json(&mut req).await?;
-                self.learn_view(v);
-                runtime::json(200, &serde_json::json!({"ok": true}))
-            }
-            _ => runtime::error(&ApiError::new(404, "not_found", format!("no route {path}"))),
+        let started = self.event(None);
+        let cfg = match runtime::config(&self.env) {
+            Ok(c) => c,
+            Err(e) => return runtime::error(&ApiError::new(503, "invalid_config", e.to_string())),
+        };
+        self.after_wake().await?;
+        let path = req.path();
+        if path == CONNECT_PATH {
+            runtime::sleep(self.knob(&cfg).latency_ms).await;
+            return self.open_socket(&req, &cfg, started).await;
         }
+        self.route_message(req, &path, &cfg).await
     }
 
     async fn websocket_message(
@@ -235,6 +204,8 @@ impl DurableObject for ConnectionManager {
         ws: WebSocket,
         message: WebSocketIncomingMessage,
     ) -> worker::Result<()> {
+        self.event(Some(&ws));
+        self.after_wake().await?;
         self.on_frame(ws, message).await
     }
 
@@ -245,8 +216,14 @@ impl DurableObject for ConnectionManager {
         reason: String,
         _was_clean: bool,
     ) -> worker::Result<()> {
-        // Reciprocate so the client's close handshake completes. 1005 (no
-        // code), 1006 (abnormal) and 1015 (TLS) are never sent on the wire.
+        self.event(Some(&ws));
+        // Before anything builds the index after a wake: the closing socket must be in it.
+        if let Some(m) = attachment(&ws) {
+            self.index_with_closing(&m);
+        }
+        self.after_wake().await?;
+        // Reciprocate so the client's close handshake completes. 1005 (no code), 1006
+        // (abnormal) and 1015 (TLS) are never sent on the wire.
         match code {
             1006 | 1015 => {}
             1005 => close(&ws, 1000, ""),
@@ -257,32 +234,35 @@ impl DurableObject for ConnectionManager {
     }
 
     async fn websocket_error(&self, ws: WebSocket, error: worker::Error) -> worker::Result<()> {
+        self.event(Some(&ws));
+        if let Some(m) = attachment(&ws) {
+            self.index_with_closing(&m);
+        }
         console_error!("socket error: {error}");
         close(&ws, 1011, "Internal error");
         self.after_close(&ws, 1011).await
     }
 
     async fn alarm(&self) -> worker::Result<Response> {
-        let now = runtime::now_ms();
-        self.armed_at.set(None);
-        if self.save_at.get().is_some_and(|at| at <= now) {
-            self.save().await?;
-        }
+        let now = self.event(None);
+        self.clock.fired();
         if self.saved.borrow().drain_at.is_some_and(|at| at <= now) {
             self.drain_step().await?;
         }
         self.expire_sockets(now).await?;
         if self.observer.borrow().report_at.is_some_and(|at| at <= now) {
-            self.report().await;
+            self.metrics_due().await;
         }
-        if self
-            .saved
-            .borrow()
-            .presence_retry_at
-            .is_some_and(|at| at <= now)
-        {
-            self.saved.borrow_mut().presence_retry_at = None;
-            self.publish_presence().await;
+        if self.reporter.borrow().retry_at.is_some_and(|at| at <= now) {
+            self.reporter.borrow_mut().retry_at = None;
+            self.report_soon(false);
+        }
+        if self.is_home() {
+            let own = self.with_index(|ix| ix.presence());
+            self.home.alarm(now, own).await?;
+            if self.home.take_push(now) {
+                self.push_metrics().await;
+            }
         }
         // After a wake the next hook time is unknown: look at the outbox once.
         if !self.hooks_known.replace(true) || self.hooks_at.get().is_some_and(|at| at <= now) {
@@ -310,7 +290,192 @@ impl DurableObject for ConnectionManager {
     }
 }
 
+/// Reads a message of type `M` from the request, lets `f` answer it, and sends its reply.
+async fn answer<M, F, Fut>(mut req: Request, f: F) -> worker::Result<Response>
+where
+    M: Message + DeserializeOwned,
+    F: FnOnce(M) -> Fut,
+    Fut: Future<Output = worker::Result<M::Reply>>,
+{
+    let m: M = runtime::body_json(&mut req).await?;
+    runtime::json(200, &f(m).await?)
+}
+
 impl ConnectionManager {
+    /// Arms the alarm for the home's first look after a wake, once.
+    async fn after_wake(&self) -> worker::Result<()> {
+        if self.is_home() && self.home.take_wake_check() {
+            self.rearm().await?;
+        }
+        Ok(())
+    }
+
+    /// Counts an event for the per-object load (and, on the first after a wake, puts back
+    /// what the home role stored); answers the time.
+    fn event(&self, ws: Option<&WebSocket>) -> u64 {
+        let now = runtime::now_ms();
+        self.load.borrow_mut().event(now);
+        // An object is not told its name: after a wake with nothing stored, a socket's
+        // attachment says which shard accepted it.
+        if self.saved.borrow().name.is_empty() {
+            let from = ws
+                .and_then(attachment)
+                .or_else(|| self.open_sockets().first().and_then(attachment));
+            if let Some(m) = from.filter(|m| !m.shard.is_empty()) {
+                self.learn_name(&m.shard);
+            }
+        }
+        self.home.settle_load();
+        now
+    }
+
+    /// One message to this object, by its type (`object_api`).
+    async fn route_message(
+        &self,
+        req: Request,
+        path: &str,
+        cfg: &Config,
+    ) -> worker::Result<Response> {
+        let knob = self.knob(cfg);
+        match path {
+            // Any shard.
+            <Deliver as Message>::PATH => {
+                if let Some(r) = self.inject_fault(&knob, cfg).await {
+                    return r;
+                }
+                runtime::sleep(knob.latency_ms).await;
+                answer(req, |Deliver(d)| async move { Ok(self.deliver(&d)) }).await
+            }
+            <DeliverBatch as Message>::PATH => {
+                answer(req, |DeliverBatch(batch)| async move {
+                    Ok(batch
+                        .iter()
+                        .map(|d| self.deliver(d))
+                        .fold(Delivered::default(), Delivered::sum))
+                })
+                .await
+            }
+            <AckRelay as Message>::PATH => {
+                answer(req, |a: AckRelay| async move {
+                    let delivered = u64::from(self.answer(cfg, &a.ack_id, &a.ack));
+                    Ok(Delivered {
+                        delivered,
+                        primary: delivered,
+                        view_version: self.view_version(),
+                    })
+                })
+                .await
+            }
+            <Reclaim as Message>::PATH => answer(req, |_: Reclaim| self.reclaim()).await,
+            <PushView as Message>::PATH => {
+                answer(req, |PushView(v)| async move {
+                    self.learn_view(v);
+                    Ok(Done {})
+                })
+                .await
+            }
+            <Disconnect as Message>::PATH => {
+                answer(
+                    req,
+                    |d: Disconnect| async move { self.disconnect(&d).await },
+                )
+                .await
+            }
+            <Knob as Message>::PATH if cfg.test_knobs => {
+                answer(req, |k: Knob| async move {
+                    self.saved.borrow_mut().knob = k.clone();
+                    self.save().await?;
+                    Ok(k)
+                })
+                .await
+            }
+            // The user's home.
+            p if p.starts_with("/home/") && self.is_home() => self.route_home(req, p, cfg).await,
+            _ => runtime::error(&ApiError::new(
+                404,
+                "not_found",
+                format!("no route {path} on {}", self.name()),
+            )),
+        }
+    }
+
+    /// A message to the home role.
+    async fn route_home(&self, req: Request, path: &str, cfg: &Config) -> worker::Result<Response> {
+        let h = &self.home;
+        match path {
+            <Acquire as Message>::PATH => {
+                answer(req, |a: Acquire| h.acquire(cfg, a, self.open_count())).await
+            }
+            <Release as Message>::PATH => {
+                answer(req, |r: Release| async move {
+                    h.release(r).await?;
+                    Ok(Done {})
+                })
+                .await
+            }
+            <ShardReport as Message>::PATH => {
+                answer(req, |r: ShardReport| async move {
+                    let t = h.take_report(r, false).await;
+                    h.emit(t);
+                    h.update_spread(cfg, &h.tier_info(cfg), self.open_count());
+                    h.schedule_push(cfg).await;
+                    Ok(h.report_ack(cfg))
+                })
+                .await
+            }
+            <RouteLookup as Message>::PATH => {
+                answer(req, |l: RouteLookup| async move { Ok(h.route(&l).await) }).await
+            }
+            <TierGet as Message>::PATH => {
+                answer(req, |_: TierGet| async move { Ok(h.tier_info(cfg)) }).await
+            }
+            <SetTier as Message>::PATH => answer(req, |t: SetTier| h.set_tier(cfg, t.tier)).await,
+            <IssueTicket as Message>::PATH => answer(req, |i: IssueTicket| h.issue_ticket(i)).await,
+            <Redeem as Message>::PATH => answer(req, |r: Redeem| h.redeem_ticket(cfg, r)).await,
+            <UsageGet as Message>::PATH => {
+                answer(req, |_: UsageGet| async move { Ok(h.usage_limits().await) }).await
+            }
+            <UsageSet as Message>::PATH => {
+                answer(req, |UsageSet(v)| async move {
+                    h.set_usage_limits(v).await?;
+                    Ok(Done {})
+                })
+                .await
+            }
+            <Observed as Message>::PATH => {
+                answer(req, |o: Observed| async move {
+                    h.observe(&o);
+                    if o.outcomes.contains(&crate::metrics::Outcome::Unavailable) {
+                        h.save().await?;
+                    }
+                    h.schedule_push(cfg).await;
+                    Ok(Done {})
+                })
+                .await
+            }
+            <StatsRequest as Message>::PATH => {
+                answer(req, |_: StatsRequest| async move {
+                    h.confirm().await?;
+                    Ok(h.user_stats(cfg, self.stats()))
+                })
+                .await
+            }
+            <BroadcastRequest as Message>::PATH => {
+                answer(req, |BroadcastRequest(d)| async move {
+                    Ok(self.broadcast(&d).await)
+                })
+                .await
+            }
+            <DisconnectUser as Message>::PATH => {
+                answer(req, |DisconnectUser(d)| async move {
+                    self.disconnect_user(&d).await
+                })
+                .await
+            }
+            _ => runtime::error(&ApiError::new(404, "not_found", format!("no route {path}"))),
+        }
+    }
+
     /// The injection in force: none unless the config enables test knobs.
     fn knob(&self, cfg: &Config) -> Knob {
         if cfg.test_knobs {
@@ -342,6 +507,11 @@ impl ConnectionManager {
         let mut s = self.saved.borrow_mut();
         if s.name.is_empty() {
             s.name = shard.to_owned();
+            if s.user.is_empty() {
+                if let Some(n) = shard_policies::parse_object_name(shard) {
+                    s.user = n.user;
+                }
+            }
         }
     }
 
@@ -349,23 +519,18 @@ impl ConnectionManager {
         self.saved.borrow().name.clone()
     }
 
-    async fn save(&self) -> worker::Result<()> {
-        // This write carries whatever a pending coalesced one would have.
-        self.save_at.set(None);
-        let snapshot = self.saved.borrow().clone();
-        self.state.storage().put(state::KEY, snapshot).await
+    fn user(&self) -> String {
+        self.saved.borrow().user.clone()
     }
 
-    /// Persists within [`SAVE_COALESCE_MS`]. Only for counters, which a crash may lose a
-    /// second of; lease changes are saved at once (reductions before the directory hears of
-    /// them, grants as they arrive, see `admit`).
-    async fn save_soon(&self) {
-        if self.save_at.get().is_none() {
-            self.save_at.set(Some(runtime::now_ms() + SAVE_COALESCE_MS));
-            if let Err(e) = self.rearm().await {
-                console_error!("could not schedule a save: {e}");
-            }
-        }
+    /// Whether this shard is its user's home (`cm:{user}`).
+    fn is_home(&self) -> bool {
+        crate::placement::is_home(&self.saved.borrow().name)
+    }
+
+    async fn save(&self) -> worker::Result<()> {
+        let snapshot = self.saved.borrow().clone();
+        self.state.storage().put(state::KEY, snapshot).await
     }
 
     /// Open sockets (a socket being closed may still show in `getWebSockets` while its close
@@ -433,6 +598,7 @@ impl ConnectionManager {
         let primary = runtime::send_all(&primary, &d.frame);
         // The scoped halves hold no user-scoped socket, so nothing is sent twice.
         let delivered = primary + runtime::send_all(&secondary, &d.frame);
+        self.load.borrow_mut().sent(delivered);
         Delivered {
             delivered,
             primary,
@@ -516,6 +682,7 @@ impl ConnectionManager {
     fn stats(&self) -> ShardStats {
         let ix = self.index_snapshot();
         let s = self.saved.borrow();
+        let load = *self.load.borrow();
         ShardStats {
             name: s.name.clone(),
             connections: u64::from(ix.connections),
@@ -534,6 +701,9 @@ impl ConnectionManager {
             frames: self.frames.get(),
             frame_subrequests: self.frame_subrequests.get(),
             view_version: self.view_version(),
+            events: load.events(),
+            frames_sent: load.frames_sent(),
+            peak_events_per_second: load.peak_per_second(),
         }
     }
 
@@ -542,28 +712,23 @@ impl ConnectionManager {
         self.view.borrow().as_ref().map_or(0, |v| v.version)
     }
 
-    /// Sets the one alarm to the earliest of the next drain step, the next metrics report
-    /// and a presence report to retry.
+    /// Sets the one alarm to the earliest of everything this object has scheduled.
     async fn rearm(&self) -> worker::Result<()> {
         let at = [
             self.saved.borrow().drain_at,
             self.observer.borrow().report_at,
-            self.saved.borrow().presence_retry_at,
+            self.reporter.borrow().retry_at,
             self.hooks_at.get(),
-            self.save_at.get(),
             self.with_index(|ix| ix.next_expiry()),
             self.retire_at.get(),
+            self.is_home().then(|| self.home.next_due()).flatten(),
         ]
         .into_iter()
         .flatten()
         .min();
-        // An alarm already set for no later than that fires in time; the handler re-arms.
         match at {
-            Some(at) if self.armed_at.get().is_none_or(|armed| at < armed) => {
-                self.armed_at.set(Some(at));
-                self.state.storage().set_alarm(runtime::scheduled(at)).await
-            }
-            _ => Ok(()),
+            Some(at) => self.clock.arm(&self.state, at).await,
+            None => Ok(()),
         }
     }
 }

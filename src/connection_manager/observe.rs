@@ -1,15 +1,16 @@
-//! What a shard measures about itself and reports to its user's directory.
+//! What a shard measures about itself and reports to its user's home.
 //!
-//! Everything is recorded twice: into the full observations (the shard's own
-//! recent latency, which admission reads) and into a pending delta that an
-//! alarm sends upward every few seconds. Both live in memory: a shard is
-//! evicted only after seconds of idleness, by which time the delta is sent.
+//! Everything is recorded twice: into the full observations (the shard's own recent
+//! latency, which admission reads) and into a pending delta that goes upward every few
+//! seconds (riding a report, or straight into the home's pending metrics at the home). Both
+//! live in memory: a shard is evicted only after seconds of idleness, by which time the
+//! delta is sent.
 
 use worker::console_error;
 
 use super::ConnectionManager;
-use crate::metrics::{Observations, Outcome, Series, ShardGauges, ShardMetrics};
-use crate::placement;
+use crate::metrics::{Observations, Outcome, Series, ShardGauges};
+use crate::object_api::ReportedMetrics;
 use crate::runtime;
 
 /// How long a shard batches observations before reporting them.
@@ -21,7 +22,7 @@ pub struct Observer {
     pending: Observations,
     /// When the pending delta is due upward; `None` while there is none.
     pub report_at: Option<u64>,
-    /// Open sockets in the last report the directory took: a close is news
+    /// Open sockets in the last report the home took: a close is news
     /// even when nothing else was recorded, or `/metrics` would show sockets
     /// that are gone until the next reconcile.
     reported_connections: Option<u64>,
@@ -62,7 +63,7 @@ impl ConnectionManager {
             o.full.record_outcome(now, &tier, outcome);
             o.pending.record_outcome(now, &tier, outcome);
         }
-        self.report_soon(now).await;
+        self.metrics_soon(now).await;
     }
 
     pub(super) async fn observe_latency(&self, series: Series, since_ms: u64) {
@@ -74,7 +75,7 @@ impl ConnectionManager {
             o.full.record_latency(now, &tier, series, ms);
             o.pending.record_latency(now, &tier, series, ms);
         }
-        self.report_soon(now).await;
+        self.metrics_soon(now).await;
     }
 
     /// An upstream call: its result and latency per event (or hook kind).
@@ -91,16 +92,24 @@ impl ConnectionManager {
             o.full.record_upstream(now, &tier, label, result, ms);
             o.pending.record_upstream(now, &tier, label, result, ms);
         }
-        self.report_soon(now).await;
+        self.metrics_soon(now).await;
     }
 
     /// The open-socket count changed (a close): the directory's gauges are stale.
     pub(super) async fn observe_gauges(&self) {
-        self.report_soon(runtime::now_ms()).await;
+        self.metrics_soon(runtime::now_ms()).await;
     }
 
-    /// Schedules a report unless one is already due.
-    async fn report_soon(&self, now: u64) {
+    /// Schedules the next step upward unless one is due: another shard's metrics ride its
+    /// report within [`REPORT_EVERY_MS`]; the home takes its own at its next registry push.
+    async fn metrics_soon(&self, now: u64) {
+        if self.is_home() {
+            self.home.metrics_changed();
+            if let Ok(cfg) = runtime::config(&self.env) {
+                self.home.schedule_push(&cfg).await;
+            }
+            return;
+        }
         if self.observer.borrow().report_at.is_some() {
             return;
         }
@@ -110,9 +119,9 @@ impl ConnectionManager {
         }
     }
 
-    /// Sends the pending delta and current gauges to the user's directory.
-    /// On failure the delta is kept and retried at the next report.
-    pub(super) async fn report(&self) {
+    /// The pending delta and the current gauges, for the home (nothing when there is no
+    /// news: no observation and the same open count as the last time).
+    pub(super) fn take_metrics(&self) -> Option<ReportedMetrics> {
         let now = runtime::now_ms();
         let (user, shard, tier, capacity_rejected) = {
             let s = self.saved.borrow();
@@ -127,8 +136,9 @@ impl ConnectionManager {
         let open = u64::from(self.open_count());
         let unchanged = self.observer.borrow().reported_connections == Some(open);
         if user.is_empty() || pending.is_empty() && unchanged {
-            return;
+            return None;
         }
+        self.observer.borrow_mut().reported_connections = Some(open);
         let stats = self.stats();
         let policy = runtime::config(&self.env)
             .map(|c| c.policy_name.clone())
@@ -144,29 +154,9 @@ impl ConnectionManager {
             ..Default::default()
         }
         .with_recent(&self.observer.borrow().full, now);
-        let report = ShardMetrics {
-            user_id: user.clone(),
+        Some(ReportedMetrics {
             gauges,
             observed: pending,
-        };
-        let sent = match runtime::stub(
-            &self.env,
-            placement::DIRECTORY_BINDING,
-            &placement::directory_name(&user),
-        ) {
-            Ok(dir) => runtime::call::<_, serde_json::Value>(&dir, "/report", None, &report)
-                .await
-                .map(|_| ()),
-            Err(e) => Err(e),
-        };
-        let mut o = self.observer.borrow_mut();
-        match sent {
-            Ok(()) => o.reported_connections = Some(report.gauges.connections),
-            Err(e) => {
-                console_error!("metrics report failed: {e}");
-                o.pending.merge(&report.observed);
-                o.report_at = Some(now + REPORT_EVERY_MS);
-            }
-        }
+        })
     }
 }

@@ -1,29 +1,64 @@
-//! The shard's socket index and what it tells the directory about it.
+//! The shard's socket index, and what the shard tells its home about it.
 //!
-//! Presence (which sessions and machines are here, whether any user-scoped socket is) is
-//! reported whenever it changes: before the 101 of a connect that changes it, so a socket is
-//! registered by the time its client can send, and after a close. One report is in flight at
-//! a time; connects that change presence meanwhile wait for the next one, which carries all
-//! their changes (absolute state, so a repeated report is harmless). A failed report is
-//! retried by the alarm; the directory's reconcile pass corrects whatever is still wrong.
+//! A connect or a close is answered without waiting for the home. A change marks the shard's
+//! report dirty; one report is in flight at a time, sent at once when none is, then again
+//! [`PRESENCE_GAP_MS`] after the last when presence changed (a session or machine came or
+//! went, the first or last user-scoped socket) or [`COUNTS_GAP_MS`] when only counts did, so
+//! a burst of changes costs a few reports, each carrying the shard's whole entry (presence
+//! and stats: absolute, so a repeated one is harmless). Every few seconds a report also
+//! carries the metrics observed since the last one. A failed report is retried by the alarm;
+//! the home's reconcile pass corrects whatever is still wrong.
+//!
+//! The home itself reports nothing: its own changes reach its book directly.
 
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
 use worker::console_error;
 
 use super::{attachment, ConnectionManager};
+use crate::object_api::{Placement, ReportAck, ReportedMetrics, RouteLookup, ShardReport};
 use crate::placement;
 use crate::protocol::SocketMeta;
 use crate::routing::index::{Change, SocketIndex};
-use crate::routing::view::{PresenceReport, RoutingView};
-use crate::rpc::Presented;
+use crate::routing::view::RoutingView;
 use crate::runtime;
 use crate::stats::ByType;
 
-/// How long a presence report may take before it is left to the retry.
+/// How long a report may take before it is left to the retry.
 const REPORT_TIMEOUT_MS: u32 = 2_000;
 /// Pause before retrying a failed report.
 const RETRY_MS: u64 = 1_000;
+/// The least time between two reports after a presence change.
+pub const PRESENCE_GAP_MS: u32 = 25;
+/// The least time between two reports when only counts changed.
+pub const COUNTS_GAP_MS: u32 = 250;
+/// How long a shard whose view lacks an RPC's target lets the home wait for it.
+pub const ROUTE_WAIT_MS: u32 = 1_000;
+
+/// How fresh a routing view must be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Want<'a> {
+    /// Ours, unless we have none or the home announced a newer one.
+    Cached,
+    /// The home's: ours proved stale.
+    Fresh,
+    /// The home's, once it knows this machine or session (or after a bounded wait).
+    Target(&'a str),
+}
+
+/// A shard's reporting state: the next report (the latest snapshot), the metrics waiting to
+/// ride it, whether a sender runs, and when a failed report is retried.
+#[derive(Debug, Default)]
+pub(super) struct Reporter {
+    /// The last snapshot's number.
+    seq: u64,
+    next: Option<ShardReport>,
+    presence_dirty: bool,
+    metrics: Option<ReportedMetrics>,
+    running: bool,
+    pub retry_at: Option<u64>,
+}
 
 /// What stats need from the index.
 pub(super) struct IndexSnapshot {
@@ -87,110 +122,170 @@ impl ConnectionManager {
         })
     }
 
-    /// Counts an accepted socket; reports presence (awaited) when it changed.
+    /// Counts an accepted socket.
     pub(super) async fn count_socket(&self, meta: &SocketMeta, attachment_bytes: u64) {
-        if self.with_index(|ix| ix.add(meta, attachment_bytes)) == Change::Presence {
-            self.publish_presence().await;
-        }
+        let change = self.with_index(|ix| ix.add(meta, attachment_bytes));
+        self.changed(change).await;
     }
 
     /// Uncounts a socket that closed or was closed; a second call is a no-op.
     pub(super) async fn forget_socket(&self, connection_id: &str) {
-        if self.with_index(|ix| ix.remove(connection_id)) == Change::Presence {
-            self.publish_presence().await;
-        }
+        let change = self.with_index(|ix| ix.remove(connection_id));
+        self.changed(change).await;
     }
 
-    /// Sends the current presence to the directory unless it already has it.
-    pub(super) async fn publish_presence(&self) {
-        let _one_at_a_time = self.presence_lock.lock().await;
-        let (seq, presence) = self.with_index(|ix| (ix.seq(), ix.presence()));
-        if self.presence_published.get() == Some(seq) {
+    /// Something about this shard's sockets changed: the home hears of it, directly when
+    /// this is the home, else through a report after the fact.
+    async fn changed(&self, change: Change) {
+        if change == Change::None {
             return;
         }
-        let (user, shard) = {
-            let s = self.saved.borrow();
-            (s.user.clone(), s.name.clone())
-        };
-        if user.is_empty() || shard.is_empty() {
+        if self.is_home() {
+            if change == Change::Presence {
+                let presence = self.with_index(|ix| ix.presence());
+                let t = self.home.own_presence(presence).await;
+                self.home.emit(t);
+            }
             return;
         }
-        let report = PresenceReport {
-            shard,
-            incarnation: self.incarnation,
-            seq,
-            presence,
-        };
-        let sent = match runtime::stub(
-            &self.env,
-            placement::DIRECTORY_BINDING,
-            &placement::directory_name(&user),
-        ) {
-            Ok(dir) => runtime::timeout(
-                REPORT_TIMEOUT_MS,
-                runtime::call::<_, Presented>(&dir, "/presence", None, &report),
-            )
-            .await
-            .unwrap_or_else(|| Err(worker::Error::RustError("timed out".into()))),
-            Err(e) => Err(e),
-        };
-        match sent {
-            Ok(p) => {
-                self.presence_published.set(Some(seq));
-                self.learn_view(p.view);
-            }
-            Err(e) => {
-                console_error!("presence report failed: {e}");
-                self.saved.borrow_mut().presence_retry_at = Some(runtime::now_ms() + RETRY_MS);
-                if let Err(e) = self.rearm().await {
-                    console_error!("could not schedule the presence retry: {e}");
-                }
-            }
-        }
+        self.report_soon(change == Change::Presence);
     }
 
-    /// The current presence report, for a reconcile pass.
-    pub(super) fn presence_report(&self) -> Option<PresenceReport> {
+    /// This shard's entry for its home's book, as it is now.
+    pub(super) fn report(&self) -> Option<ShardReport> {
         let shard = self.name();
         if shard.is_empty() {
             return None;
         }
-        let (seq, presence) = self.with_index(|ix| (ix.seq(), ix.presence()));
-        Some(PresenceReport {
+        let presence = self.with_index(|ix| ix.presence());
+        // Every snapshot gets a new number: the home keeps the newest of each incarnation.
+        let seq = {
+            let mut r = self.reporter.borrow_mut();
+            r.seq += 1;
+            r.seq
+        };
+        Some(ShardReport {
             shard,
             incarnation: self.incarnation,
             seq,
             presence,
+            stats: self.stats(),
+            metrics: None,
         })
+    }
+
+    /// Metrics are due upward: the home takes its own at once; another shard's ride its next
+    /// report.
+    pub(super) async fn metrics_due(&self) {
+        let Some(m) = self.take_metrics() else {
+            return;
+        };
+        if self.is_home() {
+            let me = self.name();
+            self.home.pending.borrow_mut().take(&me, m);
+            return;
+        }
+        self.reporter.borrow_mut().add_metrics(m);
+        self.report_soon(false);
+    }
+
+    /// At the home: adds its own metrics to the user's and pushes them to the registry.
+    pub(super) async fn push_metrics(&self) {
+        self.metrics_due().await;
+        let Ok(cfg) = runtime::config(&self.env) else {
+            return;
+        };
+        let tier = self.home.tier_info(&cfg).tier;
+        self.home.push_to_registry(&tier).await;
+        // Observations recorded meanwhile (or a failed push) go with the next one.
+        self.home.schedule_push(&cfg).await;
+    }
+
+    /// Takes a fresh snapshot of this shard's entry for the next report, and starts the
+    /// sender unless it runs.
+    pub(super) fn report_soon(&self, presence: bool) {
+        let user = self.user();
+        let Some(report) = self.report() else {
+            return;
+        };
+        if user.is_empty() || self.is_home() {
+            return;
+        }
+        let start = {
+            let mut r = self.reporter.borrow_mut();
+            r.next = Some(report);
+            r.presence_dirty |= presence;
+            !std::mem::replace(&mut r.running, true)
+        };
+        if !start {
+            return;
+        }
+        let sender = Sender {
+            env: self.env.clone(),
+            state: self.state.clone(),
+            clock: self.clock.clone(),
+            home: placement::home_name(&user),
+            reporter: self.reporter.clone(),
+            announced: self.announced_version.clone(),
+            placement: self.placement.clone(),
+        };
+        runtime::object_wait_until(&self.state, sender.run());
     }
 
     /// Keeps a pushed or fetched view if it is newer than ours.
     pub(super) fn learn_view(&self, v: RoutingView) {
         let mut slot = self.view.borrow_mut();
         if slot.as_ref().is_none_or(|cur| v.version > cur.version) {
+            self.announced_version
+                .set(self.announced_version.get().max(v.version));
             *slot = Some(Rc::new(v));
         }
     }
 
-    /// The routing view: ours, or (after a wake, or when `refresh` says ours proved stale)
-    /// the directory's. Without an answer, whatever we have.
-    pub(super) async fn current_view(&self, refresh: bool) -> Rc<RoutingView> {
-        if !refresh {
+    /// The routing view: the home's own book at the home; elsewhere ours, unless `want`
+    /// asks for the home's: when we have none (after a wake), the home announced a newer one,
+    /// `Fresh` (ours proved stale), or `Target` names a target ours lacks (the home waits up
+    /// to [`ROUTE_WAIT_MS`] for that target to be reported). Without an answer, ours.
+    pub(super) async fn current_view(&self, want: Want<'_>) -> Rc<RoutingView> {
+        let wait_for = match want {
+            Want::Target(t) => Some(t),
+            _ => None,
+        };
+        if self.is_home() {
+            if let Some(target) = wait_for {
+                self.home
+                    .route(&RouteLookup {
+                        wait_for: Some(target.to_owned()),
+                        wait_ms: ROUTE_WAIT_MS,
+                    })
+                    .await;
+            }
+            return self.home.view();
+        }
+        let current = self
+            .view
+            .borrow()
+            .as_ref()
+            .is_some_and(|v| v.version >= self.announced_version.get());
+        if current && matches!(want, Want::Cached) {
             if let Some(v) = self.view.borrow().clone() {
                 return v;
             }
         }
-        let user = self.saved.borrow().user.clone();
         self.frame_subrequests.set(self.frame_subrequests.get() + 1);
+        let lookup = RouteLookup {
+            wait_for: wait_for.map(str::to_owned),
+            wait_ms: ROUTE_WAIT_MS,
+        };
         let fetched = match runtime::stub(
             &self.env,
-            placement::DIRECTORY_BINDING,
-            &placement::directory_name(&user),
+            placement::SHARD_BINDING,
+            &placement::home_name(&self.user()),
         ) {
-            Ok(dir) => {
+            Ok(home) => {
                 runtime::timeout(
-                    REPORT_TIMEOUT_MS,
-                    runtime::call::<_, RoutingView>(&dir, "/route", None, &serde_json::json!({})),
+                    REPORT_TIMEOUT_MS + ROUTE_WAIT_MS,
+                    runtime::ask(&home, Some(&placement::home_name(&self.user())), &lookup),
                 )
                 .await
             }
@@ -198,8 +293,8 @@ impl ConnectionManager {
         };
         match fetched {
             Some(Ok(v)) => {
-                // Asked for because ours proved stale: take it even at an equal version,
-                // but never over a newer push that landed meanwhile.
+                // Asked for because ours was stale or lacked a target: take it even at an
+                // equal version, but never over a newer push that landed meanwhile.
                 let mut slot = self.view.borrow_mut();
                 if slot.as_ref().is_none_or(|cur| v.version >= cur.version) {
                     *slot = Some(Rc::new(v));
@@ -208,5 +303,96 @@ impl ConnectionManager {
             _ => console_error!("routing view unavailable; using the last one"),
         }
         self.view.borrow().clone().unwrap_or_default()
+    }
+}
+
+impl Reporter {
+    /// Whether a report is waiting or on its way.
+    pub fn busy(&self) -> bool {
+        self.running || self.next.is_some() || self.retry_at.is_some()
+    }
+
+    fn add_metrics(&mut self, m: ReportedMetrics) {
+        self.metrics = Some(match self.metrics.take() {
+            Some(mut older) => {
+                older.observed.merge(&m.observed);
+                older.gauges = m.gauges;
+                older
+            }
+            None => m,
+        });
+    }
+}
+
+/// The detached loop that sends a shard's reports to its home: one in flight, each the
+/// latest snapshot, with the gap after each; a failure is left for the alarm's retry.
+struct Sender {
+    env: worker::Env,
+    state: Rc<worker::State>,
+    clock: Rc<crate::runtime::AlarmClock>,
+    home: String,
+    reporter: Rc<RefCell<Reporter>>,
+    announced: Rc<Cell<u64>>,
+    placement: Rc<RefCell<Placement>>,
+}
+
+impl Sender {
+    async fn run(self) {
+        let mut first = true;
+        loop {
+            let gap = {
+                let r = self.reporter.borrow();
+                if r.presence_dirty {
+                    PRESENCE_GAP_MS
+                } else {
+                    COUNTS_GAP_MS
+                }
+            };
+            if !first {
+                runtime::sleep(gap).await;
+            }
+            first = false;
+            let next = {
+                let mut r = self.reporter.borrow_mut();
+                let Some(mut report) = r.next.take() else {
+                    r.running = false;
+                    return;
+                };
+                report.metrics = r.metrics.take();
+                r.presence_dirty = false;
+                report
+            };
+            if let Err(e) = self.send(&next).await {
+                console_error!("report to {} failed: {e}", self.home);
+                let retry = runtime::now_ms() + RETRY_MS;
+                {
+                    let mut r = self.reporter.borrow_mut();
+                    if let Some(m) = next.metrics.clone() {
+                        r.add_metrics(m);
+                    }
+                    r.next.get_or_insert(next);
+                    r.retry_at = Some(retry);
+                    r.running = false;
+                }
+                if let Err(e) = self.clock.arm(&self.state, retry).await {
+                    console_error!("could not schedule the report retry: {e}");
+                }
+                return;
+            }
+        }
+    }
+
+    async fn send(&self, report: &ShardReport) -> worker::Result<()> {
+        let stub = runtime::stub(&self.env, placement::SHARD_BINDING, &self.home)?;
+        let ack: ReportAck = runtime::timeout(
+            REPORT_TIMEOUT_MS,
+            runtime::ask(&stub, Some(&self.home), report),
+        )
+        .await
+        .unwrap_or_else(|| Err(worker::Error::RustError("timed out".into())))?;
+        self.announced
+            .set(self.announced.get().max(ack.view_version));
+        *self.placement.borrow_mut() = ack.placement;
+        Ok(())
     }
 }

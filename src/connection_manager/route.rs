@@ -12,17 +12,19 @@ use std::borrow::Cow;
 use serde_json::value::RawValue;
 use worker::{console_error, WebSocket, WebSocketIncomingMessage};
 
+use super::presence::Want;
 use super::upstream::Business;
 use super::{attachment, close, ConnectionManager};
 use crate::config::Config;
 use crate::metrics::Series;
+use crate::object_api::{AckRelay, Deliver, Delivered, Disconnect, Disconnected};
 use crate::placement;
+use crate::protocol::BroadcastResult;
 use crate::protocol::{self, Delivery, Filter, SocketMeta};
 use crate::routing::ack_id::{self, CallRef};
 use crate::routing::envelope::{self, Parsed, MESSAGE_TOO_BIG, PROTOCOL_ERROR};
 use crate::routing::rules::{self, Action, Sender};
 use crate::routing::view::RoutingView;
-use crate::rpc::{AckRelay, Delivered};
 use crate::runtime;
 
 impl ConnectionManager {
@@ -103,7 +105,7 @@ impl ConnectionManager {
                 ws.send_with_str(protocol::pong_frame(runtime::now_ms()))?;
             }
             Action::Deliver(d) => {
-                let view = self.current_view(false).await;
+                let view = self.current_view(Want::Cached).await;
                 self.deliver_everywhere(&d, &view).await;
                 if matches!(d.filter, Filter::Exclude { .. }) {
                     self.observe_latency(Series::BroadcastDelivery, started)
@@ -144,44 +146,107 @@ impl ConnectionManager {
             .into_iter()
             .filter(|n| *n != me)
             .collect();
-        let there = self.deliver_on(&others, d).await;
-        sum(here, there)
+        let (there, _) = self.deliver_on(&others, d).await;
+        here.sum(there)
     }
 
-    /// `/deliver` on each of `shards`, concurrently, within the fan-out timeout.
-    async fn deliver_on(&self, shards: &[String], d: &Delivery) -> Delivered {
-        if shards.is_empty() {
-            return Delivered::default();
+    /// At the home: an HTTP broadcast for the user, delivered here and on every other shard
+    /// that may hold a recipient.
+    pub(super) async fn broadcast(&self, d: &Delivery) -> BroadcastResult {
+        // This shard counts as visited only when its own presence may hold a recipient.
+        let me = self.name();
+        let here_too = self.home.view().targets(&d.filter).contains(&me);
+        let here = if here_too {
+            self.deliver(d)
+        } else {
+            Delivered::default()
+        };
+        let others = self.home.targets(&d.filter);
+        let (there, failed) = self.deliver_on(&others, d).await;
+        BroadcastResult {
+            success: true,
+            delivered: here.delivered + there.delivered,
+            shards: others.len() as u64 + u64::from(here_too),
+            failed_shards: failed,
         }
+    }
+
+    /// At the home: ends the sockets `d` selects here and on every other shard of the user.
+    pub(super) async fn disconnect_user(&self, d: &Disconnect) -> worker::Result<Disconnected> {
+        let here = self.disconnect(d).await?;
+        let others = self.home.all_shards();
+        let timeout_ms = runtime::config(&self.env)
+            .map(|c| c.fanout_timeout_ms)
+            .unwrap_or(5_000);
+        let body = runtime::encode(d)?;
+        let calls = others.iter().map(|name| {
+            let body = &body;
+            async move {
+                let stub = runtime::stub(&self.env, placement::SHARD_BINDING, name).ok()?;
+                runtime::timeout(timeout_ms, runtime::ask_encoded(&stub, Some(name), body))
+                    .await?
+                    .ok()
+            }
+        });
+        let mut out = Disconnected {
+            closed: here.closed,
+            shards: others.len() + 1,
+            failed_shards: Vec::new(),
+        };
+        for (name, r) in others.iter().zip(futures::future::join_all(calls).await) {
+            match r {
+                Some(e) => out.closed += e.closed,
+                None => out.failed_shards.push(name.clone()),
+            }
+        }
+        Ok(out)
+    }
+
+    /// A delivery on each of `shards`, concurrently, within the fan-out timeout, its body
+    /// serialised once. Answers the sum and the shards that failed.
+    async fn deliver_on(&self, shards: &[String], d: &Delivery) -> (Delivered, Vec<String>) {
+        if shards.is_empty() {
+            return (Delivered::default(), Vec::new());
+        }
+        let Ok(body) = runtime::encode(&Deliver(d.clone())) else {
+            return (Delivered::default(), shards.to_vec());
+        };
         let timeout_ms = runtime::config(&self.env)
             .map(|c| c.fanout_timeout_ms)
             .unwrap_or(5_000);
         let n = shards.len() as u64;
         self.relays_in_flight.set(self.relays_in_flight.get() + n);
         self.frame_subrequests.set(self.frame_subrequests.get() + n);
-        let calls = shards.iter().map(|name| async move {
-            let Ok(stub) = runtime::stub(&self.env, placement::SHARD_BINDING, name) else {
-                return Delivered::default();
-            };
-            let r = runtime::timeout(
-                timeout_ms,
-                runtime::call::<_, Delivered>(&stub, "/deliver", Some(name), d),
-            )
-            .await;
-            self.relays_in_flight
-                .set(self.relays_in_flight.get().saturating_sub(1));
-            match r {
-                Some(Ok(got)) => got,
-                _ => {
-                    console_error!("delivery to {name} failed");
-                    Delivered::default()
+        let calls = shards.iter().map(|name| {
+            let body = &body;
+            async move {
+                let r = match runtime::stub(&self.env, placement::SHARD_BINDING, name) {
+                    Ok(stub) => {
+                        runtime::timeout(timeout_ms, runtime::ask_encoded(&stub, Some(name), body))
+                            .await
+                    }
+                    Err(e) => Some(Err(e)),
+                };
+                self.relays_in_flight
+                    .set(self.relays_in_flight.get().saturating_sub(1));
+                match r {
+                    Some(Ok(got)) => Ok(got),
+                    _ => {
+                        console_error!("delivery to {name} failed");
+                        Err(name.clone())
+                    }
                 }
             }
         });
-        futures::future::join_all(calls)
-            .await
-            .into_iter()
-            .fold(Delivered::default(), sum)
+        let mut total = Delivered::default();
+        let mut failed = Vec::new();
+        for r in futures::future::join_all(calls).await {
+            match r {
+                Ok(got) => total = total.sum(got),
+                Err(name) => failed.push(name),
+            }
+        }
+        (total, failed)
     }
 
     /// The caller's `ackId`, sealed with where to bring the answer.
@@ -202,8 +267,10 @@ impl ConnectionManager {
     /// An app calls `<target>:<method>`: the machine's sockets if the machine is connected
     /// anywhere, else the session's sockets and every user-scoped one (the platform's rule).
     /// A view that does not know the target, or that proves stale (nobody took the call), is
-    /// refreshed once from the directory; if still nobody can take it, the caller gets
-    /// "RPC method not available" at once instead of a 30 s timeout.
+    /// asked of the home once, which waits for the target's report up to a bound (a machine
+    /// connecting on another shard right now is reported within milliseconds); if still
+    /// nobody can take it, the caller gets "RPC method not available" at once instead of a
+    /// 30 s timeout.
     async fn rpc_to_id(
         &self,
         cfg: &Config,
@@ -216,7 +283,7 @@ impl ConnectionManager {
         let sealed = self.seal(cfg, caller, ack_id.as_deref());
         let frame = envelope::forward_frame("rpc-request", Some(data), sealed.as_deref());
         let me = self.name();
-        let mut view = self.current_view(false).await;
+        let mut view = self.current_view(Want::Cached).await;
         let mut refreshed = false;
         let machine = Delivery {
             frame: frame.clone(),
@@ -237,14 +304,14 @@ impl ConnectionManager {
                 } else {
                     Delivered::default()
                 };
-                if sum(local, self.deliver_on(&there, &machine).await).primary > 0 {
+                if local.sum(self.deliver_on(&there, &machine).await.0).primary > 0 {
                     return;
                 }
             }
             if refreshed {
                 break;
             }
-            view = self.current_view(true).await;
+            view = self.current_view(Want::Target(target)).await;
             refreshed = true;
         }
         let session_known = |v: &RoutingView| {
@@ -280,18 +347,18 @@ impl ConnectionManager {
             frame: envelope::forward_frame(event, data, sealed.as_deref()),
             filter: Filter::UserScopedOnly,
         };
-        let view = self.current_view(false).await;
+        let view = self.current_view(Want::Cached).await;
         let mut got = self.deliver_everywhere(&d, &view).await;
-        if got.primary == 0 {
+        if got.primary == 0 && !self.is_home() {
             let me = self.name();
             let tried = view.user_scoped_shards();
-            let fresh = self.current_view(true).await;
+            let fresh = self.current_view(Want::Fresh).await;
             let new: Vec<String> = fresh
                 .user_scoped_shards()
                 .into_iter()
                 .filter(|n| *n != me && !tried.contains(n))
                 .collect();
-            got = sum(got, self.deliver_on(&new, &d).await);
+            got = got.sum(self.deliver_on(&new, &d).await.0);
         }
         if got.primary == 0 {
             self.not_available(ws, ack_id.as_deref());
@@ -327,7 +394,7 @@ impl ConnectionManager {
         let sent = match runtime::stub(&self.env, placement::SHARD_BINDING, &call.shard) {
             Ok(stub) => runtime::timeout(
                 cfg.fanout_timeout_ms,
-                runtime::call::<_, Delivered>(&stub, "/ack", Some(&call.shard), &relay),
+                runtime::ask(&stub, Some(&call.shard), &relay),
             )
             .await
             .map(|r| r.map(|_| ())),
@@ -356,14 +423,6 @@ impl ConnectionManager {
         self.sockets_with(Some(&protocol::conn_tag(&call.connection)))
             .iter()
             .any(|w| w.send_with_str(&frame).is_ok())
-    }
-}
-
-fn sum(a: Delivered, b: Delivered) -> Delivered {
-    Delivered {
-        delivered: a.delivered + b.delivered,
-        primary: a.primary + b.primary,
-        view_version: a.view_version.max(b.view_version),
     }
 }
 

@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::lease::Lease;
-use crate::rpc::Knob;
+use crate::object_api::Knob;
 
 pub const KEY: &str = "shard";
 
@@ -29,8 +29,4 @@ pub struct Persisted {
     pub drain_at: Option<u64>,
     /// Test-only injection, honoured only while `TEST_KNOBS=on`.
     pub knob: Knob,
-    /// When a failed presence report is retried (memory only: a restarted object reports
-    /// afresh on its next change, and the directory's reconcile covers the rest).
-    #[serde(skip)]
-    pub presence_retry_at: Option<u64>,
 }

@@ -15,6 +15,7 @@ use worker::{console_error, WebSocket};
 use super::ConnectionManager;
 use crate::config::Config;
 use crate::metrics::UpstreamResult;
+use crate::object_api::UsageSet;
 use crate::outbox;
 use crate::placement;
 use crate::protocol::SocketMeta;
@@ -114,7 +115,7 @@ impl ConnectionManager {
                     let _ = ws.send_with_str(envelope::ack_frame(id, ack));
                 }
                 if !a.deliveries.is_empty() {
-                    let view = self.current_view(false).await;
+                    let view = self.current_view(super::presence::Want::Cached).await;
                     // In the upstream's order: an update after the ephemeral it follows.
                     for d in &a.deliveries {
                         self.deliver_everywhere(d, &view).await;
@@ -154,30 +155,29 @@ impl ConnectionManager {
         };
         let ack = match invalid {
             Some(error) => serde_json::json!({"success": false, "error": error}),
-            None => {
-                let stored = match runtime::stub(
-                    &self.env,
-                    placement::DIRECTORY_BINDING,
-                    &placement::directory_name(&meta.user_id),
-                ) {
-                    Ok(dir) => {
-                        runtime::call::<_, serde_json::Value>(&dir, "/usage/set", None, &value)
-                            .await
-                    }
-                    Err(e) => Err(e),
-                };
-                match stored {
-                    Ok(_) => serde_json::json!({"success": true}),
-                    Err(e) => {
-                        console_error!("usage limits not stored: {e}");
-                        serde_json::json!({"success": false, "error": "could not store the usage limits; retry"})
-                    }
+            None => match self.store_usage(meta, value).await {
+                Ok(()) => serde_json::json!({"success": true}),
+                Err(e) => {
+                    console_error!("usage limits not stored: {e}");
+                    serde_json::json!({"success": false, "error": "could not store the usage limits; retry"})
                 }
-            }
+            },
         };
         if let Some(a) = ack_id {
             let _ = ws.send_with_str(envelope::ack_frame(a, &ack.to_string()));
         }
+    }
+
+    /// Stores the user's usage limits at its home (here, or one call away).
+    async fn store_usage(&self, meta: &SocketMeta, value: serde_json::Value) -> worker::Result<()> {
+        if self.is_home() {
+            return self.home.set_usage_limits(value).await;
+        }
+        let home = placement::home_name(&meta.user_id);
+        let stub = runtime::stub(&self.env, placement::SHARD_BINDING, &home)?;
+        runtime::ask(&stub, Some(&home), &UsageSet(value))
+            .await
+            .map(|_| ())
     }
 
     /// Stores lifecycle hooks and arms the alarm to send them at once.

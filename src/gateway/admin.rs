@@ -3,14 +3,16 @@
 
 use worker::{Env, Headers, Method, Request, Response};
 
-use super::identity::{self, directory_call};
+use super::identity::{self, ask_home};
 use crate::auth;
 use crate::config::Config;
 use crate::exposition::{self, ExpositionOptions};
 use crate::metrics::GlobalMetrics;
+use crate::object_api::{
+    Disconnect, DisconnectUser, FeedStatus, Knob, SetTier, SnapshotRequest, TierGet, TierInfo,
+};
 use crate::placement;
 use crate::protocol::ApiError;
-use crate::rpc::{Disconnect, Knob, SetTier, TierInfo};
 use crate::runtime;
 use crate::slo;
 
@@ -47,7 +49,7 @@ pub fn user_tier_path(path: &str) -> Option<&str> {
 
 /// `GET|PUT|DELETE /admin/users/{id}/tier`: the operator's per-user tier. `PUT
 /// {"tier":"enterprise"}` sets it, `DELETE` goes back to `DEFAULT_TIER`; both answer what
-/// the user resolves to now. Kept in the user's directory, the authority for the limit, so
+/// the user resolves to now. Kept by the user's home shard, the authority for the limit, so
 /// the next connect is admitted under it with no redeploy.
 pub async fn user_tier(mut req: Request, env: &Env, cfg: &Config) -> Result<Response, ApiError> {
     authorize(&req, cfg)?;
@@ -56,7 +58,7 @@ pub async fn user_tier(mut req: Request, env: &Env, cfg: &Config) -> Result<Resp
     crate::ids::validate_id(&user)
         .map_err(|e| ApiError::bad_request("invalid_id", format!("user id: {e}")))?;
     let info: TierInfo = match req.method() {
-        Method::Get => directory_call(env, &user, "/tier", &serde_json::json!({})).await?,
+        Method::Get => ask_home(env, &user, &TierGet {}).await?,
         Method::Put => {
             #[derive(serde::Deserialize)]
             #[serde(deny_unknown_fields)]
@@ -82,9 +84,9 @@ pub async fn user_tier(mut req: Request, env: &Env, cfg: &Config) -> Result<Resp
             let set = SetTier {
                 tier: Some(body.tier),
             };
-            directory_call(env, &user, "/tier/set", &set).await?
+            ask_home(env, &user, &set).await?
         }
-        Method::Delete => directory_call(env, &user, "/tier/set", &SetTier { tier: None }).await?,
+        Method::Delete => ask_home(env, &user, &SetTier { tier: None }).await?,
         _ => {
             return Err(ApiError::new(
                 405,
@@ -93,8 +95,7 @@ pub async fn user_tier(mut req: Request, env: &Env, cfg: &Config) -> Result<Resp
             ))
         }
     };
-    identity::remember_tier(&user, &info);
-    super::fanout::forget_view(&user);
+    identity::forget_placement(&user);
     runtime::json(
         200,
         &serde_json::json!({"user": user, "tier": info.tier, "limit": info.limit, "override": info.overridden}),
@@ -165,7 +166,7 @@ pub async fn user_disconnect(
         crate::ids::validate_id(id)
             .map_err(|e| ApiError::bad_request("invalid_id", format!("{e}")))?;
     }
-    let r = super::fanout::disconnect_user(env, cfg, &user, &d).await?;
+    let r = ask_home(env, &user, &DisconnectUser(d)).await?;
     runtime::json(200, &r).map_err(|e| ApiError::new(500, "internal", e.to_string()))
 }
 
@@ -176,7 +177,7 @@ pub async fn revocations(req: &Request, env: &Env, cfg: &Config) -> Result<Respo
     let unavailable = |e: worker::Error| ApiError::new(503, "feed_unavailable", e.to_string());
     let stub = runtime::stub(env, crate::revocations::BINDING, crate::revocations::NAME)
         .map_err(unavailable)?;
-    let v: serde_json::Value = runtime::call(&stub, "/status", None, &serde_json::json!({}))
+    let v = runtime::ask(&stub, None, &FeedStatus {})
         .await
         .map_err(unavailable)?;
     runtime::json(200, &v).map_err(|e| ApiError::new(500, "internal", e.to_string()))
@@ -193,7 +194,7 @@ pub async fn test_shard(mut req: Request, env: &Env, cfg: &Config) -> Result<Res
         #[serde(default)]
         latency_ms: u32,
         #[serde(default)]
-        fault: Option<crate::rpc::Fault>,
+        fault: Option<crate::object_api::Fault>,
     }
     let body: Body = req.json().await.map_err(|e| {
         ApiError::bad_request(
@@ -215,7 +216,7 @@ pub async fn test_shard(mut req: Request, env: &Env, cfg: &Config) -> Result<Res
         latency_ms: body.latency_ms,
         fault: body.fault,
     };
-    let set: Knob = runtime::call(&stub, "/knob", Some(&body.shard), &knob)
+    let set = runtime::ask(&stub, Some(&body.shard), &knob)
         .await
         .map_err(internal)?;
     runtime::json(200, &serde_json::json!({"shard": body.shard, "knob": set}))
@@ -277,7 +278,7 @@ async fn global(env: &Env, cfg: &Config) -> GlobalMetrics {
         let stub = runtime::stub(env, placement::REGISTRY_BINDING, name).ok()?;
         let r = runtime::timeout(
             cfg.fanout_timeout_ms,
-            runtime::call::<_, GlobalMetrics>(&stub, "/snapshot", None, &serde_json::json!({})),
+            runtime::ask(&stub, None, &SnapshotRequest {}),
         )
         .await;
         match r {

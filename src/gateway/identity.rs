@@ -1,6 +1,7 @@
-//! Who is calling, and in which tier: the platform's tokens (cached per isolate, checked
-//! against the `RevokedToken` table when the D1 binding is configured) and tickets (verified,
-//! then redeemed once with the user's directory), and the user's tier from the directory.
+//! Who is calling: the platform's tokens (cached per isolate, checked against the
+//! `RevokedToken` table when the D1 binding is configured) and tickets (verified, then
+//! redeemed once with the user's home); what this isolate knows of the user's placement; and
+//! the one way the gateway reaches a user's home.
 
 use std::cell::RefCell;
 
@@ -10,29 +11,30 @@ use crate::auth::cache::{BoundedMap, CAPACITY};
 use crate::auth::ticket_book::Redeem as Redemption;
 use crate::auth::{self, ticket, token, Credential, TokenCache, TokenRef};
 use crate::config::Config;
+use crate::object_api::{Message, Placement, Redeem, Redeemed};
 use crate::placement;
 use crate::protocol::ApiError;
-use crate::rpc::{Redeem, Redeemed, TierInfo};
 use crate::runtime;
 
 /// The D1 binding of the platform's `RevokedToken` table (the platform's binding name).
 pub const REVOCATION_BINDING: &str = "DB";
-/// How long a gateway isolate trusts a user's tier before asking the directory again. The
-/// limit never depends on it (the directory resolves the tier at every grant); placement
-/// (`hash:shards=auto`) and SLO targets do, for at most this long after an override changes
-/// in another isolate (this isolate forgets at once when the change passes through it).
-pub const TIER_CACHE_MS: u64 = 30_000;
+/// How long a gateway isolate trusts what it learned of a user's placement (its tier and
+/// limit, and its spread level) from the user's shards. The limit never depends on it (the
+/// home resolves the tier at every admission); placement and SLO targets do, for at most
+/// this long after a change made through another isolate.
+pub const PLACEMENT_CACHE_MS: u64 = 10_000;
 
 thread_local! {
     static TOKENS: RefCell<TokenCache> = RefCell::new(TokenCache::default());
-    static TIERS: RefCell<BoundedMap<(TierInfo, u64)>> = RefCell::new(BoundedMap::new(CAPACITY));
+    static PLACEMENTS: RefCell<BoundedMap<(Placement, u64)>> =
+        RefCell::new(BoundedMap::new(CAPACITY));
 }
 
-/// An authenticated caller and its tier.
+/// An authenticated caller and what this isolate knows of its placement.
 #[derive(Debug, Clone)]
 pub struct Caller {
     pub user: String,
-    pub tier: TierInfo,
+    pub placement: Placement,
     /// The token the socket will end with (for a ticket, the one it was issued for).
     pub token: Option<TokenRef>,
 }
@@ -147,10 +149,9 @@ pub async fn upgrade_caller(
         Credential::Ticket(t) => ticket_caller(env, cfg, t).await,
         Credential::Token(t) => {
             let (user, token) = user_of_token(env, cfg, t, Wording::Upgrade).await?;
-            let tier = tier_of(env, &user).await?;
             Ok(Caller {
+                placement: placement_of(cfg, &user),
                 user,
-                tier,
                 token: Some(token),
             })
         }
@@ -162,8 +163,8 @@ pub async fn upgrade_caller(
     }
 }
 
-/// Verifies a ticket, then redeems its nonce with the user's directory, which answers the
-/// tier too: a ticket connect costs that one directory call.
+/// Verifies a ticket, then redeems its nonce with the user's home, which answers the tier
+/// too: a ticket connect costs that one call.
 async fn ticket_caller(env: &Env, cfg: &Config, t: &str) -> Result<Caller, ApiError> {
     let invalid = |detail: String| {
         ApiError::new(
@@ -174,10 +175,9 @@ async fn ticket_caller(env: &Env, cfg: &Config, t: &str) -> Result<Caller, ApiEr
     };
     let tk = ticket::verify(t, cfg.master_secret.expose().as_bytes(), runtime::now_ms())
         .map_err(|e| invalid(e.to_string()))?;
-    let r: Redeemed = directory_call(
+    let r: Redeemed = ask_home(
         env,
         &tk.user_id,
-        "/ticket/redeem",
         &Redeem {
             nonce: tk.nonce.clone(),
             exp_ms: tk.exp_ms,
@@ -186,10 +186,12 @@ async fn ticket_caller(env: &Env, cfg: &Config, t: &str) -> Result<Caller, ApiEr
     .await?;
     match r.result {
         Redemption::Fresh => {
-            remember_tier(&tk.user_id, &r.tier);
+            let mut placement = placement_of(cfg, &tk.user_id);
+            placement.tier = r.tier.tier;
+            placement.limit = r.tier.limit;
             Ok(Caller {
                 user: tk.user_id,
-                tier: r.tier,
+                placement,
                 token: r.token,
             })
         }
@@ -207,51 +209,51 @@ async fn ticket_caller(env: &Env, cfg: &Config, t: &str) -> Result<Caller, ApiEr
     }
 }
 
-/// The user's tier: cached for [`TIER_CACHE_MS`], else asked of the user's directory.
-pub async fn tier_of(env: &Env, user: &str) -> Result<TierInfo, ApiError> {
+/// What this isolate knows of the user's placement: learned from the user's shards within
+/// [`PLACEMENT_CACHE_MS`], else `DEFAULT_TIER` on the user's home (spread 0).
+pub fn placement_of(cfg: &Config, user: &str) -> Placement {
     let now = runtime::now_ms();
-    let cached = TIERS.with(|c| {
+    let cached = PLACEMENTS.with(|c| {
         c.borrow()
             .get(user)
-            .filter(|(_, at)| now.saturating_sub(*at) < TIER_CACHE_MS)
-            .map(|(t, _)| t.clone())
+            .filter(|(_, at)| now.saturating_sub(*at) < PLACEMENT_CACHE_MS)
+            .map(|(p, _)| p.clone())
     });
-    if let Some(t) = cached {
-        return Ok(t);
-    }
-    let t: TierInfo = directory_call(env, user, "/tier", &serde_json::json!({})).await?;
-    remember_tier(user, &t);
-    Ok(t)
+    cached.unwrap_or_else(|| {
+        let (tier, t) = cfg.resolve_tier(None);
+        Placement {
+            tier: tier.to_owned(),
+            limit: t.limit,
+            spread: 0,
+        }
+    })
 }
 
-pub fn remember_tier(user: &str, t: &TierInfo) {
+/// Remembers what a shard said of the user's placement.
+pub fn remember_placement(user: &str, p: &Placement) {
     let now = runtime::now_ms();
-    TIERS.with(|c| c.borrow_mut().insert(user, (t.clone(), now)));
+    PLACEMENTS.with(|c| c.borrow_mut().insert(user, (p.clone(), now)));
 }
 
-/// Calls the user's directory; a failure is a 503 the client may retry.
-pub async fn directory_call<B: serde::Serialize, T: serde::de::DeserializeOwned>(
-    env: &Env,
-    user: &str,
-    path: &str,
-    body: &B,
-) -> Result<T, ApiError> {
+/// Forgets what this isolate knows of the user's placement (its tier changed here).
+pub fn forget_placement(user: &str) {
+    PLACEMENTS.with(|c| c.borrow_mut().remove(user));
+}
+
+/// Sends a message to the user's home shard; a failure is a 503 the client may retry.
+pub async fn ask_home<M: Message>(env: &Env, user: &str, msg: &M) -> Result<M::Reply, ApiError> {
     let unavailable = |e: worker::Error| {
-        worker::console_error!("directory {path} failed: {e}");
+        worker::console_error!("home {} failed: {e}", M::PATH);
         ApiError::new(
             503,
-            "directory_unavailable",
-            "the user's directory did not answer; retry",
+            "home_unavailable",
+            "the user's home shard did not answer; retry",
         )
         .retry_after(1)
     };
-    let stub = runtime::stub(
-        env,
-        placement::DIRECTORY_BINDING,
-        &placement::directory_name(user),
-    )
-    .map_err(unavailable)?;
-    runtime::call(&stub, path, None, body)
+    let home = placement::home_name(user);
+    let stub = runtime::stub(env, placement::SHARD_BINDING, &home).map_err(unavailable)?;
+    runtime::ask(&stub, Some(&home), msg)
         .await
         .map_err(unavailable)
 }

@@ -149,21 +149,21 @@ fn health(
     }
 }
 
-/// How long a gateway isolate gathers what it saw before telling the users' directories:
+/// How long a gateway isolate gathers what it saw before telling the users' homes:
 /// one call per user per second instead of one per request (a stats poller or a broadcast
 /// storm costs a directory call per request otherwise).
 const OBSERVE_BATCH_MS: u32 = 1_000;
 
 thread_local! {
-    static OBSERVED: std::cell::RefCell<std::collections::BTreeMap<String, crate::rpc::Observed>> =
+    static OBSERVED: std::cell::RefCell<std::collections::BTreeMap<String, crate::object_api::Observed>> =
         const { std::cell::RefCell::new(std::collections::BTreeMap::new()) };
     static FLUSH_SCHEDULED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
 /// Records what the gateway saw for a user (connect outcomes it decided, broadcast and
-/// stats latencies); sent to the user's directory with the next batch, after the answer
+/// stats latencies); sent to the user's home with the next batch, after the answer
 /// (metrics never delay a client).
-pub fn observe_later(env: &Env, ctx: &Context, user: &str, o: crate::rpc::Observed) {
+pub fn observe_later(env: &Env, ctx: &Context, user: &str, o: crate::object_api::Observed) {
     // Outcomes (refusals the gateway decided) are rare and counted at once; latencies, one
     // per stats or broadcast call, are gathered.
     if !o.outcomes.is_empty() {
@@ -191,13 +191,8 @@ pub fn observe_later(env: &Env, ctx: &Context, user: &str, o: crate::rpc::Observ
     });
 }
 
-async fn send_observed(env: &Env, user: &str, o: &crate::rpc::Observed) {
-    let name = crate::placement::directory_name(user);
-    let Ok(stub) = runtime::stub(env, crate::placement::DIRECTORY_BINDING, &name) else {
-        return;
-    };
-    let r: worker::Result<serde_json::Value> = runtime::call(&stub, "/observe", None, o).await;
-    if let Err(e) = r {
-        worker::console_error!("could not record observations: {e}");
+async fn send_observed(env: &Env, user: &str, o: &crate::object_api::Observed) {
+    if let Err(e) = identity::ask_home(env, user, o).await {
+        worker::console_error!("could not record observations: {}", e.message);
     }
 }

@@ -3,24 +3,23 @@
 
 use worker::{Env, Request, Response};
 
-use super::identity::{self, directory_call};
+use super::identity::{self, ask_home};
 use crate::auth::ticket;
 use crate::auth::ticket_book::{Issue, TICKETS_PER_MINUTE};
 use crate::config::Config;
+use crate::object_api::IssueTicket;
 use crate::protocol::ApiError;
-use crate::rpc::IssueTicket;
 use crate::runtime;
 
 pub async fn issue(req: &Request, env: &Env, cfg: &Config) -> Result<Response, ApiError> {
     // Authentication first, then the per-user limit (the platform's order).
     let (user, token) = identity::http_caller(req, env, cfg).await?;
-    // The ticket's socket ends with the token it was issued for: the directory keeps that
+    // The ticket's socket ends with the token it was issued for: the home keeps that
     // token's reference under the nonce until the ticket is redeemed.
     let nonce = ticket::uuid_v4(runtime::random16());
-    let issue: Issue = directory_call(
+    let issue: Issue = ask_home(
         env,
         &user,
-        "/ticket/issue",
         &IssueTicket {
             nonce: nonce.clone(),
             token,

@@ -1,8 +1,11 @@
 //! `GET /v1/updates`: authenticate, place with the policy, hand the upgrade
 //! to the first candidate shard that takes it.
 //!
-//! Pass 1 tries the candidates in the policy's order; a shard that is full,
-//! draining or over its tier's latency objective refuses with its health.
+//! Pass 1 tries the candidates in the policy's order for the user's placement (its tier and
+//! spread level, as the user's shards last said: `x-edge-placement`); a shard that is full,
+//! draining or over its tier's latency objective refuses with its health, and the user's home
+//! refuses a socket it should not take now that the user has spread (the answer's placement
+//! then reorders the remaining candidates).
 //! When none admitted and some were only slow, pass 2 lets the SLO rules
 //! decide: admit on the least-bad shard, or shed the tier (lower tiers first).
 
@@ -12,13 +15,15 @@ use super::identity;
 use super::observe_later;
 use crate::admission::{self, Fallback, Health, TierRank};
 use crate::config::Config;
-use crate::connection_manager::HEALTH_HEADER;
 use crate::ids;
 use crate::metrics::Outcome;
+use crate::object_api::{
+    Connect, Observed, Placement, CONNECT_HEADER, CONNECT_PATH, HEALTH_HEADER, PLACEMENT_HEADER,
+    SHARD_HEADER,
+};
 use crate::placement;
 use crate::protocol::{self, ApiError, SocketMeta};
-use crate::rpc::{Connect, Observed};
-use crate::runtime::{self, CONNECT_HEADER, SHARD_HEADER};
+use crate::runtime;
 
 /// Most shards one connect tries before answering 503: bounds the
 /// subrequests a single connect can cost when a user's shards are all full.
@@ -65,24 +70,20 @@ pub async fn upgrade(
         client_type: query.client_type,
         session_id: query.session_id,
         machine_id: query.machine_id,
-        tier: caller.tier.tier.clone(),
+        tier: caller.placement.tier.clone(),
         connected_at: now,
         token_hash: caller.token.as_ref().map(|t| t.token_hash.clone()),
         expires_at: caller.token.as_ref().and_then(|t| t.expires_at),
-    };
-    let candidates = placement::candidates(cfg, caller.tier.limit, &meta, now);
-    let mut connect = Connect {
-        meta,
         shard: String::new(),
-        strict: true,
     };
-    let report = |outcome: Outcome| {
+    let mut attempt = Attempt::new(cfg, meta, caller.placement.clone(), now);
+    let report = |outcome: Outcome, tier: String| {
         observe_later(
             env,
             ctx,
             &caller.user,
             Observed {
-                tier: caller.tier.tier.clone(),
+                tier,
                 outcomes: vec![outcome],
                 latencies: Vec::new(),
             },
@@ -90,45 +91,56 @@ pub async fn upgrade(
     };
 
     let mut healths = Vec::new();
+    let mut tried: Vec<String> = Vec::new();
     let mut last: Option<Response> = None;
     let mut errored = false;
-    for shard in candidates.iter().take(MAX_ATTEMPTS) {
-        connect.shard.clone_from(shard);
-        let resp = match try_shard(env, &connect).await {
+    while let Some(shard) = attempt.next(&tried) {
+        if tried.len() >= MAX_ATTEMPTS {
+            break;
+        }
+        tried.push(shard.clone());
+        let resp = match try_shard(env, &attempt.connect(&shard)).await {
             Ok(r) => r,
             Err(e) => {
                 worker::console_error!("connect to {shard} failed: {e}");
                 errored = true;
-                healths.push(Health::Full);
+                healths.push((shard, Health::Full));
                 continue;
             }
         };
+        if let Some(p) = resp
+            .headers()
+            .get(PLACEMENT_HEADER)
+            .ok()
+            .flatten()
+            .and_then(|h| Placement::parse(&h))
+        {
+            identity::remember_placement(&caller.user, &p);
+            // The user spread (or shrank): the candidates change, the tried ones stay tried.
+            attempt.learn(p);
+        }
         if resp.status_code() != 503 {
             // 101, 429 (the tier limit: no other shard may help), 4xx: final.
-            if resp.status_code() == 429 {
-                // The directory just counted the refusal: this isolate's next stats call
-                // shows it (other isolates within the view cache's 500 ms).
-                super::fanout::forget_view(&caller.user);
-            }
             return Ok(resp);
         }
-        healths.push(health_of(&resp));
+        healths.push((shard, health_of(&resp)));
         last = Some(resp);
     }
 
     // Pass 2, only when some candidate was merely over its latency objective.
     if healths
         .iter()
-        .any(|h| matches!(h, Health::OverLatency { .. }))
+        .any(|(_, h)| matches!(h, Health::OverLatency { .. }))
     {
-        if let Some(rank) = TierRank::of(&cfg.tiers, &caller.tier.tier) {
+        let only: Vec<Health> = healths.iter().map(|(_, h)| *h).collect();
+        if let Some(rank) = TierRank::of(&cfg.tiers, &attempt.placement.tier) {
             let jitter = runtime::random16()[0];
-            match admission::fallback(&healths, rank, jitter) {
+            match admission::fallback(&only, rank, jitter) {
                 Fallback::AdmitOn { index, .. } => {
-                    if let Some(shard) = candidates.get(index) {
-                        connect.shard.clone_from(shard);
-                        connect.strict = false;
-                        if let Ok(resp) = try_shard(env, &connect).await {
+                    if let Some((shard, _)) = healths.get(index) {
+                        let mut c = attempt.connect(shard);
+                        c.strict = false;
+                        if let Ok(resp) = try_shard(env, &c).await {
                             if resp.status_code() != 503 {
                                 return Ok(resp);
                             }
@@ -139,13 +151,13 @@ pub async fn upgrade(
                     retry_after_secs,
                     severity,
                 } => {
-                    report(Outcome::Unavailable);
+                    report(Outcome::Unavailable, attempt.placement.tier.clone());
                     return Err(ApiError::new(
                         503,
                         "shed",
                         format!(
                             "every shard for this user is {severity:.1}x over tier `{}`'s latency objective; lower tiers are shed first, retry later",
-                            caller.tier.tier
+                            attempt.placement.tier
                         ),
                     )
                     .retry_after(retry_after_secs));
@@ -155,20 +167,75 @@ pub async fn upgrade(
         }
     }
 
-    report(if errored && last.is_none() {
-        Outcome::Failure
-    } else {
-        Outcome::Unavailable
-    });
+    report(
+        if errored && last.is_none() {
+            Outcome::Failure
+        } else {
+            Outcome::Unavailable
+        },
+        attempt.placement.tier.clone(),
+    );
     match last {
         // With one candidate its own answer (e.g. `shard_full`) is the most precise.
-        Some(resp) if candidates.len() == 1 => Ok(resp),
+        Some(resp) if tried.len() == 1 => Ok(resp),
         _ => Err(ApiError::new(
             503,
             "no_shard_available",
             "every candidate shard for this user is full or unavailable; retry shortly",
         )
         .retry_after(1)),
+    }
+}
+
+/// One connect's walk over its candidates: the policy's order for the user's placement as
+/// last learned, recomputed when a shard's answer says the placement changed; the home, when
+/// the user has spread, is tried last and asked to take the socket as a last resort.
+struct Attempt<'a> {
+    cfg: &'a Config,
+    meta: SocketMeta,
+    placement: Placement,
+    now: u64,
+    candidates: Vec<String>,
+}
+
+impl<'a> Attempt<'a> {
+    fn new(cfg: &'a Config, meta: SocketMeta, placement: Placement, now: u64) -> Self {
+        let candidates = placement::candidates(cfg, placement.limit, placement.spread, &meta, now);
+        Self {
+            cfg,
+            meta,
+            placement,
+            now,
+            candidates,
+        }
+    }
+
+    fn learn(&mut self, p: Placement) {
+        if p.spread != self.placement.spread || p.limit != self.placement.limit {
+            self.candidates =
+                placement::candidates(self.cfg, p.limit, p.spread, &self.meta, self.now);
+        }
+        self.meta.tier.clone_from(&p.tier);
+        self.placement = p;
+    }
+
+    /// The next candidate not tried yet.
+    fn next(&self, tried: &[String]) -> Option<String> {
+        self.candidates.iter().find(|c| !tried.contains(c)).cloned()
+    }
+
+    fn connect(&self, shard: &str) -> Connect {
+        let home = placement::is_home(shard);
+        Connect {
+            meta: self.meta.clone(),
+            shard: shard.to_owned(),
+            strict: true,
+            // The home after the user's other shards: take it if there is room at all.
+            last_resort: home
+                && self.candidates.len() > 1
+                && self.candidates.last().is_some_and(|c| c == shard),
+            spread: self.placement.spread,
+        }
     }
 }
 
@@ -194,6 +261,6 @@ async fn try_shard(env: &Env, connect: &Connect) -> worker::Result<Response> {
     headers.set("upgrade", "websocket")?;
     headers.set(SHARD_HEADER, &connect.shard)?;
     headers.set(CONNECT_HEADER, &serde_json::to_string(connect)?)?;
-    let req = runtime::internal_request(Method::Get, "/connect", None, headers)?;
+    let req = runtime::internal_request(Method::Get, CONNECT_PATH, None, headers)?;
     stub.fetch_with_request(req).await
 }

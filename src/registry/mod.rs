@@ -1,6 +1,6 @@
 //! The metrics registry: `REGISTRY_SHARDS` objects (`reg:{k}`), each holding
-//! the metrics of the users whose id hashes to it. Directories push their
-//! user's gauges and new observations here every few seconds; `/metrics`,
+//! the metrics of the users whose id hashes to it. Users' home shards push their
+//! gauges and new observations here every few seconds; `/metrics`,
 //! `/admin/stats` and `/admin/slo` fan out over these objects instead of
 //! over every user.
 
@@ -9,9 +9,10 @@ use std::collections::BTreeMap;
 use std::rc::Rc;
 
 use serde::{Deserialize, Serialize};
-use worker::{durable_object, DurableObject, Env, Method, Request, Response, State};
+use worker::{durable_object, DurableObject, Env, Request, Response, State};
 
 use crate::metrics::{GlobalMetrics, UserMetrics};
+use crate::object_api::{Done, Ingest, Message, SnapshotRequest};
 use crate::protocol::ApiError;
 use crate::runtime;
 
@@ -49,15 +50,15 @@ impl DurableObject for Registry {
 
     async fn fetch(&self, mut req: Request) -> worker::Result<Response> {
         let path = req.path();
-        match (req.method(), path.as_str()) {
-            (Method::Post, "/ingest") => {
-                let u: UserMetrics = runtime::body_json(&mut req).await?;
+        match path.as_str() {
+            <Ingest as Message>::PATH => {
+                let Ingest(u) = runtime::body_json(&mut req).await?;
                 self.ingest(u, runtime::now_ms());
                 let snapshot = self.saved.borrow().clone();
                 self.state.storage().put(KEY, snapshot).await?;
-                runtime::json(200, &serde_json::json!({"ok": true}))
+                runtime::json(200, &Done {})
             }
-            (Method::Post, "/snapshot") => {
+            <SnapshotRequest as Message>::PATH => {
                 let mut g = self.saved.borrow().global.clone();
                 let now = runtime::now_ms();
                 for u in g.users.values_mut() {

@@ -15,11 +15,11 @@ mod feed;
 use std::cell::RefCell;
 use std::rc::Rc;
 
-use worker::{console_error, durable_object, DurableObject, Env, Method, Request, Response, State};
+use worker::{console_error, durable_object, DurableObject, Env, Request, Response, State};
 
 use crate::auth::cache::RECHECK_MS;
+use crate::object_api::{Disconnect, DisconnectUser, Done, Ensure, FeedStatus, Message};
 use crate::protocol::{ApiError, CredentialEnd};
-use crate::rpc::Disconnect;
 use crate::runtime;
 pub use feed::Feed;
 use feed::Row;
@@ -57,21 +57,21 @@ impl DurableObject for Revocations {
     }
 
     async fn fetch(&self, req: Request) -> worker::Result<Response> {
-        match (req.method(), req.path().as_str()) {
-            (Method::Post, "/ensure") => {
+        match req.path().as_str() {
+            <Ensure as Message>::PATH => {
                 if self.state.storage().get_alarm().await?.is_none() {
                     self.state
                         .storage()
                         .set_alarm(runtime::scheduled(runtime::now_ms()))
                         .await?;
                 }
-                runtime::json(200, &serde_json::json!({"ok": true}))
+                runtime::json(200, &Done {})
             }
-            (Method::Post, "/status") => {
+            <FeedStatus as Message>::PATH => {
                 let f = self.feed.borrow().clone();
                 runtime::json(200, &f)
             }
-            (_, p) => runtime::error(&ApiError::new(404, "not_found", format!("no route {p}"))),
+            p => runtime::error(&ApiError::new(404, "not_found", format!("no route {p}"))),
         }
     }
 
@@ -134,18 +134,14 @@ impl Revocations {
     async fn dispatch_due(&self) {
         let now = runtime::now_ms();
         let due = self.feed.borrow_mut().due(now);
-        let Ok(cfg) = runtime::config(&self.env) else {
-            return;
-        };
         let env = &self.env;
-        let cfg = &cfg;
         let calls = due.into_iter().map(|p| async move {
             let d = Disconnect {
                 token_hash: Some(p.token_hash.clone()),
                 reason: Some(CredentialEnd::Revoked),
                 ..Disconnect::default()
             };
-            let r = crate::gateway::fanout::disconnect_user(env, cfg, &p.user_id, &d).await;
+            let r = crate::gateway::identity::ask_home(env, &p.user_id, &DisconnectUser(d)).await;
             let result = match r {
                 Ok(done) if done.failed_shards.is_empty() => Ok(done.closed),
                 _ => Err(()),
@@ -175,8 +171,7 @@ pub fn ensure(env: &Env, ctx: &worker::Context) {
         let Ok(stub) = runtime::stub(&env, BINDING, NAME) else {
             return;
         };
-        let r: worker::Result<serde_json::Value> =
-            runtime::call(&stub, "/ensure", None, &serde_json::json!({})).await;
+        let r = runtime::ask(&stub, None, &Ensure {}).await;
         if let Err(e) = r {
             console_error!("revocation feed not armed: {e}");
             ARMED.with(|a| a.set(false));

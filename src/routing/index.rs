@@ -294,6 +294,7 @@ mod tests {
             connected_at: at,
             token_hash: None,
             expires_at: None,
+            shard: String::new(),
         }
     }
 

@@ -117,13 +117,20 @@ pub struct PresenceReport {
     pub presence: ShardPresence,
 }
 
-/// The directory's book: the view plus the last report applied per shard.
+/// The home's book: the view plus the last report applied per shard.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct PresenceBook {
     pub view: RoutingView,
     /// shard -> (incarnation, seq) of the last report applied.
     applied: BTreeMap<String, (u64, u64)>,
+}
+
+/// A view version never below `floor`: the home starts its versions at its wake time
+/// (`now_ms << 10`), so a view it pushes after a restart is newer than any it pushed before
+/// (at fewer than 1,024 changes a millisecond), with no version stored.
+pub fn version_floor(now_ms: u64) -> u64 {
+    now_ms.saturating_mul(1024)
 }
 
 impl PresenceBook {
@@ -137,6 +144,24 @@ impl PresenceBook {
         }
         self.applied.insert(r.shard.clone(), (r.incarnation, r.seq));
         Some(self.set(&r.shard, r.presence))
+    }
+
+    /// Starts an empty book whose versions are at least `floor` (see [`version_floor`]).
+    pub fn starting_at(floor: u64) -> Self {
+        let mut b = Self::default();
+        b.view.version = floor;
+        b
+    }
+
+    /// Puts back a shard's entry as stored (after a wake), without counting a change.
+    pub fn restore(&mut self, shard: &str, incarnation: u64, seq: u64, presence: ShardPresence) {
+        self.applied.insert(shard.to_owned(), (incarnation, seq));
+        self.view.shards.insert(shard.to_owned(), presence);
+    }
+
+    /// The (incarnation, seq) of the last report applied for `shard`.
+    pub fn applied(&self, shard: &str) -> Option<(u64, u64)> {
+        self.applied.get(shard).copied()
     }
 
     /// Sets a shard's presence outright (a reconcile pass reads it from the shard itself).

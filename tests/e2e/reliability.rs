@@ -100,10 +100,8 @@ async fn users_never_reach_each_other() {
     let mut b_sock = g
         .connect(&tb, "clientType=session-scoped&sessionId=shared0")
         .await;
-    assert!(b_sock.connected["data"]["shard"]
-        .as_str()
-        .unwrap()
-        .starts_with(&format!("cm:{a}%3Ah1:")));
+    // B's home (B fits on one shard) is its own object, named apart from A's shards.
+    assert_eq!(b_sock.connected["data"]["shard"], format!("cm:{a}%3Ah1"));
 
     // B's broadcasts, whatever the filter names, reach only B.
     for filter in [
@@ -233,9 +231,10 @@ async fn failing_and_hanging_shards_are_reported_while_the_rest_deliver() {
     assert_eq!(status, 200, "a failing shard is not a failed call: {r}");
     assert_eq!(r["failedShards"], json!([bad]));
     assert_eq!(r["delivered"], total - per[&bad]);
+    // Stats come from the shards' reports, which a shard failing deliveries still sends.
     let st = g.stats(&t).await;
-    assert_eq!(st["failedShards"], json!([bad]));
-    assert_eq!(st["totalConnections"], total - per[&bad]);
+    assert_eq!(st["failedShards"], json!([]));
+    assert_eq!(st["totalConnections"], total);
 
     let (s, _) = admin_post(g, ADMIN, &json!({"shard": slow, "fault": "hang"})).await;
     assert_eq!(s, 200);

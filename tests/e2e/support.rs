@@ -22,6 +22,9 @@ pub const SECRET: &str = "e2e-master-secret-0123456789abcdef";
 /// The tier of users without an override on the test gateways.
 pub const DEFAULT_TIER: &str = "pro";
 pub const ADMIN: &str = "e2e-admin-token-0123456789abcdef";
+/// How long stats may lag a change on a shard other than the user's home: the report gap
+/// for counts (250 ms) plus the report's own trip, generous for a loaded CI machine.
+pub const STATS_SETTLE: Duration = Duration::from_millis(500);
 
 /// Tiers for tests: the seed's, plus `load` big enough for 600 sockets and `tiny` for limits.
 pub const TEST_TIERS: &str = r#"{"free":{"limit":20,"latencyP95Ms":500,"availability":99.5},"pro":{"limit":100,"latencyP95Ms":200,"availability":99.9},"enterprise":{"limit":500,"latencyP95Ms":100,"availability":99.95},"load":{"limit":1000,"latencyP95Ms":500,"availability":99.5},"tiny":{"limit":5,"latencyP95Ms":500,"availability":99.5}}"#;
@@ -77,6 +80,8 @@ impl Gateway {
             ("HAPPY_MASTER_SECRET".into(), SECRET.into()),
             ("ADMIN_TOKEN".into(), ADMIN.into()),
             ("TIERS".into(), TEST_TIERS.into()),
+            // Homes push their users' metrics to the registry every second, not every 10 s.
+            ("METRICS_PUSH_MS".into(), "1000".into()),
         ];
         for (k, v) in vars {
             all.retain(|(ek, _)| ek != k);
@@ -451,7 +456,15 @@ impl Gateway {
         self.post_json("/v1/websocket/broadcast", token, body).await
     }
 
+    /// The user's stats. Other shards report to the user's home within 250 ms of a change
+    /// (docs/architecture.md), so this waits that long plus a margin first.
     pub async fn stats(&self, token: &str) -> Value {
+        tokio::time::sleep(STATS_SETTLE).await;
+        self.stats_now(token).await
+    }
+
+    /// The user's stats at once (the home's own sockets are live, the others' as last reported).
+    pub async fn stats_now(&self, token: &str) -> Value {
         let r = reqwest::Client::new()
             .get(format!("{}/v1/websocket/stats", self.http()))
             .bearer_auth(token)

@@ -1,0 +1,115 @@
+//! The user's metrics on their way to the registry: the home's own observations, the other
+//! shards' (riding their reports) and the gateway's, pushed to the user's registry object at
+//! most every `METRICS_PUSH_MS` while there is something new. Memory only: an object idle
+//! long enough to be evicted has pushed what it held (the push comes first).
+
+use std::collections::BTreeMap;
+
+use worker::console_error;
+
+use super::Home;
+use crate::metrics::{Observations, ShardGauges, UserMetrics};
+use crate::object_api::{Ingest, Observed, ReportedMetrics};
+use crate::placement;
+use crate::runtime;
+
+/// The user's metrics not yet pushed: each shard's latest gauges, the observations since
+/// the last push, and the push's sequence number (the registry ignores a repeated one).
+#[derive(Debug, Clone, Default)]
+pub struct Pending {
+    gauges: BTreeMap<String, ShardGauges>,
+    observed: Observations,
+    policy: String,
+    dirty: bool,
+}
+
+impl Pending {
+    /// A shard's metrics: its gauges replace the older ones, its observations add.
+    pub fn take(&mut self, shard: &str, m: ReportedMetrics) {
+        if !m.gauges.policy.is_empty() {
+            self.policy.clone_from(&m.gauges.policy);
+        }
+        self.gauges.insert(shard.to_owned(), m.gauges);
+        self.observed.merge(&m.observed);
+        self.dirty = true;
+    }
+
+    pub fn forget(&mut self, shard: &str) {
+        if self.gauges.remove(shard).is_some() {
+            self.dirty = true;
+        }
+    }
+}
+
+impl Home {
+    /// Records what the gateway saw for the user.
+    pub fn observe(&self, o: &Observed) {
+        let now = runtime::now_ms();
+        let unavailable = o
+            .outcomes
+            .iter()
+            .filter(|x| **x == crate::metrics::Outcome::Unavailable)
+            .count() as u64;
+        self.saved.borrow_mut().rejected_unavailable += unavailable;
+        let mut p = self.pending.borrow_mut();
+        for x in &o.outcomes {
+            p.observed.record_outcome(now, &o.tier, *x);
+        }
+        for (series, ms) in &o.latencies {
+            p.observed.record_latency(now, &o.tier, *series, *ms);
+        }
+        p.dirty = true;
+    }
+
+    /// The home's own sockets observed something: its metrics are taken at the next push.
+    pub fn metrics_changed(&self) {
+        self.pending.borrow_mut().dirty = true;
+    }
+
+    /// Whether metrics wait to be pushed.
+    pub fn has_pending_metrics(&self) -> bool {
+        self.pending.borrow().dirty
+    }
+
+    /// Sends the user's gauges and the pending observations to its registry object; kept for
+    /// the next push when that fails.
+    pub async fn push_to_registry(&self, tier: &str) {
+        let user = self.user();
+        if user.is_empty() {
+            return;
+        }
+        let listed: Vec<String> = self.saved.borrow().ledger.shards.keys().cloned().collect();
+        let me = self.name();
+        let report = {
+            let mut p = self.pending.borrow_mut();
+            p.gauges
+                .retain(|name, g| *name == me || listed.contains(name) || g.connections > 0);
+            let mut u = UserMetrics::new(&user, tier, &p.policy);
+            for g in p.gauges.values() {
+                u.set_gauges(g.clone());
+            }
+            u.observed = std::mem::take(&mut p.observed);
+            p.dirty = false;
+            u
+        };
+        let n = runtime::config(&self.env)
+            .map(|c| c.registry_shards)
+            .unwrap_or(1);
+        let sent = match runtime::stub(
+            &self.env,
+            placement::REGISTRY_BINDING,
+            &placement::registry_name(&user, n),
+        ) {
+            Ok(stub) => runtime::ask(&stub, None, &Ingest(report.clone()))
+                .await
+                .map(|_| ()),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = sent {
+            console_error!("registry push failed: {e}");
+            let mut p = self.pending.borrow_mut();
+            p.observed.merge(&report.observed);
+            p.dirty = true;
+        }
+    }
+}
