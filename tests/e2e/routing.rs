@@ -553,3 +553,35 @@ async fn a_workerd_restart_mid_conversation_leaves_no_phantom_and_misses_no_offl
     answer(&mut m, |_| json!("2")).await;
     assert_eq!(next(&mut app, "ack").await["ack"]["result"], "2");
 }
+
+/// A machine's socket has just opened on another shard; its shard tells the user's home
+/// after the fact, so the app's shard may not know it yet. An RPC sent the moment the
+/// machine is connected still reaches it: the app's shard asks the home, which waits for the
+/// machine's report (docs/architecture.md). Several rounds, so most land on other shards.
+#[tokio::test]
+async fn an_rpc_racing_its_targets_connect_still_arrives() {
+    let g = hash8();
+    let u = user("race-rpc");
+    let t = platform_token(&u);
+    let mut app = g.connect(&t, APP).await;
+    let mut apart = 0;
+    for i in 0..6 {
+        let id = format!("racer-{i}");
+        let mut m = g.connect(&t, &machine(&id)).await;
+        // At once: no settle, no wait for the presence notice.
+        app.send(
+            &json!({"event": "rpc-call", "data": {"method": format!("{id}:ping"), "params": "x"}, "ackId": format!("c{i}")})
+                .to_string(),
+        )
+        .await;
+        apart += usize::from(shard(&m) != shard(&app));
+        answer(&mut m, |_| json!("pong")).await;
+        let ack = next(&mut app, "ack").await;
+        assert_eq!(
+            ack,
+            json!({"event": "ack", "ackId": format!("c{i}"), "ack": {"ok": true, "result": "pong"}}),
+            "round {i}"
+        );
+    }
+    assert!(apart >= 1, "some machine landed on another shard");
+}

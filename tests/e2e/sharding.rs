@@ -321,3 +321,39 @@ async fn a_cached_view_never_hides_a_new_shard() {
         }
     }
 }
+
+/// The home counts its own sockets against the limit and leases the rest to the shards the
+/// user spreads to: the limit stays exact while a user grows from one shard to several,
+/// under racing connects. Cap 8 (fill 6), tier `free` (20): 4 on the home, then 30 at once.
+#[tokio::test]
+async fn tier_limit_is_exact_while_a_user_spreads() {
+    let g = Gateway::shared(
+        "fill-race",
+        &[
+            ("SHARD_POLICY", "hash:shards=auto"),
+            ("SHARD_MAX_CONNECTIONS", "8"),
+        ],
+    );
+    let u = user("fill-race");
+    let t = g.token(&u, "free").await;
+    let first = connect_many(g, &t, 4, 4, user_scoped).await;
+    assert!(first.iter().all(Result::is_ok));
+    assert!(first
+        .iter()
+        .all(|c| c.as_ref().unwrap().connected["data"]["shard"] == format!("cm:{u}")));
+    let race = connect_many(g, &t, 30, 30, user_scoped).await;
+    let admitted: Vec<&Client> = race.iter().filter_map(|r| r.as_ref().ok()).collect();
+    let refused: Vec<_> = race.iter().filter_map(|r| r.as_ref().err()).collect();
+    assert_eq!(admitted.len(), 16, "{refused:?}");
+    let shards: std::collections::BTreeSet<&str> = admitted
+        .iter()
+        .map(|c| c.connected["data"]["shard"].as_str().unwrap())
+        .collect();
+    assert!(shards.len() >= 2, "spread beyond the home: {shards:?}");
+    for (status, body) in &refused {
+        assert_eq!(*status, 429, "{body}");
+    }
+    let st = g.stats(&t).await;
+    assert_eq!(st["totalConnections"], 20, "{st}");
+    assert_eq!(g.try_connect(&t, "").await.err().unwrap().0, 429);
+}
