@@ -750,3 +750,41 @@ async fn a_ticket_spelled_differently_is_refused() {
         .await
         .unwrap();
 }
+
+#[tokio::test]
+async fn a_lookalike_localhost_origin_gets_no_cors() {
+    let g = cors_gw();
+    let t = platform_token(&user("cors-lookalike"));
+    let c = reqwest::Client::new();
+    for (origin, allowed) in [
+        ("https://localhost.evil.tld", false),
+        ("https://evil-localhost.tld", false),
+        ("http://127.0.0.1.evil.tld", false),
+        ("https://evil.tld:443", false),
+        ("https://happy.app.evil.tld", false),
+        ("http://localhost", true),
+        ("https://localhost:3000", true),
+        ("http://127.0.0.1:8081", true),
+        ("https://happy.app", true),
+    ] {
+        let r = c
+            .get(format!("{}/v1/websocket/stats", g.http()))
+            .header("origin", origin)
+            .bearer_auth(&t)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+        let h = |n: &str| r.headers().get(n).map(|v| v.to_str().unwrap().to_owned());
+        assert_eq!(
+            h("access-control-allow-origin").as_deref(),
+            allowed.then_some(origin),
+            "{origin}"
+        );
+        assert_eq!(
+            h("access-control-allow-credentials").as_deref(),
+            allowed.then_some("true"),
+            "{origin}"
+        );
+    }
+}
