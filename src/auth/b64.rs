@@ -1,17 +1,17 @@
 //! The encodings credentials use: base64url without padding, strictly, both ways; and hex.
 //!
 //! We deliberately differ from the platform here. Its decoder is lenient (padding optional,
-//! the standard alphabet's `+` and `/` tolerated, trailing bits ignored), so one credential
-//! has many spellings. Our revocation hash, verified-token cache and once-per-call RPC
-//! answers are all keyed by a credential's text, and the signatures cover only part of it
-//! (a token's `header.payload`, a ticket's decoded payload, a reference's decoded body), so
-//! every extra spelling would be a fresh key for the same credential: a revoked token
-//! working again, a cache miss (a D1 read) per request, a second answer to one call. Here
-//! only the canonical spelling decodes: the URL-safe alphabet, no padding, zero trailing
-//! bits (the `base64` crate's `URL_SAFE_NO_PAD` engine, whose default config refuses
-//! non-zero trailing bits), and fixed lengths where the format fixes them. The platform's
-//! encoder (jose, its ticket code) writes exactly that spelling, so nothing it issues is
-//! refused. See docs/protocol.md, "One spelling per credential".
+//! the standard alphabet's `+` and `/` tolerated), so one credential has many spellings. Our
+//! revocation hash, verified-token cache and once-per-call RPC answers are all keyed by a
+//! credential's text, and the signatures cover only part of it (a token's `header.payload`,
+//! a ticket's decoded payload, a reference's decoded body), so every extra spelling would be
+//! a fresh key for the same credential: a revoked token working again, a cache miss (a D1
+//! read) per request, a second answer to one call. Here only the canonical spelling decodes:
+//! the URL-safe alphabet, no padding, zero trailing bits (the `base64` crate's
+//! `URL_SAFE_NO_PAD` engine, whose default config refuses non-zero trailing bits), and fixed
+//! lengths where the format fixes them. The platform's encoders (jose, its ticket code) write
+//! exactly that spelling, so nothing it issues is refused. See docs/protocol.md, "One
+//! spelling per credential".
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
