@@ -91,6 +91,9 @@ pub const VARS: &[(&str, Option<&str>)] = &[
 /// own web apps.
 pub const DEFAULT_CORS_ORIGINS: &str = "localhost,https://happy.enflamemedia.com,https://happy-dev.enflamemedia.com,https://happy-vue.enflamemedia.com,https://happy-vue-dev.enflamemedia.com,https://happy.app,https://www.happy.app,https://api.happy.app";
 
+/// What `UPSTREAM` may be, for its error message.
+pub const UPSTREAM_ALLOWED: &str = "`off`, `service` (the UPSTREAM_SERVICE binding) or an https:// URL; plain http:// only to a loopback host (localhost, 127.0.0.0/8, [::1]) for local runs; no user or password in the URL";
+
 /// The shortest master secret accepted (the platform's own test secrets are longer).
 pub const MIN_SECRET_BYTES: usize = 16;
 
@@ -306,22 +309,20 @@ fn parse_upstream(src: &(impl VarSource + ?Sized)) -> Result<UpstreamConfig, Con
     let target = match value.as_str() {
         "off" => Target::Off,
         "service" => Target::Service,
-        u if u.starts_with("https://") || u.starts_with("http://127.0.0.1") || u.starts_with("http://localhost") => {
-            if secret.is_empty() && u.starts_with("https://") {
+        other => {
+            let url = upstream::upstream_url(other).map_err(|e| ConfigError {
+                var: "UPSTREAM",
+                value: crate::protocol::truncate(other, 200),
+                allowed: format!("{e}; {UPSTREAM_ALLOWED}"),
+            })?;
+            if secret.is_empty() && url.scheme() == "https" {
                 return Err(ConfigError {
                     var: "UPSTREAM_SECRET",
                     value: "(unset)".into(),
                     allowed: "a secret signing the requests to an HTTPS upstream; set it with `wrangler secret put UPSTREAM_SECRET`".into(),
                 });
             }
-            Target::Url(u.to_owned())
-        }
-        other => {
-            return Err(ConfigError {
-                var: "UPSTREAM",
-                value: crate::protocol::truncate(other, 200),
-                allowed: "`off`, `service` (the UPSTREAM_SERVICE binding) or an https:// URL (http://127.0.0.1 or http://localhost for local runs)".into(),
-            })
+            Target::Url(url.into())
         }
     };
     let events_value = get(src, "UPSTREAM_EVENTS");
@@ -545,6 +546,49 @@ mod tests {
             with(&[("UPSTREAM", "ftp://x")]).unwrap_err().var,
             "UPSTREAM"
         );
+    }
+
+    #[test]
+    fn plain_http_upstreams_must_be_loopback_hosts() {
+        for ok in [
+            "http://127.0.0.1:9/events",
+            "http://127.0.0.1:8788/events",
+            "http://127.8.9.10/events",
+            "http://localhost:8788/events",
+            "http://LOCALHOST/events",
+            "http://[::1]:8788/events",
+        ] {
+            let c = with(&[("UPSTREAM", ok)]).unwrap_or_else(|e| panic!("{ok}: {e}"));
+            assert!(
+                matches!(&c.upstream.target, Target::Url(u) if u.starts_with("http://")),
+                "{ok}"
+            );
+        }
+        for bad in [
+            "http://localhost@evil.tld/",
+            "http://localhost:8788@evil.tld/events",
+            "http://127.0.0.1@evil.tld/",
+            "http://127.0.0.1.evil.tld/",
+            "http://localhost.evil.tld/",
+            "http://localhostevil.tld/",
+            "http://evil.tld/http://localhost",
+            "http://user:pw@localhost/",
+            "http://[::2]/",
+            "http://128.0.0.1/",
+            "http://",
+            "http:localhost",
+        ] {
+            let e = with(&[("UPSTREAM", bad), ("UPSTREAM_SECRET", "s")]).unwrap_err();
+            assert_eq!(e.var, "UPSTREAM", "{bad}");
+            assert!(e.allowed.contains("loopback"), "{bad}: {e}");
+        }
+        // Credentials in an HTTPS URL are refused too (fetch would refuse them anyway).
+        let e = with(&[
+            ("UPSTREAM", "https://user:pw@backend.example/edge"),
+            ("UPSTREAM_SECRET", "s"),
+        ])
+        .unwrap_err();
+        assert_eq!(e.var, "UPSTREAM");
         assert_eq!(
             with(&[("UPSTREAM", "service"), ("UPSTREAM_EVENTS", "a b")])
                 .unwrap_err()
