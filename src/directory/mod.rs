@@ -15,6 +15,7 @@ use worker::{console_error, durable_object, DurableObject, Env, Method, Request,
 use crate::auth::ticket_book::{Issue, TicketBook};
 use crate::lease::Ledger;
 use crate::metrics::{Observations, Outcome, ShardGauges, ShardMetrics, UserMetrics};
+use crate::outbox::Outbox;
 use crate::placement;
 use crate::protocol::ApiError;
 use crate::routing::view::{PresenceBook, PresenceReport};
@@ -88,9 +89,8 @@ pub struct Directory {
     notices: Rc<RefCell<Vec<crate::protocol::Delivery>>>,
     notifying: Rc<Cell<bool>>,
     push_at: Cell<Option<u64>>,
-    /// When stored hooks are next due; unknown after a wake until the first alarm looks.
-    hooks_at: Cell<Option<u64>>,
-    hooks_known: Cell<bool>,
+    /// Machine hooks on their way to the upstream.
+    outbox: Rc<Outbox>,
     /// A coalesced shard-set push is scheduled.
     push_pending: Rc<Cell<bool>>,
     /// An addition's prompt push is running; another addition meanwhile asks for one more.
@@ -148,8 +148,7 @@ impl DurableObject for Directory {
             notices: Rc::new(RefCell::new(Vec::new())),
             notifying: Rc::new(Cell::new(false)),
             push_at: Cell::new(None),
-            hooks_at: Cell::new(None),
-            hooks_known: Cell::new(false),
+            outbox: Outbox::new(),
             push_pending: Rc::new(Cell::new(false)),
             urgent_running: Rc::new(Cell::new(false)),
             urgent_again: Rc::new(Cell::new(false)),
@@ -208,15 +207,15 @@ impl DurableObject for Directory {
 
     async fn alarm(&self) -> worker::Result<Response> {
         let now = runtime::now_ms();
+        self.record_hook_news().await?;
         if self.saved.borrow().reconcile_at.is_some_and(|at| at <= now) {
             self.reconcile(now).await?;
         }
         if self.push_at.get().is_some_and(|at| at <= now) {
             self.push_to_registry(now).await?;
         }
-        if !self.hooks_known.replace(true) || self.hooks_at.get().is_some_and(|at| at <= now) {
-            self.flush_hooks().await?;
-        }
+        // Last, and in the background: a slow upstream delays neither of the above.
+        self.flush_hooks(now);
         self.rearm().await?;
         Response::ok("")
     }
@@ -389,7 +388,7 @@ impl Directory {
         let at = [
             self.saved.borrow().reconcile_at,
             self.push_at.get(),
-            self.hooks_at.get(),
+            self.outbox.due_at(),
         ]
         .into_iter()
         .flatten()
