@@ -18,6 +18,7 @@ use crate::metrics::{Observations, Outcome, ShardGauges, ShardMetrics, UserMetri
 use crate::outbox::Outbox;
 use crate::placement;
 use crate::protocol::ApiError;
+use crate::registry::book::Outgoing;
 use crate::routing::view::{PresenceBook, PresenceReport};
 use crate::rpc::{
     Acquire, DirectoryView, Granted, Observed, Reclaimed, Redeem, Redeemed, Release, SetTier,
@@ -74,6 +75,8 @@ struct Pending {
     gauges: BTreeMap<String, ShardGauges>,
     observed: Observations,
     policy: String,
+    /// The registry push in flight, kept until acknowledged (see `registry::book`).
+    outgoing: Outgoing,
 }
 
 #[durable_object]
@@ -467,7 +470,9 @@ impl Directory {
     }
 
     /// Sends the user's gauges and the pending observations to its registry
-    /// shard. Shards that left the set are dropped first.
+    /// shard. Shards that left the set are dropped first. A push that got no answer is
+    /// sent again as it was (same number, same delta) until one comes, so the registry
+    /// never adds a delta twice; what was observed meanwhile waits for the next push.
     async fn push_to_registry(&self, now: u64) -> worker::Result<()> {
         self.push_at.set(None);
         let (user, tier) = {
@@ -477,18 +482,33 @@ impl Directory {
         if user.is_empty() {
             return Ok(());
         }
-        let report = {
+        let r = runtime::random16();
+        let random = u64::from_le_bytes([r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7]]);
+        let (push, resend) = {
             let mut p = self.pending.borrow_mut();
             let listed = self.saved.borrow();
-            p.gauges
-                .retain(|name, _| listed.ledger.shards.contains_key(name));
-            let mut u = UserMetrics::new(&user, &tier, &p.policy);
-            for g in p.gauges.values() {
-                u.set_gauges(g.clone());
-            }
-            u.observed = std::mem::take(&mut p.observed);
-            u
+            let resend = p.outgoing.unacked.is_some();
+            let Pending {
+                gauges,
+                observed,
+                policy,
+                outgoing,
+            } = &mut *p;
+            gauges.retain(|name, _| listed.ledger.shards.contains_key(name));
+            let push = outgoing.next(random, || {
+                let mut u = UserMetrics::new(&user, &tier, policy);
+                for g in gauges.values() {
+                    u.set_gauges(g.clone());
+                }
+                u.observed = std::mem::take(observed);
+                u
+            });
+            (push, resend)
         };
+        // Persisted before it leaves: after a crash the same push is resent, never rebuilt.
+        if !resend {
+            self.save_pending().await?;
+        }
         let n = runtime::config(&self.env)
             .map(|c| c.registry_shards)
             .unwrap_or(1);
@@ -497,17 +517,26 @@ impl Directory {
             placement::REGISTRY_BINDING,
             &placement::registry_name(&user, n),
         ) {
-            Ok(stub) => runtime::call::<_, serde_json::Value>(&stub, "/ingest", None, &report)
+            Ok(stub) => runtime::call::<_, serde_json::Value>(&stub, "/ingest", None, &push)
                 .await
                 .map(|_| ()),
             Err(e) => Err(e),
         };
-        if let Err(e) = sent {
-            console_error!("registry push failed: {e}");
-            self.pending.borrow_mut().observed.merge(&report.observed);
-            self.push_at.set(Some(now + PUSH_EVERY_MS));
+        match sent {
+            Ok(()) => {
+                self.pending.borrow_mut().outgoing.acked(push.push);
+                self.save_pending().await?;
+                // A resent push carried old gauges: the current ones follow.
+                if resend {
+                    self.schedule_push().await?;
+                }
+            }
+            Err(e) => {
+                console_error!("registry push failed: {e}");
+                self.push_at.set(Some(now + PUSH_EVERY_MS));
+            }
         }
-        self.save_pending().await
+        Ok(())
     }
 
     async fn release(&self, r: Release) -> worker::Result<()> {
