@@ -576,6 +576,32 @@ mod tests {
     }
 
     #[test]
+    fn the_frame_guard_matches_the_config() {
+        // scripts/frame-guard.mjs refuses oversized frames before they enter wasm: its
+        // default, range, code and texts must be the ones the wasm side uses.
+        let js = include_str!("../scripts/frame-guard.mjs");
+        for line in [
+            format!("const DEFAULT_MAX_MESSAGE_BYTES = {DEFAULT_MAX_MESSAGE_BYTES};"),
+            "const MIN_MESSAGE_BYTES = 128;".to_owned(),
+            format!("const MAX_MESSAGE_BYTES_CAP = {};", 1 << 20),
+            format!(
+                "const MESSAGE_TOO_BIG = {};",
+                crate::routing::envelope::MESSAGE_TOO_BIG
+            ),
+            "message: `frame is ${size} bytes; MAX_MESSAGE_BYTES is ${max}`,".to_owned(),
+            r#"ws.close(MESSAGE_TOO_BIG, "message too big");"#.to_owned(),
+        ] {
+            assert!(js.contains(&line), "frame-guard.mjs lacks `{line}`");
+        }
+        assert_eq!(
+            with(&[("MAX_MESSAGE_BYTES", "127")]).unwrap_err().var,
+            "MAX_MESSAGE_BYTES"
+        );
+        assert!(with(&[("MAX_MESSAGE_BYTES", "1048576")]).is_ok());
+        assert!(with(&[("MAX_MESSAGE_BYTES", "1048577")]).is_err());
+    }
+
+    #[test]
     fn cors_origins_are_checked() {
         let c = with(&[]).unwrap();
         assert_eq!(

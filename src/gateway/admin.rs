@@ -251,6 +251,20 @@ pub async fn test_registry(
     runtime::json(200, &answer).map_err(|e| ApiError::new(500, "internal", e.to_string()))
 }
 
+/// `GET /admin/test/memory`: the size of this isolate's wasm memory, which never shrinks
+/// (the gateway and every object of the isolate share it). Exists only while `TEST_KNOBS=on`.
+pub fn test_memory(req: &Request, cfg: &Config) -> Result<Response, ApiError> {
+    use wasm_bindgen::JsCast;
+    authorize(req, cfg)?;
+    let memory: js_sys::WebAssembly::Memory = wasm_bindgen::memory().unchecked_into();
+    let bytes = memory
+        .buffer()
+        .unchecked_into::<js_sys::ArrayBuffer>()
+        .byte_length();
+    runtime::json(200, &serde_json::json!({"wasmBytes": bytes}))
+        .map_err(|e| ApiError::new(500, "internal", e.to_string()))
+}
+
 /// Every registry object's snapshot, merged: the global view. A registry
 /// that does not answer is left out (the view under-counts; it never fails).
 async fn global(env: &Env, cfg: &Config) -> GlobalMetrics {

@@ -239,3 +239,60 @@ async fn a_chunked_body_over_the_limit_is_refused_before_it_is_read_whole() {
         .expect("an answer");
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
 }
+
+#[tokio::test]
+async fn oversized_frames_are_refused_before_they_enter_wasm() {
+    let g = Gateway::start(
+        "frames-guard",
+        &[("SHARD_POLICY", "single"), ("TEST_KNOBS", "on")],
+    );
+    let u = user("guard");
+    let t = g.token(&u, "pro").await;
+    let mut sockets = Vec::new();
+    for _ in 0..16 {
+        sockets.push(g.connect(&t, "").await);
+    }
+    // The shard takes 2 s over each frame it handles: a frame that entered wasm would be
+    // held there meanwhile, 16 of them at once.
+    let (s, v) = g
+        .post_json(
+            "/admin/test/shard",
+            crate::support::ADMIN,
+            &serde_json::json!({"shard": format!("cm:{u}"), "latencyMs": 2000}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let memory = || async {
+        let r = reqwest::Client::new()
+            .get(format!("{}/admin/test/memory", g.http()))
+            .bearer_auth(crate::support::ADMIN)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+        r.json::<Value>().await.unwrap()["wasmBytes"]
+            .as_u64()
+            .unwrap()
+    };
+    let before = memory().await;
+    // 300,000 three-byte characters: 900 KB of UTF-8, under the runtime's own 1 MiB limit.
+    let frame = format!(
+        r#"{{"event":"broadcast","data":"{}"}}"#,
+        "€".repeat(300_000)
+    );
+    futures_util::future::join_all(sockets.iter_mut().map(|c| c.send(&frame))).await;
+    let want = format!("frame is {} bytes; MAX_MESSAGE_BYTES is 65536", frame.len());
+    for c in sockets.iter_mut() {
+        let e = c.expect_event("error").await;
+        assert_eq!(e["data"]["code"], 1009, "{e}");
+        assert_eq!(e["data"]["message"], want.as_str(), "{e}");
+        assert!(e["data"]["timestamp"].as_u64().unwrap() > 1_700_000_000_000);
+        assert_eq!(c.expect_close(Duration::from_secs(10)).await, Some(1009));
+    }
+    let after = memory().await;
+    eprintln!("wasm memory: {before} -> {after} bytes");
+    assert!(
+        after < before + 4 * 1024 * 1024,
+        "wasm memory grew from {before} to {after} bytes: the frames entered wasm"
+    );
+}
