@@ -13,6 +13,7 @@ use crate::auth::TokenKeys;
 use crate::cors::CorsPolicy;
 use crate::routing::ack_id::AckKey;
 pub use crate::routing::guard::Limits as FrameLimits;
+use crate::upstream::backlog::Bounds;
 use crate::upstream::{self, EventSet, Target, UpstreamConfig};
 
 /// Where configuration values come from: the Worker env, a TOML table, a map.
@@ -79,6 +80,8 @@ pub const VARS: &[(&str, Option<&str>)] = &[
     ("UPSTREAM_TIMEOUT_MS", Some("4000")),
     ("UPSTREAM_MAX_IN_FLIGHT", Some("64")),
     ("UPSTREAM_HOOKS", Some("on")),
+    ("UPSTREAM_HOOKS_MAX", Some("1000")),
+    ("UPSTREAM_HOOKS_MAX_BYTES", Some("1048576")),
     ("UPSTREAM_SECRET", Some("")),
     ("CORS_ORIGINS", Some(DEFAULT_CORS_ORIGINS)),
     // The platform's master secret; the deprecated name is read when the new one is unset.
@@ -337,6 +340,10 @@ fn parse_upstream(src: &(impl VarSource + ?Sized)) -> Result<UpstreamConfig, Con
         timeout_ms: int(src, "UPSTREAM_TIMEOUT_MS", 10, 60_000)?,
         max_in_flight: int(src, "UPSTREAM_MAX_IN_FLIGHT", 1, 10_000)?,
         hooks: switch(src, "UPSTREAM_HOOKS")?,
+        hook_bounds: Bounds {
+            max_hooks: int(src, "UPSTREAM_HOOKS_MAX", 16, 100_000)? as usize,
+            max_bytes: int(src, "UPSTREAM_HOOKS_MAX_BYTES", 16_384, 64 << 20)? as usize,
+        },
         secret,
     })
 }
@@ -599,6 +606,55 @@ mod tests {
             with(&[("UPSTREAM_TIMEOUT_MS", "5")]).unwrap_err().var,
             "UPSTREAM_TIMEOUT_MS"
         );
+        assert_eq!(with(&[]).unwrap().upstream.hook_bounds, Bounds::default());
+        assert_eq!(
+            (Bounds::default().max_hooks, Bounds::default().max_bytes),
+            (1_000, 1 << 20)
+        );
+        let c = with(&[
+            ("UPSTREAM_HOOKS_MAX", "16"),
+            ("UPSTREAM_HOOKS_MAX_BYTES", "65536"),
+        ])
+        .unwrap();
+        assert_eq!(
+            c.upstream.hook_bounds,
+            Bounds {
+                max_hooks: 16,
+                max_bytes: 65_536
+            }
+        );
+        for (var, bad) in [
+            ("UPSTREAM_HOOKS_MAX", "15"),
+            ("UPSTREAM_HOOKS_MAX_BYTES", "1024"),
+        ] {
+            assert_eq!(with(&[(var, bad)]).unwrap_err().var, var);
+        }
+    }
+
+    #[test]
+    fn the_frame_guard_matches_the_config() {
+        // scripts/frame-guard.mjs refuses oversized frames before they enter wasm: its
+        // default, range, code and texts must be the ones the wasm side uses.
+        let js = include_str!("../scripts/frame-guard.mjs");
+        for line in [
+            format!("const DEFAULT_MAX_MESSAGE_BYTES = {DEFAULT_MAX_MESSAGE_BYTES};"),
+            "const MIN_MESSAGE_BYTES = 128;".to_owned(),
+            format!("const MAX_MESSAGE_BYTES_CAP = {};", 1 << 20),
+            format!(
+                "const MESSAGE_TOO_BIG = {};",
+                crate::routing::envelope::MESSAGE_TOO_BIG
+            ),
+            "message: `frame is ${size} bytes; MAX_MESSAGE_BYTES is ${max}`,".to_owned(),
+            r#"ws.close(MESSAGE_TOO_BIG, "message too big");"#.to_owned(),
+        ] {
+            assert!(js.contains(&line), "frame-guard.mjs lacks `{line}`");
+        }
+        assert_eq!(
+            with(&[("MAX_MESSAGE_BYTES", "127")]).unwrap_err().var,
+            "MAX_MESSAGE_BYTES"
+        );
+        assert!(with(&[("MAX_MESSAGE_BYTES", "1048576")]).is_ok());
+        assert!(with(&[("MAX_MESSAGE_BYTES", "1048577")]).is_err());
     }
 
     #[test]

@@ -8,7 +8,7 @@ use worker::WebSocket;
 use super::{attachment, close, ConnectionManager};
 use crate::protocol::{self, conn_tag, CredentialEnd, SocketMeta};
 use crate::rpc::{Disconnect, Ended};
-use crate::{outbox, runtime};
+use crate::runtime;
 
 impl ConnectionManager {
     /// What a close changes: the guard, counts and presence, and the `disconnected` hook.
@@ -113,11 +113,11 @@ impl ConnectionManager {
         let busy = self.observer.borrow().report_at.is_some()
             || self.save_at.get().is_some()
             || self.saved.borrow().presence_retry_at.is_some()
-            || self.hooks_at.get().is_some();
+            || self.outbox.due_at().is_some();
         if !self.retirable() {
             return Ok(false);
         }
-        if busy || outbox::has_pending(&self.state).await {
+        if busy || self.outbox.has_pending(&self.state.storage()).await {
             // Checked again once those are done.
             self.retire_at
                 .set(Some(runtime::now_ms() + RETIRE_RECHECK_MS));

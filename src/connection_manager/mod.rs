@@ -37,6 +37,7 @@ use worker::{
 
 use crate::auth::cache::BoundedMap;
 use crate::config::Config;
+use crate::outbox::Outbox;
 use crate::protocol::{self, conn_tag, machine_tag, session_tag, ApiError, ClientType, Delivery};
 use crate::protocol::{Filter, SocketMeta};
 use crate::routing::guard::{SocketGuard, Verdict};
@@ -90,13 +91,13 @@ pub struct ConnectionManager {
     upstream_queues: RefCell<HashMap<String, VecDeque<upstream::Business>>>,
     /// Business events accepted and not yet answered on this shard.
     upstream_pending: Cell<u32>,
-    /// When stored hooks are next due; unknown after a wake until the first alarm looks.
-    hooks_at: Cell<Option<u64>>,
-    hooks_known: Cell<bool>,
+    /// Lifecycle hooks on their way to the upstream.
+    outbox: Rc<Outbox>,
     /// A coalesced save is due then.
     save_at: Cell<Option<u64>>,
-    /// The alarm time last set, so an unchanged alarm is not written again.
-    armed_at: Cell<Option<u64>>,
+    /// The alarm time last set, so an unchanged alarm is not written again; shared with the
+    /// outbox's background flush, which re-arms when it ends.
+    armed_at: Rc<Cell<Option<u64>>>,
     /// When to check whether this shard, empty and holding no slots, can delete its storage.
     retire_at: Cell<Option<u64>>,
 }
@@ -145,10 +146,9 @@ impl DurableObject for ConnectionManager {
             frame_subrequests: Cell::new(0),
             upstream_queues: RefCell::new(HashMap::new()),
             upstream_pending: Cell::new(0),
-            hooks_at: Cell::new(None),
-            hooks_known: Cell::new(false),
+            outbox: Outbox::new(),
             save_at: Cell::new(None),
-            armed_at: Cell::new(None),
+            armed_at: Rc::new(Cell::new(None)),
             retire_at: Cell::new(None),
         }
     }
@@ -265,6 +265,7 @@ impl DurableObject for ConnectionManager {
     async fn alarm(&self) -> worker::Result<Response> {
         let now = runtime::now_ms();
         self.armed_at.set(None);
+        self.record_hook_news().await;
         if self.save_at.get().is_some_and(|at| at <= now) {
             self.save().await?;
         }
@@ -284,12 +285,11 @@ impl DurableObject for ConnectionManager {
             self.saved.borrow_mut().presence_retry_at = None;
             self.publish_presence().await;
         }
-        // After a wake the next hook time is unknown: look at the outbox once.
-        if !self.hooks_known.replace(true) || self.hooks_at.get().is_some_and(|at| at <= now) {
-            if let Ok(cfg) = runtime::config(&self.env) {
-                if cfg.upstream.posts_hooks() {
-                    self.flush_hooks(&cfg).await;
-                }
+        // Last, and in the background: a slow upstream delays none of the above. After a
+        // wake the outbox is unknown, so the first alarm looks.
+        if let Ok(cfg) = runtime::config(&self.env) {
+            if cfg.upstream.posts_hooks() && self.outbox.should_flush(now) {
+                self.flush_hooks(&cfg);
             }
         }
         if self.retire_at.get().is_some_and(|at| at <= now) {
@@ -542,14 +542,14 @@ impl ConnectionManager {
         self.view.borrow().as_ref().map_or(0, |v| v.version)
     }
 
-    /// Sets the one alarm to the earliest of the next drain step, the next metrics report
-    /// and a presence report to retry.
+    /// Sets the one alarm to the earliest of the next drain step, the next metrics report,
+    /// a presence report to retry, the hook outbox and a coalesced save.
     async fn rearm(&self) -> worker::Result<()> {
         let at = [
             self.saved.borrow().drain_at,
             self.observer.borrow().report_at,
             self.saved.borrow().presence_retry_at,
-            self.hooks_at.get(),
+            self.outbox.due_at(),
             self.save_at.get(),
             self.with_index(|ix| ix.next_expiry()),
             self.retire_at.get(),

@@ -15,8 +15,10 @@ use worker::{console_error, durable_object, DurableObject, Env, Method, Request,
 use crate::auth::ticket_book::{Issue, TicketBook};
 use crate::lease::Ledger;
 use crate::metrics::{Observations, Outcome, ShardGauges, ShardMetrics, UserMetrics};
+use crate::outbox::Outbox;
 use crate::placement;
 use crate::protocol::ApiError;
+use crate::registry::book::Outgoing;
 use crate::routing::view::{PresenceBook, PresenceReport};
 use crate::rpc::{
     Acquire, DirectoryView, Granted, IssueTicket, Observed, Reclaimed, Redeem, Redeemed, Release,
@@ -73,6 +75,8 @@ struct Pending {
     gauges: BTreeMap<String, ShardGauges>,
     observed: Observations,
     policy: String,
+    /// The registry push in flight, kept until acknowledged (see `registry::book`).
+    outgoing: Outgoing,
 }
 
 #[durable_object]
@@ -88,9 +92,8 @@ pub struct Directory {
     notices: Rc<RefCell<Vec<crate::protocol::Delivery>>>,
     notifying: Rc<Cell<bool>>,
     push_at: Cell<Option<u64>>,
-    /// When stored hooks are next due; unknown after a wake until the first alarm looks.
-    hooks_at: Cell<Option<u64>>,
-    hooks_known: Cell<bool>,
+    /// Machine hooks on their way to the upstream.
+    outbox: Rc<Outbox>,
     /// A coalesced shard-set push is scheduled.
     push_pending: Rc<Cell<bool>>,
     /// An addition's prompt push is running; another addition meanwhile asks for one more.
@@ -148,8 +151,7 @@ impl DurableObject for Directory {
             notices: Rc::new(RefCell::new(Vec::new())),
             notifying: Rc::new(Cell::new(false)),
             push_at: Cell::new(None),
-            hooks_at: Cell::new(None),
-            hooks_known: Cell::new(false),
+            outbox: Outbox::new(),
             push_pending: Rc::new(Cell::new(false)),
             urgent_running: Rc::new(Cell::new(false)),
             urgent_again: Rc::new(Cell::new(false)),
@@ -211,15 +213,15 @@ impl DurableObject for Directory {
 
     async fn alarm(&self) -> worker::Result<Response> {
         let now = runtime::now_ms();
+        self.record_hook_news().await?;
         if self.saved.borrow().reconcile_at.is_some_and(|at| at <= now) {
             self.reconcile(now).await?;
         }
         if self.push_at.get().is_some_and(|at| at <= now) {
             self.push_to_registry(now).await?;
         }
-        if !self.hooks_known.replace(true) || self.hooks_at.get().is_some_and(|at| at <= now) {
-            self.flush_hooks().await?;
-        }
+        // Last, and in the background: a slow upstream delays neither of the above.
+        self.flush_hooks(now);
         self.rearm().await?;
         Response::ok("")
     }
@@ -398,7 +400,7 @@ impl Directory {
         let at = [
             self.saved.borrow().reconcile_at,
             self.push_at.get(),
-            self.hooks_at.get(),
+            self.outbox.due_at(),
         ]
         .into_iter()
         .flatten()
@@ -477,7 +479,9 @@ impl Directory {
     }
 
     /// Sends the user's gauges and the pending observations to its registry
-    /// shard. Shards that left the set are dropped first.
+    /// shard. Shards that left the set are dropped first. A push that got no answer is
+    /// sent again as it was (same number, same delta) until one comes, so the registry
+    /// never adds a delta twice; what was observed meanwhile waits for the next push.
     async fn push_to_registry(&self, now: u64) -> worker::Result<()> {
         self.push_at.set(None);
         let (user, tier) = {
@@ -487,18 +491,33 @@ impl Directory {
         if user.is_empty() {
             return Ok(());
         }
-        let report = {
+        let r = runtime::random16();
+        let random = u64::from_le_bytes([r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7]]);
+        let (push, resend) = {
             let mut p = self.pending.borrow_mut();
             let listed = self.saved.borrow();
-            p.gauges
-                .retain(|name, _| listed.ledger.shards.contains_key(name));
-            let mut u = UserMetrics::new(&user, &tier, &p.policy);
-            for g in p.gauges.values() {
-                u.set_gauges(g.clone());
-            }
-            u.observed = std::mem::take(&mut p.observed);
-            u
+            let resend = p.outgoing.unacked.is_some();
+            let Pending {
+                gauges,
+                observed,
+                policy,
+                outgoing,
+            } = &mut *p;
+            gauges.retain(|name, _| listed.ledger.shards.contains_key(name));
+            let push = outgoing.next(random, || {
+                let mut u = UserMetrics::new(&user, &tier, policy);
+                for g in gauges.values() {
+                    u.set_gauges(g.clone());
+                }
+                u.observed = std::mem::take(observed);
+                u
+            });
+            (push, resend)
         };
+        // Persisted before it leaves: after a crash the same push is resent, never rebuilt.
+        if !resend {
+            self.save_pending().await?;
+        }
         let n = runtime::config(&self.env)
             .map(|c| c.registry_shards)
             .unwrap_or(1);
@@ -507,17 +526,26 @@ impl Directory {
             placement::REGISTRY_BINDING,
             &placement::registry_name(&user, n),
         ) {
-            Ok(stub) => runtime::call::<_, serde_json::Value>(&stub, "/ingest", None, &report)
+            Ok(stub) => runtime::call::<_, serde_json::Value>(&stub, "/ingest", None, &push)
                 .await
                 .map(|_| ()),
             Err(e) => Err(e),
         };
-        if let Err(e) = sent {
-            console_error!("registry push failed: {e}");
-            self.pending.borrow_mut().observed.merge(&report.observed);
-            self.push_at.set(Some(now + PUSH_EVERY_MS));
+        match sent {
+            Ok(()) => {
+                self.pending.borrow_mut().outgoing.acked(push.push);
+                self.save_pending().await?;
+                // A resent push carried old gauges: the current ones follow.
+                if resend {
+                    self.schedule_push().await?;
+                }
+            }
+            Err(e) => {
+                console_error!("registry push failed: {e}");
+                self.push_at.set(Some(now + PUSH_EVERY_MS));
+            }
         }
-        self.save_pending().await
+        Ok(())
     }
 
     async fn release(&self, r: Release) -> worker::Result<()> {

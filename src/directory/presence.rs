@@ -25,7 +25,6 @@ use crate::rpc::{Delivered, Presented};
 use crate::runtime;
 
 use super::{PRESENCE_KEY, RECLAIM_TIMEOUT_MS};
-use crate::outbox;
 use crate::upstream::hooks;
 
 /// The platform's storage key for the usage limits.
@@ -260,41 +259,59 @@ impl Directory {
             .iter()
             .map(|t| hooks::machine(&user, &t.machine_id, t.online, seq, now))
             .collect();
-        outbox::enqueue(&self.state, &hooks).await;
-        self.hooks_at.set(Some(now));
+        self.outbox
+            .enqueue(&self.state.storage(), cfg.upstream.hook_bounds, &hooks)
+            .await;
+        if let Err(e) = self.record_hook_news().await {
+            console_error!("hook outcomes not recorded: {e}");
+        }
         if let Err(e) = self.rearm().await {
             console_error!("could not schedule the hooks: {e}");
         }
     }
 
-    /// The alarm's part: sends the hooks that are due, records how it went.
-    pub(super) async fn flush_hooks(&self) -> worker::Result<()> {
+    /// The alarm's part: sends the due hooks in the background; when that ends it re-arms
+    /// the alarm (unless an earlier one is set), which records how it went.
+    pub(super) fn flush_hooks(&self, now: u64) {
         let Ok(cfg) = runtime::config(&self.env) else {
-            return Ok(());
+            return;
         };
-        if !cfg.upstream.posts_hooks() {
+        if !cfg.upstream.posts_hooks() || !self.outbox.should_flush(now) {
+            return;
+        }
+        let storage = self.state.storage();
+        self.outbox.start_flush(
+            &self.state,
+            &self.env,
+            &cfg.upstream,
+            move |at| async move {
+                let set = storage.get_alarm().await.ok().flatten();
+                if set.is_none_or(|t| at < u64::try_from(t).unwrap_or(0)) {
+                    if let Err(e) = storage.set_alarm(runtime::scheduled(at)).await {
+                        console_error!("could not schedule the hooks: {e}");
+                    }
+                }
+            },
+        );
+    }
+
+    /// Counts the outbox's attempts and lost hooks under their kind, for the registry.
+    pub(super) async fn record_hook_news(&self) -> worker::Result<()> {
+        let news = self.outbox.take_news();
+        if news.is_empty() {
             return Ok(());
         }
-        let now = runtime::now_ms();
-        // Taken now: a hook stored while this flush runs sets it again and must keep it.
-        self.hooks_at.set(None);
-        let (attempts, next) = outbox::flush(&self.state, &self.env, &cfg.upstream, now).await;
-        self.hooks_at
-            .set(outbox::earliest(self.hooks_at.get(), next));
-        if attempts.is_empty() {
-            return Ok(());
-        }
-        let tier = self.saved.borrow().tier.clone();
+        let (now, tier) = (runtime::now_ms(), self.saved.borrow().tier.clone());
         {
             let mut p = self.pending.borrow_mut();
-            for a in &attempts {
-                p.observed.record_upstream(
-                    now,
-                    &tier,
-                    &format!("hook:{}", a.kind),
-                    a.result,
-                    Some(a.ms),
-                );
+            for a in &news.attempts {
+                let kind = format!("hook:{}", a.kind);
+                p.observed
+                    .record_upstream(now, &tier, &kind, a.result, Some(a.ms));
+            }
+            for l in &news.lost {
+                let kind = format!("hook:{}", l.kind);
+                p.observed.record_hook_loss(now, &tier, &kind, l.why);
             }
         }
         self.save_pending().await?;

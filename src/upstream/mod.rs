@@ -4,6 +4,7 @@
 //! sign it, what an answer means, when to retry a hook. The shard and directory objects do
 //! the sending.
 
+pub mod backlog;
 pub mod hooks;
 
 use std::collections::BTreeSet;
@@ -157,6 +158,8 @@ pub struct UpstreamConfig {
     pub timeout_ms: u32,
     pub max_in_flight: u32,
     pub hooks: bool,
+    /// Per object: how many hooks, and bytes of them, the outbox keeps (`backlog`).
+    pub hook_bounds: backlog::Bounds,
     pub secret: Secret,
 }
 
