@@ -13,6 +13,7 @@ use crate::auth::TokenKeys;
 use crate::cors::CorsPolicy;
 use crate::routing::ack_id::AckKey;
 pub use crate::routing::guard::Limits as FrameLimits;
+use crate::upstream::backlog::Bounds;
 use crate::upstream::{self, EventSet, Target, UpstreamConfig};
 
 /// Where configuration values come from: the Worker env, a TOML table, a map.
@@ -80,6 +81,8 @@ pub const VARS: &[(&str, Option<&str>)] = &[
     ("UPSTREAM_TIMEOUT_MS", Some("4000")),
     ("UPSTREAM_MAX_IN_FLIGHT", Some("64")),
     ("UPSTREAM_HOOKS", Some("on")),
+    ("UPSTREAM_HOOKS_MAX", Some("1000")),
+    ("UPSTREAM_HOOKS_MAX_BYTES", Some("1048576")),
     ("UPSTREAM_SECRET", Some("")),
     ("CORS_ORIGINS", Some(DEFAULT_CORS_ORIGINS)),
     // The platform's master secret; the deprecated name is read when the new one is unset.
@@ -91,6 +94,9 @@ pub const VARS: &[(&str, Option<&str>)] = &[
 /// The platform's production CORS rules (platform-protocol.md §7.5): local origins and its
 /// own web apps.
 pub const DEFAULT_CORS_ORIGINS: &str = "localhost,https://happy.enflamemedia.com,https://happy-dev.enflamemedia.com,https://happy-vue.enflamemedia.com,https://happy-vue-dev.enflamemedia.com,https://happy.app,https://www.happy.app,https://api.happy.app";
+
+/// What `UPSTREAM` may be, for its error message.
+pub const UPSTREAM_ALLOWED: &str = "`off`, `service` (the UPSTREAM_SERVICE binding) or an https:// URL; plain http:// only to a loopback host (localhost, 127.0.0.0/8, [::1]) for local runs; no user or password in the URL";
 
 /// The shortest master secret accepted (the platform's own test secrets are longer).
 pub const MIN_SECRET_BYTES: usize = 16;
@@ -310,22 +316,20 @@ fn parse_upstream(src: &(impl VarSource + ?Sized)) -> Result<UpstreamConfig, Con
     let target = match value.as_str() {
         "off" => Target::Off,
         "service" => Target::Service,
-        u if u.starts_with("https://") || u.starts_with("http://127.0.0.1") || u.starts_with("http://localhost") => {
-            if secret.is_empty() && u.starts_with("https://") {
+        other => {
+            let url = upstream::upstream_url(other).map_err(|e| ConfigError {
+                var: "UPSTREAM",
+                value: crate::protocol::truncate(other, 200),
+                allowed: format!("{e}; {UPSTREAM_ALLOWED}"),
+            })?;
+            if secret.is_empty() && url.scheme() == "https" {
                 return Err(ConfigError {
                     var: "UPSTREAM_SECRET",
                     value: "(unset)".into(),
                     allowed: "a secret signing the requests to an HTTPS upstream; set it with `wrangler secret put UPSTREAM_SECRET`".into(),
                 });
             }
-            Target::Url(u.to_owned())
-        }
-        other => {
-            return Err(ConfigError {
-                var: "UPSTREAM",
-                value: crate::protocol::truncate(other, 200),
-                allowed: "`off`, `service` (the UPSTREAM_SERVICE binding) or an https:// URL (http://127.0.0.1 or http://localhost for local runs)".into(),
-            })
+            Target::Url(url.into())
         }
     };
     let events_value = get(src, "UPSTREAM_EVENTS");
@@ -340,6 +344,10 @@ fn parse_upstream(src: &(impl VarSource + ?Sized)) -> Result<UpstreamConfig, Con
         timeout_ms: int(src, "UPSTREAM_TIMEOUT_MS", 10, 60_000)?,
         max_in_flight: int(src, "UPSTREAM_MAX_IN_FLIGHT", 1, 10_000)?,
         hooks: switch(src, "UPSTREAM_HOOKS")?,
+        hook_bounds: Bounds {
+            max_hooks: int(src, "UPSTREAM_HOOKS_MAX", 16, 100_000)? as usize,
+            max_bytes: int(src, "UPSTREAM_HOOKS_MAX_BYTES", 16_384, 64 << 20)? as usize,
+        },
         secret,
     })
 }
@@ -549,6 +557,49 @@ mod tests {
             with(&[("UPSTREAM", "ftp://x")]).unwrap_err().var,
             "UPSTREAM"
         );
+    }
+
+    #[test]
+    fn plain_http_upstreams_must_be_loopback_hosts() {
+        for ok in [
+            "http://127.0.0.1:9/events",
+            "http://127.0.0.1:8788/events",
+            "http://127.8.9.10/events",
+            "http://localhost:8788/events",
+            "http://LOCALHOST/events",
+            "http://[::1]:8788/events",
+        ] {
+            let c = with(&[("UPSTREAM", ok)]).unwrap_or_else(|e| panic!("{ok}: {e}"));
+            assert!(
+                matches!(&c.upstream.target, Target::Url(u) if u.starts_with("http://")),
+                "{ok}"
+            );
+        }
+        for bad in [
+            "http://localhost@evil.tld/",
+            "http://localhost:8788@evil.tld/events",
+            "http://127.0.0.1@evil.tld/",
+            "http://127.0.0.1.evil.tld/",
+            "http://localhost.evil.tld/",
+            "http://localhostevil.tld/",
+            "http://evil.tld/http://localhost",
+            "http://user:pw@localhost/",
+            "http://[::2]/",
+            "http://128.0.0.1/",
+            "http://",
+            "http:localhost",
+        ] {
+            let e = with(&[("UPSTREAM", bad), ("UPSTREAM_SECRET", "s")]).unwrap_err();
+            assert_eq!(e.var, "UPSTREAM", "{bad}");
+            assert!(e.allowed.contains("loopback"), "{bad}: {e}");
+        }
+        // Credentials in an HTTPS URL are refused too (fetch would refuse them anyway).
+        let e = with(&[
+            ("UPSTREAM", "https://user:pw@backend.example/edge"),
+            ("UPSTREAM_SECRET", "s"),
+        ])
+        .unwrap_err();
+        assert_eq!(e.var, "UPSTREAM");
         assert_eq!(
             with(&[("UPSTREAM", "service"), ("UPSTREAM_EVENTS", "a b")])
                 .unwrap_err()
@@ -559,6 +610,55 @@ mod tests {
             with(&[("UPSTREAM_TIMEOUT_MS", "5")]).unwrap_err().var,
             "UPSTREAM_TIMEOUT_MS"
         );
+        assert_eq!(with(&[]).unwrap().upstream.hook_bounds, Bounds::default());
+        assert_eq!(
+            (Bounds::default().max_hooks, Bounds::default().max_bytes),
+            (1_000, 1 << 20)
+        );
+        let c = with(&[
+            ("UPSTREAM_HOOKS_MAX", "16"),
+            ("UPSTREAM_HOOKS_MAX_BYTES", "65536"),
+        ])
+        .unwrap();
+        assert_eq!(
+            c.upstream.hook_bounds,
+            Bounds {
+                max_hooks: 16,
+                max_bytes: 65_536
+            }
+        );
+        for (var, bad) in [
+            ("UPSTREAM_HOOKS_MAX", "15"),
+            ("UPSTREAM_HOOKS_MAX_BYTES", "1024"),
+        ] {
+            assert_eq!(with(&[(var, bad)]).unwrap_err().var, var);
+        }
+    }
+
+    #[test]
+    fn the_frame_guard_matches_the_config() {
+        // scripts/frame-guard.mjs refuses oversized frames before they enter wasm: its
+        // default, range, code and texts must be the ones the wasm side uses.
+        let js = include_str!("../scripts/frame-guard.mjs");
+        for line in [
+            format!("const DEFAULT_MAX_MESSAGE_BYTES = {DEFAULT_MAX_MESSAGE_BYTES};"),
+            "const MIN_MESSAGE_BYTES = 128;".to_owned(),
+            format!("const MAX_MESSAGE_BYTES_CAP = {};", 1 << 20),
+            format!(
+                "const MESSAGE_TOO_BIG = {};",
+                crate::routing::envelope::MESSAGE_TOO_BIG
+            ),
+            "message: `frame is ${size} bytes; MAX_MESSAGE_BYTES is ${max}`,".to_owned(),
+            r#"ws.close(MESSAGE_TOO_BIG, "message too big");"#.to_owned(),
+        ] {
+            assert!(js.contains(&line), "frame-guard.mjs lacks `{line}`");
+        }
+        assert_eq!(
+            with(&[("MAX_MESSAGE_BYTES", "127")]).unwrap_err().var,
+            "MAX_MESSAGE_BYTES"
+        );
+        assert!(with(&[("MAX_MESSAGE_BYTES", "1048576")]).is_ok());
+        assert!(with(&[("MAX_MESSAGE_BYTES", "1048577")]).is_err());
     }
 
     #[test]

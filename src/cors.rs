@@ -2,8 +2,14 @@
 //! `cors()` answers them (platform-protocol.md §7.5), with the origins from `CORS_ORIGINS`.
 //!
 //! `CORS_ORIGINS` is a comma-separated list of entries: an exact origin
-//! (`https://happy.app`), `localhost` (any origin containing `localhost` or `127.0.0.1`, as
-//! the platform allows), or `*` (echo any origin, as the platform does outside production).
+//! (`https://happy.app`), `localhost` (an http or https origin whose host is `localhost` or
+//! `127.0.0.1`, any port), or `*` (echo any origin, as the platform does outside production).
+//!
+//! Origins are parsed and compared whole: scheme and host case-insensitively, the port with
+//! the scheme's default filled in. The platform's `localhost` rule is a substring test
+//! (`https://localhost.evil.tld` passes it, with credentials); ours looks at the parsed host.
+
+use url::Url;
 
 /// Methods a preflight allows.
 pub const ALLOW_METHODS: &str = "GET, POST, PUT, DELETE, PATCH, OPTIONS";
@@ -18,9 +24,47 @@ pub const MAX_AGE_S: u32 = 86_400;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CorsPolicy {
-    exact: Vec<String>,
+    exact: Vec<Origin>,
     localhost: bool,
     any: bool,
+}
+
+/// An origin as compared: lowercase scheme and host, and the port with the default filled in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Origin {
+    scheme: String,
+    host: String,
+    port: u16,
+}
+
+impl Origin {
+    /// Parses `scheme://host[:port]`, http or https, with nothing else: no userinfo, path,
+    /// query or fragment, and no character the URL parser would silently drop or rewrite.
+    fn parse(text: &str) -> Option<Origin> {
+        let (_, rest) = text.split_once("://")?;
+        // The parser strips tabs and newlines, reads `\` as `/`, and makes `https://a/` and
+        // `https://a` alike; an origin has none of these.
+        if rest.is_empty()
+            || !text.bytes().all(|b| b.is_ascii_graphic())
+            || rest.contains(['/', '\\', '?', '#', '@'])
+        {
+            return None;
+        }
+        let url = Url::parse(text).ok()?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return None;
+        }
+        Some(Origin {
+            scheme: url.scheme().to_owned(),
+            host: url.host_str()?.to_ascii_lowercase(),
+            port: url.port_or_known_default()?,
+        })
+    }
+
+    /// What the `localhost` entry allows: the host itself, not a name containing it.
+    fn is_local(&self) -> bool {
+        matches!(self.host.as_str(), "localhost" | "127.0.0.1")
+    }
 }
 
 impl CorsPolicy {
@@ -31,13 +75,15 @@ impl CorsPolicy {
             match entry {
                 "*" => p.any = true,
                 "localhost" => p.localhost = true,
-                o if is_origin(o) => p.exact.push(o.to_owned()),
-                o => {
-                    return Err(format!(
-                        "`{}` is not an origin; entries are `*`, `localhost` or scheme://host[:port] with no path",
-                        crate::protocol::truncate(o, 80)
-                    ))
-                }
+                o => match Origin::parse(o) {
+                    Some(origin) => p.exact.push(origin),
+                    None => {
+                        return Err(format!(
+                            "`{}` is not an origin; entries are `*`, `localhost` or http(s)://host[:port] with no path, query or user",
+                            crate::protocol::truncate(o, 80)
+                        ))
+                    }
+                },
             }
         }
         Ok(p)
@@ -49,9 +95,12 @@ impl CorsPolicy {
         let Some(o) = origin else {
             return Some("*".into());
         };
-        let allowed = self.any
-            || (self.localhost && (o.contains("localhost") || o.contains("127.0.0.1")))
-            || self.exact.iter().any(|e| e == o);
+        if self.any {
+            return Some(o.to_owned());
+        }
+        let parsed = Origin::parse(o)?;
+        let allowed = (self.localhost && parsed.is_local()) || self.exact.contains(&parsed);
+        // Echoed as sent: the browser compares it with its own serialization.
         allowed.then(|| o.to_owned())
     }
 
@@ -74,15 +123,6 @@ impl CorsPolicy {
         }
         h
     }
-}
-
-fn is_origin(o: &str) -> bool {
-    let Some((scheme, rest)) = o.split_once("://") else {
-        return false;
-    };
-    matches!(scheme, "http" | "https")
-        && !rest.is_empty()
-        && !rest.contains(['/', '?', '#', ' ', ','])
 }
 
 #[cfg(test)]
@@ -118,6 +158,69 @@ mod tests {
     }
 
     #[test]
+    fn the_localhost_entry_matches_the_parsed_host_only() {
+        let p = CorsPolicy::parse("localhost").unwrap();
+        for o in [
+            "http://localhost",
+            "https://localhost",
+            "http://localhost:5173",
+            "https://localhost:3000",
+            "http://127.0.0.1",
+            "http://127.0.0.1:8081",
+            "https://127.0.0.1:443",
+            "HTTP://LocalHost:8080",
+        ] {
+            assert_eq!(p.allow_origin(Some(o)).as_deref(), Some(o), "{o}");
+        }
+        for o in [
+            "https://localhost.evil.tld",
+            "https://evil-localhost.tld",
+            "https://evil.tld/localhost",
+            "https://localhost@evil.tld",
+            "http://127.0.0.1.evil.tld",
+            "http://evil.tld:127",
+            "http://localhost.",
+            "ws://localhost",
+            "localhost",
+            "null",
+            "https://localhost/",
+            "https://localhost:99999",
+        ] {
+            assert_eq!(p.allow_origin(Some(o)), None, "{o}");
+        }
+    }
+
+    #[test]
+    fn exact_entries_compare_the_whole_origin() {
+        let p = CorsPolicy::parse("https://happy.app,http://dev.example:8080").unwrap();
+        for o in [
+            "https://happy.app",
+            "https://HAPPY.app",
+            "HTTPS://happy.app",
+            "https://happy.app:443",
+            "http://dev.example:8080",
+        ] {
+            assert_eq!(p.allow_origin(Some(o)).as_deref(), Some(o), "{o}");
+        }
+        for o in [
+            "https://happy.app.evil.tld",
+            "https://evil.tld?https://happy.app",
+            "https://happy.app:444",
+            "http://happy.app",
+            "https://happy.app/",
+            "https://user@happy.app",
+            "http://dev.example",
+            "http://dev.example:80",
+            "https://dev.example:8080",
+        ] {
+            assert_eq!(p.allow_origin(Some(o)), None, "{o}");
+        }
+        // An entry's own default port is normalised the same way.
+        let p = CorsPolicy::parse("https://happy.app:443").unwrap();
+        assert!(p.allow_origin(Some("https://happy.app")).is_some());
+    }
+
+    #[test]
     fn preflight_and_simple_headers() {
         let p = CorsPolicy::parse("https://happy.app").unwrap();
         let h = p.headers(Some("https://happy.app"), true);
@@ -144,6 +247,15 @@ mod tests {
         let e = CorsPolicy::parse("https://ok.example,happy.app").unwrap_err();
         assert!(e.contains("`happy.app`"), "{e}");
         assert!(CorsPolicy::parse("https://a.example/path").is_err());
+        for bad in [
+            "https://user@a.example",
+            "https://a.example:99999",
+            "ftp://a.example",
+            "https://",
+            "https://a.example?q",
+        ] {
+            assert!(CorsPolicy::parse(bad).is_err(), "{bad}");
+        }
         assert_eq!(CorsPolicy::parse("").unwrap(), CorsPolicy::default());
     }
 }

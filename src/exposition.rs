@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use crate::config::Tier;
 use crate::metrics::{
-    GlobalMetrics, LatencyHistogram, Series, TierMetrics, UpstreamResult, UserMetrics,
+    GlobalMetrics, HookLoss, LatencyHistogram, Series, TierMetrics, UpstreamResult, UserMetrics,
 };
 
 /// The `Content-Type` of the exposition.
@@ -303,6 +303,43 @@ pub fn render(
         }
     }
 
+    // Hooks that never reached the upstream: a day of failures, an outbox bound, or a later
+    // hook of the same socket or machine (docs/upstream.md, "Lifecycle hooks").
+    out.family(
+        "edge_hooks_dropped_total",
+        "counter",
+        "Lifecycle hooks dropped without reaching the upstream, by reason: full (the object's outbox bound, UPSTREAM_HOOKS_MAX / UPSTREAM_HOOKS_MAX_BYTES) or expired (still failing a day after it was stored).",
+    );
+    for (tier, m) in &upstream {
+        for (event, e) in m.upstream.iter().filter(|(ev, _)| ev.starts_with("hook:")) {
+            for l in [HookLoss::Full, HookLoss::Expired] {
+                out.sample(
+                    "edge_hooks_dropped_total",
+                    &[
+                        ("tier", tier.clone()),
+                        ("event", event.clone()),
+                        ("reason", l.as_str().to_owned()),
+                    ],
+                    &e.lost(l).to_string(),
+                );
+            }
+        }
+    }
+    out.family(
+        "edge_hooks_coalesced_total",
+        "counter",
+        "Lifecycle hooks left unsent because a later hook made them unnecessary: a socket's connected and disconnected before either was sent, a machine's older transition.",
+    );
+    for (tier, m) in &upstream {
+        for (event, e) in m.upstream.iter().filter(|(ev, _)| ev.starts_with("hook:")) {
+            out.sample(
+                "edge_hooks_coalesced_total",
+                &[("tier", tier.clone()), ("event", event.clone())],
+                &e.lost(HookLoss::Coalesced).to_string(),
+            );
+        }
+    }
+
     out.family(
         "ws_slo_latency_target",
         "gauge",
@@ -484,6 +521,15 @@ mod tests {
         o.record_outcome(NOW, tier, Outcome::Failure);
         o.record_latency(NOW, tier, Series::MessageLatency, 3.3);
         o.record_latency(NOW, tier, Series::MessageLatency, 250.0);
+        o.record_upstream(
+            NOW,
+            tier,
+            "hook:connected",
+            UpstreamResult::Error,
+            Some(5.0),
+        );
+        o.record_hook_loss(NOW, tier, "hook:connected", HookLoss::Full);
+        o.record_hook_loss(NOW, tier, "hook:disconnected", HookLoss::Coalesced);
         u
     }
 
@@ -835,6 +881,40 @@ mod tests {
     }
 
     #[test]
+    fn hook_losses_are_counted_per_tier_kind_and_reason() {
+        let text = render(
+            &global(&[user("alice", "pro", &[1]), user("bob", "pro", &[2])]),
+            &tiers(),
+            &ExpositionOptions::default(),
+        );
+        parse(&text);
+        let rows = scalars(&text);
+        let value = |family: &str, event: &str, reason: Option<&str>| {
+            rows.iter()
+                .filter(|r| r.0 == family && r.1["tier"] == "pro" && r.1["event"] == event)
+                .filter(|r| reason.is_none_or(|x| r.1["reason"] == x))
+                .map(|r| r.2)
+                .sum::<f64>()
+        };
+        let dropped = "edge_hooks_dropped_total";
+        assert_eq!(value(dropped, "hook:connected", Some("full")), 2.0);
+        assert_eq!(value(dropped, "hook:connected", Some("expired")), 0.0);
+        assert_eq!(value(dropped, "hook:disconnected", Some("full")), 0.0);
+        let coalesced = "edge_hooks_coalesced_total";
+        assert_eq!(value(coalesced, "hook:disconnected", None), 2.0);
+        assert_eq!(value(coalesced, "hook:connected", None), 0.0);
+        // A lost hook is not a call.
+        let calls = rows
+            .iter()
+            .filter(|r| {
+                r.0 == "edge_upstream_requests_total" && r.1["event"] == "hook:disconnected"
+            })
+            .map(|r| r.2)
+            .sum::<f64>();
+        assert_eq!(calls, 0.0);
+    }
+
+    #[test]
     fn floats_use_the_formats_spellings() {
         assert_eq!(float(0.1), "0.1");
         assert_eq!(float(104857.6), "104857.6");
@@ -857,12 +937,15 @@ mod tests {
 
     /// Findings of `promtool check metrics` that the guide's names cause; any other finding,
     /// or a parse error, fails the test.
-    const SEED_NAME_LINTS: [&str; 5] = [
+    const SEED_NAME_LINTS: [&str; 6] = [
         r#"do_connections_total non-counter metrics should not have "_total" suffix"#,
         r#"do_connections_rejected counter metrics should have "_total" suffix"#,
         "do_oldest_connection_ms metric names should not contain abbreviated units",
         r#"ws_connection_success counter metrics should have "_total" suffix"#,
         r#"ws_connection_errors counter metrics should have "_total" suffix"#,
+        // Ours, in milliseconds like the guide's latencies (rendered since the test users
+        // carry upstream calls).
+        "edge_upstream_latency_ms metric names should not contain abbreviated units",
     ];
 
     #[test]

@@ -478,8 +478,32 @@ impl UpstreamResult {
     }
 }
 
+/// Why a lifecycle hook left its object's outbox without reaching the upstream
+/// (docs/upstream.md, "Lifecycle hooks").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum HookLoss {
+    /// A later hook of the same socket or machine made it unnecessary.
+    Coalesced,
+    /// Evicted (or refused) to keep the outbox within its bound.
+    Full,
+    /// Still failing a day after it was stored.
+    Expired,
+}
+
+impl HookLoss {
+    /// The `reason` label of `edge_hooks_dropped_total` (coalesced hooks have their own family).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HookLoss::Coalesced => "coalesced",
+            HookLoss::Full => "full",
+            HookLoss::Expired => "expired",
+        }
+    }
+}
+
 /// One upstream event's calls (lifecycle hooks count under their kind): the latency of every
-/// call that went out, and how each ended.
+/// call that went out, and how each ended; for hooks, also those that never went out.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct UpstreamEvent {
     #[serde(default, skip_serializing_if = "LatencyHistogram::is_empty")]
@@ -487,6 +511,13 @@ pub struct UpstreamEvent {
     /// Calls per result, in [`UpstreamResult::ALL`] order.
     #[serde(default)]
     pub results: [u64; 4],
+    /// Hooks left unsent, per [`HookLoss`] (not calls: never in `results`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub coalesced: u64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub dropped_full: u64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub dropped_expired: u64,
 }
 
 impl UpstreamEvent {
@@ -515,6 +546,26 @@ impl UpstreamEvent {
         self.latency.merge(&o.latency);
         for (a, b) in self.results.iter_mut().zip(o.results) {
             *a = a.saturating_add(b);
+        }
+        self.coalesced = self.coalesced.saturating_add(o.coalesced);
+        self.dropped_full = self.dropped_full.saturating_add(o.dropped_full);
+        self.dropped_expired = self.dropped_expired.saturating_add(o.dropped_expired);
+    }
+
+    fn loss_mut(&mut self, l: HookLoss) -> &mut u64 {
+        match l {
+            HookLoss::Coalesced => &mut self.coalesced,
+            HookLoss::Full => &mut self.dropped_full,
+            HookLoss::Expired => &mut self.dropped_expired,
+        }
+    }
+
+    /// Hooks of this kind lost for reason `l`.
+    pub fn lost(&self, l: HookLoss) -> u64 {
+        match l {
+            HookLoss::Coalesced => self.coalesced,
+            HookLoss::Full => self.dropped_full,
+            HookLoss::Expired => self.dropped_expired,
         }
     }
 
@@ -553,6 +604,15 @@ impl TierMetrics {
             .entry(event.to_owned())
             .or_default()
             .record(r, ms);
+    }
+
+    pub fn record_hook_loss(&mut self, event: &str, l: HookLoss) {
+        let c = self
+            .upstream
+            .entry(event.to_owned())
+            .or_default()
+            .loss_mut(l);
+        *c = c.saturating_add(1);
     }
 }
 
@@ -661,6 +721,13 @@ impl<const SLOT_MS: u64, const SLOTS: usize> Ring<SLOT_MS, SLOTS> {
         self.prune(now_ms);
         if let Some(d) = self.slot_mut(Self::align(now_ms)) {
             d.tier_mut(tier).record_upstream(event, r, ms);
+        }
+    }
+
+    pub fn record_hook_loss(&mut self, now_ms: u64, tier: &str, event: &str, l: HookLoss) {
+        self.prune(now_ms);
+        if let Some(d) = self.slot_mut(Self::align(now_ms)) {
+            d.tier_mut(tier).record_hook_loss(event, l);
         }
     }
 
@@ -820,6 +887,13 @@ impl Observations {
         self.total.tier_mut(tier).record_upstream(event, r, ms);
         self.short.record_upstream(now_ms, tier, event, r, ms);
         self.long.record_upstream(now_ms, tier, event, r, ms);
+    }
+
+    /// A lifecycle hook of kind `event` (`hook:connected`, ...) that never reached the upstream.
+    pub fn record_hook_loss(&mut self, now_ms: u64, tier: &str, event: &str, l: HookLoss) {
+        self.total.tier_mut(tier).record_hook_loss(event, l);
+        self.short.record_hook_loss(now_ms, tier, event, l);
+        self.long.record_hook_loss(now_ms, tier, event, l);
     }
 
     pub fn merge(&mut self, o: &Observations) {

@@ -14,7 +14,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::auth::TokenRef;
-use crate::metrics::{GlobalMetrics, Observations, Outcome, Series, ShardGauges, UserMetrics};
+use crate::metrics::{GlobalMetrics, Observations, Outcome, Series, ShardGauges};
 use crate::protocol::{BroadcastResult, CredentialEnd, Delivery, SocketMeta};
 use crate::routing::view::{RoutingView, ShardPresence};
 use crate::stats::{ShardStats, UserStats};
@@ -429,11 +429,22 @@ pub enum Fault {
 // ---------------------------------------------------------------------------------------------
 // Registry and revocation feed
 
-/// Home -> registry: the user's gauges and the observations since its last push. `seq`
-/// orders a home's pushes, so a retried push is never counted twice.
+/// Home -> registry: the user's gauges and the observations since its last push, numbered
+/// by the home, so a retried push is applied once (`registry::book`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(transparent)]
-pub struct Ingest(pub UserMetrics);
+pub struct Ingest(pub crate::registry::book::Push);
+
+/// Registry -> home: the push was applied, or was one already applied (a retry).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ingested {
+    #[serde(default)]
+    pub duplicate: bool,
+}
+
+/// Test-only (`TEST_KNOBS=on`): how a registry object's storage is laid out.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegistryStorage {}
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SnapshotRequest {}
@@ -466,8 +477,9 @@ message! {
     PushView => "/shard/view", Done;
     Disconnect => "/shard/disconnect", Ended;
     Knob => "/shard/knob", Knob;
-    Ingest => "/registry/ingest", Done;
+    Ingest => "/registry/ingest", Ingested;
     SnapshotRequest => "/registry/snapshot", GlobalMetrics;
+    RegistryStorage => "/registry/storage", serde_json::Value;
     Ensure => "/revocations/ensure", Done;
     FeedStatus => "/revocations/status", crate::revocations::Feed;
 }
@@ -502,6 +514,7 @@ mod tests {
             Knob::PATH,
             Ingest::PATH,
             SnapshotRequest::PATH,
+            RegistryStorage::PATH,
             Ensure::PATH,
             FeedStatus::PATH,
             CONNECT_PATH,

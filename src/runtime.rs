@@ -189,7 +189,7 @@ pub async fn ask_encoded<M: crate::object_api::Message>(
 }
 
 /// POSTs JSON to an object and reads a JSON answer; a non-2xx answer is an error.
-pub async fn call<Req: Serialize, Resp: DeserializeOwned>(
+async fn call<Req: Serialize, Resp: DeserializeOwned>(
     stub: &Stub,
     path: &str,
     shard: Option<&str>,

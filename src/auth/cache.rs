@@ -5,6 +5,10 @@
 //! revocation): a hit is honoured only while the token's `exp` is in the future and for at
 //! most [`RECHECK_MS`] after its revocation check, so a revoked token stops working within
 //! that bound; at most [`CAPACITY`] tokens are kept, the oldest insert evicted first.
+//!
+//! Tokens are keyed by their text. That is sound because a token has exactly one spelling
+//! that verifies (strict base64url, [`super::b64`]): only verified tokens are inserted, so a
+//! re-spelled token can neither hit an entry nor add one.
 
 use std::collections::{HashMap, VecDeque};
 

@@ -3,7 +3,9 @@
 //! `base64url(payload) . base64url(HMAC-SHA256(master secret bytes, payload))`, where the
 //! payload is the JSON `{"userId","exp","nonce"}` with `exp` in milliseconds. The MAC is over
 //! the decoded bytes as received, so tickets the platform's server mints are accepted here and
-//! ours there. What the platform does not do, single use, is the directory's job: this module
+//! ours there. Both parts must be canonical base64url (the MAC exactly 43 characters): the
+//! platform's decoder is lenient, ours is not, so a ticket has one accepted spelling (see
+//! [`b64`]). What the platform does not do, single use, is the directory's job: this module
 //! only says whether a ticket is authentic and within its window.
 
 use hmac::{Hmac, Mac};
@@ -19,6 +21,8 @@ type HmacSha256 = Hmac<Sha256>;
 pub const TTL_MS: u64 = 30_000;
 /// ...plus this much clock skew.
 pub const SKEW_MS: u64 = 5_000;
+/// An HMAC-SHA256.
+const MAC_BYTES: usize = 32;
 /// Tickets longer than this are refused before decoding (ours are about 170 bytes).
 pub const MAX_TICKET_BYTES: usize = 2048;
 
@@ -81,7 +85,8 @@ pub fn verify(ticket: &str, secret: &[u8], now_ms: u64) -> Result<Ticket, Ticket
     if p64.is_empty() || s64.is_empty() {
         return Err(TicketError::Malformed("a part is empty"));
     }
-    let payload = b64::decode(p64).ok_or(TicketError::Malformed("payload is not base64url"))?;
+    let payload =
+        b64::decode(p64).ok_or(TicketError::Malformed("payload is not unpadded base64url"))?;
     let p: Payload = serde_json::from_slice(&payload)
         .map_err(|_| TicketError::Malformed("payload is not a JSON object"))?;
     let user_id = match p.user_id {
@@ -103,7 +108,9 @@ pub fn verify(ticket: &str, secret: &[u8], now_ms: u64) -> Result<Ticket, Ticket
     if now_ms > exp_ms.saturating_add(SKEW_MS) {
         return Err(TicketError::Expired { exp_ms, now_ms });
     }
-    let sig = b64::decode(s64).ok_or(TicketError::Malformed("signature is not base64url"))?;
+    let sig = b64::decode_array::<MAC_BYTES>(s64).ok_or(TicketError::Malformed(
+        "signature is not 43 characters of unpadded base64url",
+    ))?;
     let mut m = HmacSha256::new_from_slice(secret).map_err(|_| TicketError::Signature)?;
     m.update(&payload);
     m.verify_slice(&sig).map_err(|_| TicketError::Signature)?;
@@ -220,10 +227,32 @@ mod tests {
     }
 
     #[test]
-    fn padding_and_the_standard_alphabet_are_tolerated() {
+    fn a_ticket_has_exactly_one_accepted_spelling() {
+        // The MAC is over the decoded payload, so a lenient decoder would accept every
+        // spelling of either part (the platform's does; its tickets are canonical).
+        let now = 1_700_000_000_000;
         let (p, s) = VECTOR.split_once('.').unwrap();
-        let padded = format!("{p}=.{}=", s.replace('_', "/").replace('-', "+"));
-        assert!(verify(&padded, SECRET, 1_700_000_000_000).is_ok());
+        assert_eq!(s.len(), 43);
+        let mut variants = vec![
+            format!("{VECTOR}="),
+            format!("{p}=.{s}"),
+            format!("{p}.{}", s.replace('_', "/")),
+            format!("{p}.{}", s.replace('-', "+")),
+            format!("{p}.{}", &s[..42]),
+            format!("{p}.{s}AAAA"),
+            format!("{}.{s}", p.replace('_', "/")),
+        ];
+        // 43 characters carry 258 bits for 256: every other last character.
+        for c in "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_+/=".chars() {
+            let mut t = s.to_owned();
+            t.replace_range(42..43, &c.to_string());
+            variants.push(format!("{p}.{t}"));
+        }
+        variants.retain(|v| v != VECTOR);
+        for v in &variants {
+            assert!(verify(v, SECRET, now).is_err(), "{v}");
+        }
+        assert!(verify(VECTOR, SECRET, now).is_ok());
     }
 
     #[test]

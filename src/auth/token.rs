@@ -2,9 +2,11 @@
 //!
 //! The signing seed is HKDF-SHA-256 of the master secret's UTF-8 bytes (salt `handy`, info
 //! `ed25519-key`); the user id is the `user` claim; `iss` must be `handy`; `exp` is in seconds
-//! with no leeway. Verification follows jose's `jwtVerify` as the platform calls it, plus one
-//! stricter rule: `user` must be a valid id (the platform does not type-check it, and it names
-//! our objects). Time comes in as `now_s` so this module stays pure.
+//! with no leeway. Verification follows jose's `jwtVerify` as the platform calls it, plus two
+//! stricter rules: `user` must be a valid id (the platform does not type-check it, and it names
+//! our objects), and every part must be canonical base64url (the signature exactly 86
+//! characters), so a token has one accepted spelling and its revocation hash and cache key
+//! cover it (see [`b64`]). Time comes in as `now_s` so this module stays pure.
 
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use hkdf::Hkdf;
@@ -18,6 +20,8 @@ use crate::ids::{validate_id, IdError};
 pub const MAX_TOKEN_BYTES: usize = 4096;
 /// The issuer the platform writes and requires.
 pub const ISSUER: &str = "handy";
+/// An Ed25519 signature.
+const SIGNATURE_BYTES: usize = 64;
 /// `base64url({"alg":"EdDSA","typ":"JWT"})`, the header jose writes (in that key order).
 const HEADER_B64: &str = "eyJhbGciOiJFZERTQSIsInR5cCI6IkpXVCJ9";
 
@@ -159,7 +163,8 @@ pub fn verify(token: &str, keys: &TokenKeys, now_s: u64) -> Result<Verified, Tok
     else {
         return Err(TokenError::Malformed("expected three dot-separated parts"));
     };
-    let header_bytes = b64::decode(h64).ok_or(TokenError::Malformed("header is not base64url"))?;
+    let header_bytes =
+        b64::decode(h64).ok_or(TokenError::Malformed("header is not unpadded base64url"))?;
     let header: Header = serde_json::from_slice(&header_bytes)
         .map_err(|_| TokenError::Malformed("header is not a JSON object"))?;
     match header.alg.as_deref() {
@@ -171,9 +176,10 @@ pub fn verify(token: &str, keys: &TokenKeys, now_s: u64) -> Result<Verified, Tok
     if header.crit.is_some() {
         return Err(TokenError::Critical);
     }
-    let sig_bytes = b64::decode(s64).ok_or(TokenError::Malformed("signature is not base64url"))?;
-    let sig = Signature::from_slice(&sig_bytes)
-        .map_err(|_| TokenError::Malformed("signature is not 64 bytes"))?;
+    let sig = b64::decode_array::<SIGNATURE_BYTES>(s64).ok_or(TokenError::Malformed(
+        "signature is not 86 characters of unpadded base64url",
+    ))?;
+    let sig = Signature::from_bytes(&sig);
     let signed_len = h64.len() + 1 + p64.len();
     let signed = token
         .get(..signed_len)
@@ -182,7 +188,7 @@ pub fn verify(token: &str, keys: &TokenKeys, now_s: u64) -> Result<Verified, Tok
         .verify_strict(signed.as_bytes(), &sig)
         .map_err(|_| TokenError::Signature)?;
     let payload_bytes =
-        b64::decode(p64).ok_or(TokenError::Malformed("payload is not base64url"))?;
+        b64::decode(p64).ok_or(TokenError::Malformed("payload is not unpadded base64url"))?;
     let p: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&payload_bytes)
         .map_err(|_| TokenError::Malformed("payload is not a JSON object"))?;
     if p.get("iss").and_then(|v| v.as_str()) != Some(ISSUER) {
@@ -248,7 +254,8 @@ pub fn mint(keys: &TokenKeys, claims: &MintClaims) -> String {
     format!("{signed}.{}", b64::encode(&sig.to_bytes()))
 }
 
-/// The revocation key of a token: lowercase hex SHA-256 of its exact text.
+/// The revocation key of a token: lowercase hex SHA-256 of its exact text, as the platform
+/// computes it. A token has one spelling [`verify`] accepts, so this one hash covers it.
 pub fn revocation_hash(token: &str) -> String {
     b64::hex(&Sha256::digest(token.as_bytes()))
 }
@@ -493,6 +500,67 @@ mod tests {
         assert_eq!(verify("", &keys(), 1), Err(TokenError::Missing));
         let long = "a".repeat(MAX_TOKEN_BYTES + 1);
         assert_eq!(verify(&long, &keys(), 1), Err(TokenError::TooLong));
+    }
+
+    /// Replaces the character at byte `i` of `s`.
+    fn with_char(s: &str, i: usize, c: char) -> String {
+        let mut t = s.to_owned();
+        t.replace_range(i..=i, &c.to_string());
+        t
+    }
+
+    #[test]
+    fn a_token_has_exactly_one_accepted_spelling() {
+        // The signature covers only `header.payload`, so a lenient decoder would accept these
+        // re-spellings of the signature, each a new revocation hash and cache key.
+        let now = 1_700_000_001;
+        assert!(verify(VECTOR, &keys(), now).is_ok());
+        let (signed, sig) = VECTOR.rsplit_once('.').unwrap();
+        assert_eq!(sig.len(), 86);
+        let underscore = sig.find('_').unwrap();
+        let mut variants = vec![
+            format!("{VECTOR}="),
+            format!("{VECTOR}=="),
+            format!("{signed}.{}", with_char(sig, underscore, '/')),
+            format!("{signed}.{}", sig.replace('_', "/").replace('-', "+")),
+            format!("{signed}.{sig}AA"),
+            format!("{signed}.{}", &sig[..84]),
+        ];
+        // Every other last character: 86 characters carry 516 bits for 512, so a lenient
+        // decoder ignores the last 4 bits (`Q` ends in 0000, `R` to `f` do not).
+        for c in "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_+/=".chars() {
+            let v = format!("{signed}.{}", with_char(sig, 85, c));
+            if v != VECTOR {
+                variants.push(v);
+            }
+        }
+        for v in &variants {
+            assert!(verify(v, &keys(), now).is_err(), "{v}");
+        }
+        // The header and payload are covered by the signature, but must be canonical too.
+        let (h, rest) = VECTOR.split_once('.').unwrap();
+        assert!(verify(&format!("{h}=.{rest}"), &keys(), now).is_err());
+    }
+
+    #[test]
+    fn a_signature_with_s_plus_l_is_refused() {
+        // S + L verifies in a lax Ed25519 verifier: another spelling of one signature.
+        // `verify_strict` requires S < L.
+        const L: [u8; 32] = [
+            0xed, 0xd3, 0xf5, 0x5c, 0x1a, 0x63, 0x12, 0x58, 0xd6, 0x9c, 0xf7, 0xa2, 0xde, 0xf9,
+            0xde, 0x14, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10,
+        ];
+        let (signed, sig) = VECTOR.rsplit_once('.').unwrap();
+        let mut bytes = b64::decode(sig).unwrap();
+        let mut carry = 0u16;
+        for (b, l) in bytes[32..].iter_mut().zip(L) {
+            let sum = u16::from(*b) + u16::from(l) + carry;
+            *b = (sum & 0xff) as u8;
+            carry = sum >> 8;
+        }
+        assert_eq!(carry, 0);
+        let t = format!("{signed}.{}", b64::encode(&bytes));
+        assert_eq!(verify(&t, &keys(), 1), Err(TokenError::Signature));
     }
 
     #[test]

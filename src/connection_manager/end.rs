@@ -8,7 +8,7 @@ use worker::WebSocket;
 use super::{attachment, close, ConnectionManager};
 use crate::object_api::{Disconnect, Ended};
 use crate::protocol::{self, conn_tag, CredentialEnd, SocketMeta};
-use crate::{outbox, runtime};
+use crate::runtime;
 
 impl ConnectionManager {
     /// What a close changes: the guard, counts and presence, and the `disconnected` hook.
@@ -112,7 +112,7 @@ impl ConnectionManager {
     pub(super) async fn retire(&self) -> worker::Result<bool> {
         let busy = self.observer.borrow().report_at.is_some()
             || self.reporter.borrow().busy()
-            || self.hooks_at.get().is_some()
+            || self.outbox.due_at().is_some()
             || (self.is_home() && self.home.push_pending());
         if !self.retirable() {
             return Ok(false);
@@ -121,7 +121,7 @@ impl ConnectionManager {
         if self.is_home() && self.home.holds_state().await {
             return Ok(false);
         }
-        if busy || outbox::has_pending(&self.state).await {
+        if busy || self.outbox.has_pending(&self.state.storage()).await {
             // Checked again once those are done.
             self.retire_at
                 .set(Some(runtime::now_ms() + RETIRE_RECHECK_MS));

@@ -49,6 +49,7 @@ use crate::object_api::{
     Reclaim, Redeem, Release, RouteLookup, SetTier, ShardReport, StatsRequest, TierGet, UsageGet,
     UsageSet, CONNECT_PATH,
 };
+use crate::outbox::Outbox;
 use crate::protocol::{self, conn_tag, machine_tag, session_tag, ApiError, ClientType, Delivery};
 use crate::protocol::{Filter, SocketMeta};
 use crate::routing::guard::{SocketGuard, Verdict};
@@ -105,10 +106,9 @@ pub struct ConnectionManager {
     upstream_queues: RefCell<HashMap<String, VecDeque<upstream::Business>>>,
     /// Business events accepted and not yet answered on this shard.
     upstream_pending: Cell<u32>,
-    /// When stored hooks are next due; unknown after a wake until the first alarm looks.
-    hooks_at: Rc<Cell<Option<u64>>>,
-    hooks_known: Cell<bool>,
-    /// The object's one alarm, shared with the home role.
+    /// Lifecycle hooks on their way to the upstream (the home's machine hooks too).
+    outbox: Rc<Outbox>,
+    /// The object's one alarm, shared with the home role and the outbox's flush.
     clock: Rc<AlarmClock>,
     /// When to check whether this shard, empty and holding no slots, can delete its storage.
     retire_at: Cell<Option<u64>>,
@@ -128,13 +128,13 @@ impl DurableObject for ConnectionManager {
         }
         let state = Rc::new(state);
         let saved = Rc::new(RefCell::new(Persisted::default()));
-        let hooks_at = Rc::new(Cell::new(None));
+        let outbox = Outbox::new();
         let clock = Rc::new(AlarmClock::default());
         let home = Home::new(
             state.clone(),
             env.clone(),
             saved.clone(),
-            hooks_at.clone(),
+            outbox.clone(),
             clock.clone(),
         );
         // Load before any event is delivered, so no handler sees defaults.
@@ -173,8 +173,7 @@ impl DurableObject for ConnectionManager {
             placement: Rc::new(RefCell::new(Placement::default())),
             upstream_queues: RefCell::new(HashMap::new()),
             upstream_pending: Cell::new(0),
-            hooks_at,
-            hooks_known: Cell::new(false),
+            outbox,
             clock,
             retire_at: Cell::new(None),
         }
@@ -246,6 +245,7 @@ impl DurableObject for ConnectionManager {
     async fn alarm(&self) -> worker::Result<Response> {
         let now = self.event(None);
         self.clock.fired();
+        self.record_hook_news().await;
         if self.saved.borrow().drain_at.is_some_and(|at| at <= now) {
             self.drain_step().await?;
         }
@@ -264,12 +264,11 @@ impl DurableObject for ConnectionManager {
                 self.push_metrics().await;
             }
         }
-        // After a wake the next hook time is unknown: look at the outbox once.
-        if !self.hooks_known.replace(true) || self.hooks_at.get().is_some_and(|at| at <= now) {
-            if let Ok(cfg) = runtime::config(&self.env) {
-                if cfg.upstream.posts_hooks() {
-                    self.flush_hooks(&cfg).await;
-                }
+        // Last, and in the background: a slow upstream delays none of the above. After a
+        // wake the outbox is unknown, so the first alarm looks.
+        if let Ok(cfg) = runtime::config(&self.env) {
+            if cfg.upstream.posts_hooks() && self.outbox.should_flush(now) {
+                self.flush_hooks(&cfg);
             }
         }
         if self.retire_at.get().is_some_and(|at| at <= now) {
@@ -718,7 +717,7 @@ impl ConnectionManager {
             self.saved.borrow().drain_at,
             self.observer.borrow().report_at,
             self.reporter.borrow().retry_at,
-            self.hooks_at.get(),
+            self.outbox.due_at(),
             self.with_index(|ix| ix.next_expiry()),
             self.retire_at.get(),
             self.is_home().then(|| self.home.next_due()).flatten(),

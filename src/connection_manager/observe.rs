@@ -95,6 +95,18 @@ impl ConnectionManager {
         self.metrics_soon(now).await;
     }
 
+    /// A lifecycle hook that never reached the upstream (coalesced, over the bound, expired).
+    pub(super) async fn observe_hook_loss(&self, label: &str, why: crate::metrics::HookLoss) {
+        let now = runtime::now_ms();
+        let tier = self.tier();
+        {
+            let mut o = self.observer.borrow_mut();
+            o.full.record_hook_loss(now, &tier, label, why);
+            o.pending.record_hook_loss(now, &tier, label, why);
+        }
+        self.metrics_soon(now).await;
+    }
+
     /// The open-socket count changed (a close): the directory's gauges are stale.
     pub(super) async fn observe_gauges(&self) {
         self.metrics_soon(runtime::now_ms()).await;

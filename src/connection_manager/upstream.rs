@@ -16,7 +16,6 @@ use super::ConnectionManager;
 use crate::config::Config;
 use crate::metrics::UpstreamResult;
 use crate::object_api::UsageSet;
-use crate::outbox;
 use crate::placement;
 use crate::protocol::SocketMeta;
 use crate::routing::envelope;
@@ -180,13 +179,15 @@ impl ConnectionManager {
             .map(|_| ())
     }
 
-    /// Stores lifecycle hooks and arms the alarm to send them at once.
+    /// Stores lifecycle hooks (within the outbox's bound) and arms the alarm to send them.
     pub(super) async fn post_hooks(&self, cfg: &Config, hooks: Vec<Hook>) {
         if !cfg.upstream.posts_hooks() || hooks.is_empty() {
             return;
         }
-        outbox::enqueue(&self.state, &hooks).await;
-        self.hooks_at.set(Some(runtime::now_ms()));
+        self.outbox
+            .enqueue(&self.state.storage(), cfg.upstream.hook_bounds, &hooks)
+            .await;
+        self.record_hook_news().await;
         if let Err(e) = self.rearm().await {
             console_error!("could not schedule the hooks: {e}");
         }
@@ -200,16 +201,34 @@ impl ConnectionManager {
         hooks::disconnected(&SenderInfo::of(meta, &self.name()), code, runtime::now_ms())
     }
 
-    /// The alarm's part: sends the hooks that are due, records how it went.
-    pub(super) async fn flush_hooks(&self, cfg: &Config) {
-        // Taken now: a hook stored while this flush runs sets it again and must keep it.
-        self.hooks_at.set(None);
-        let (attempts, next) =
-            outbox::flush(&self.state, &self.env, &cfg.upstream, runtime::now_ms()).await;
-        self.hooks_at
-            .set(outbox::earliest(self.hooks_at.get(), next));
-        for a in attempts {
+    /// The alarm's part: sends the due hooks in the background; when that ends it re-arms
+    /// the alarm, which records how it went.
+    pub(super) fn flush_hooks(&self, cfg: &Config) {
+        let (clock, state) = (self.clock.clone(), self.state.clone());
+        self.outbox.start_flush(
+            &self.state,
+            &self.env,
+            &cfg.upstream,
+            move |at| async move {
+                if let Err(e) = clock.arm(&state, at).await {
+                    console_error!("could not schedule the hooks: {e}");
+                }
+            },
+        );
+    }
+
+    /// Counts the outbox's attempts and lost hooks under their kind (`hook:connected`, ...).
+    pub(super) async fn record_hook_news(&self) {
+        let news = self.outbox.take_news();
+        if news.is_empty() {
+            return;
+        }
+        for a in news.attempts {
             self.observe_upstream(&format!("hook:{}", a.kind), a.result, Some(a.ms))
+                .await;
+        }
+        for l in news.lost {
+            self.observe_hook_loss(&format!("hook:{}", l.kind), l.why)
                 .await;
         }
     }

@@ -270,6 +270,79 @@ pub async fn test_upstream(
         .with_headers(headers))
 }
 
+/// `POST /admin/test/registry/ingest {"pushes": [...]}`: relays each push to its user's
+/// registry object as a directory would (16 at a time); `GET /admin/test/registry/storage`:
+/// each registry object's storage shape. Exist only while `TEST_KNOBS=on`.
+pub async fn test_registry(
+    mut req: Request,
+    env: &Env,
+    cfg: &Config,
+) -> Result<Response, ApiError> {
+    authorize(&req, cfg)?;
+    let internal = |e: worker::Error| ApiError::new(502, "registry_unavailable", e.to_string());
+    let answer = match (req.method(), req.path().as_str()) {
+        (Method::Post, "/admin/test/registry/ingest") => {
+            #[derive(serde::Deserialize)]
+            struct Body {
+                pushes: Vec<serde_json::Value>,
+            }
+            let body: Body = req.json().await.map_err(|e| {
+                ApiError::bad_request(
+                    "invalid_body",
+                    format!("expected {{\"pushes\": [..]}}: {e}"),
+                )
+            })?;
+            let (mut ok, mut duplicates, mut failed) = (0u64, 0u64, Vec::new());
+            for chunk in body.pushes.chunks(16) {
+                let calls = chunk.iter().map(|p| async move {
+                    let push: crate::registry::book::Push = serde_json::from_value(p.clone())?;
+                    let name = placement::registry_name(&push.metrics.user_id, cfg.registry_shards);
+                    let stub = runtime::stub(env, placement::REGISTRY_BINDING, &name)?;
+                    runtime::ask(&stub, None, &crate::object_api::Ingest(push)).await
+                });
+                for r in futures::future::join_all(calls).await {
+                    match r {
+                        Ok(v) if v.duplicate => duplicates += 1,
+                        Ok(_) => ok += 1,
+                        Err(e) => failed.push(e.to_string()),
+                    }
+                }
+            }
+            serde_json::json!({"ok": ok, "duplicates": duplicates, "failed": failed})
+        }
+        (Method::Get, "/admin/test/registry/storage") => {
+            let mut shapes = Vec::new();
+            for name in placement::registry_names(cfg.registry_shards) {
+                let stub =
+                    runtime::stub(env, placement::REGISTRY_BINDING, &name).map_err(internal)?;
+                let shape = runtime::ask(&stub, None, &crate::object_api::RegistryStorage {})
+                    .await
+                    .map_err(internal)?;
+                shapes.push(serde_json::json!({"name": name, "storage": shape}));
+            }
+            serde_json::json!({"registries": shapes})
+        }
+        (_, p) => {
+            return Err(ApiError::new(404, "not_found", format!("no route {p}")));
+        }
+    };
+    runtime::json(200, &answer).map_err(|e| ApiError::new(500, "internal", e.to_string()))
+}
+
+/// `GET /admin/test/memory`: the size of this isolate's wasm memory, which never shrinks
+/// (the gateway and every object of the isolate share it). Exists only while `TEST_KNOBS=on`.
+pub fn test_memory(req: &Request, cfg: &Config) -> Result<Response, ApiError> {
+    use wasm_bindgen::JsCast;
+    authorize(req, cfg)?;
+    let memory: js_sys::WebAssembly::Memory = wasm_bindgen::memory().unchecked_into();
+    let bytes = memory
+        .buffer()
+        .unchecked_into::<js_sys::ArrayBuffer>()
+        .byte_length();
+    runtime::json(200, &serde_json::json!({"wasmBytes": bytes}))
+        .map_err(|e| ApiError::new(500, "internal", e.to_string()))
+}
+
 /// Every registry object's snapshot, merged: the global view. A registry
 /// that does not answer is left out (the view under-counts; it never fails).
 async fn global(env: &Env, cfg: &Config) -> GlobalMetrics {

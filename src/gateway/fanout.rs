@@ -61,8 +61,12 @@ pub async fn publish(
     ok_json(&deliver_to_user(env, ctx, &user, delivery).await?)
 }
 
-/// Reads a body of at most `limit` bytes (413 past it, by its declared length first).
+/// Reads a body of at most `limit` bytes: 413 by its declared length, or as soon as the
+/// chunks read so far pass the limit (a chunked body has no length), before it is read
+/// whole. Each chunk's size is checked on the JavaScript side, before it is copied into wasm
+/// memory, which never shrinks.
 async fn read_body(req: &mut Request, limit: usize) -> Result<Vec<u8>, ApiError> {
+    use wasm_bindgen::JsCast;
     let declared = req
         .headers()
         .get("content-length")
@@ -72,14 +76,35 @@ async fn read_body(req: &mut Request, limit: usize) -> Result<Vec<u8>, ApiError>
     if declared.is_some_and(|n| n > limit) {
         return Err(too_large(limit));
     }
-    let body = req
-        .bytes()
-        .await
-        .map_err(|_| ApiError::bad_request("bad_body", "could not read the request body"))?;
-    if body.len() > limit {
-        return Err(too_large(limit));
+    let unreadable = |_| ApiError::bad_request("bad_body", "could not read the request body");
+    let Some(stream) = req.inner().body() else {
+        return Ok(Vec::new());
+    };
+    let reader: worker::web_sys::ReadableStreamDefaultReader = stream.get_reader().unchecked_into();
+    let mut body = Vec::with_capacity(declared.unwrap_or(0));
+    loop {
+        let step = worker::wasm_bindgen_futures::JsFuture::from(reader.read())
+            .await
+            .map_err(unreadable)?;
+        let done = js_sys::Reflect::get(&step, &"done".into()).map_err(unreadable)?;
+        if done.as_bool().unwrap_or(true) {
+            return Ok(body);
+        }
+        let chunk: js_sys::Uint8Array = js_sys::Reflect::get(&step, &"value".into())
+            .map_err(unreadable)?
+            .dyn_into()
+            .map_err(unreadable)?;
+        if !fits(body.len(), chunk.length() as usize, limit) {
+            // Stop reading; the runtime discards the rest.
+            let _ = reader.cancel();
+            return Err(too_large(limit));
+        }
+        let start = body.len();
+        body.resize(start + chunk.length() as usize, 0);
+        if let Some(dst) = body.get_mut(start..) {
+            chunk.copy_to(dst);
+        }
     }
-    Ok(body)
 }
 
 /// Delivers to a user's sockets on every shard that may hold a recipient, through its home.
@@ -141,6 +166,11 @@ fn observe_latency(env: &Env, ctx: &Context, user: &str, series: Series, ms: f64
     );
 }
 
+/// Whether `read` bytes plus the next `chunk` stay within `limit`.
+fn fits(read: usize, chunk: usize, limit: usize) -> bool {
+    read.checked_add(chunk).is_some_and(|n| n <= limit)
+}
+
 fn too_large(limit: usize) -> ApiError {
     ApiError::new(
         413,
@@ -151,4 +181,14 @@ fn too_large(limit: usize) -> ApiError {
 
 fn ok_json<T: Serialize>(v: &T) -> Result<Response, ApiError> {
     runtime::json(200, v).map_err(|e| ApiError::new(500, "internal", e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_body_fits_up_to_the_limit_exactly() {
+        assert!(super::fits(0, 10, 10));
+        assert!(!super::fits(5, 6, 10));
+        assert!(!super::fits(usize::MAX, 1, usize::MAX));
+    }
 }

@@ -59,6 +59,10 @@ pub async fn handle(req: Request, env: Env, ctx: Context) -> worker::Result<Resp
         (Method::Post, "/admin/test/shard") if cfg.test_knobs => {
             admin::test_shard(req, &env, &cfg).await
         }
+        (_, p) if cfg.test_knobs && p.starts_with("/admin/test/registry/") => {
+            admin::test_registry(req, &env, &cfg).await
+        }
+        (Method::Get, "/admin/test/memory") if cfg.test_knobs => admin::test_memory(&req, &cfg),
         (_, p) if cfg.test_knobs && p.starts_with("/admin/test/upstream/") => {
             admin::test_upstream(req, &env, &cfg).await
         }

@@ -7,7 +7,9 @@
 //! Forgery needs the key; a reference only reaches the sockets the call was delivered to, so
 //! a socket that never saw the call cannot answer it; and a reference names its user, so it
 //! can never reach another user's socket. Replays are refused by the caller's shard (see
-//! `connection_manager`), which remembers references already answered.
+//! `connection_manager`), which remembers references already answered by their text; that
+//! holds because a reference has exactly one spelling [`open`] accepts (strict base64url,
+//! see [`b64`]).
 
 use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
@@ -98,15 +100,14 @@ pub fn seal(key: &AckKey, call: &CallRef) -> String {
 pub fn open(key: &AckKey, text: &str, user: &str, now_ms: u64) -> Result<CallRef, AckIdError> {
     let rest = text.strip_prefix(PREFIX).ok_or(AckIdError::Foreign)?;
     let (p64, m64) = rest.split_once('.').ok_or(AckIdError::Foreign)?;
+    // Canonical base64url only, the MAC exactly 22 characters: the caller's shard drops
+    // repeats by the reference's text, so a second spelling would be a second answer.
     let body = b64::decode(p64).ok_or(AckIdError::Foreign)?;
-    let mac = b64::decode(m64).ok_or(AckIdError::Foreign)?;
+    let mac = b64::decode_array::<MAC_BYTES>(m64).ok_or(AckIdError::Foreign)?;
     let mut m = HmacSha256::new_from_slice(&key.0).map_err(|_| AckIdError::Forged)?;
     m.update(&body);
     m.verify_truncated_left(&mac)
         .map_err(|_| AckIdError::Forged)?;
-    if mac.len() != MAC_BYTES {
-        return Err(AckIdError::Forged);
-    }
     let call: CallRef = serde_json::from_slice(&body).map_err(|_| AckIdError::Forged)?;
     if call.user != user {
         return Err(AckIdError::OtherUser);
@@ -164,6 +165,36 @@ mod tests {
         );
         // A shortened MAC is refused too.
         let short = format!("{}.{}", s.rsplit_once('.').unwrap().0, &mac[..4]);
-        assert_eq!(open(&k, &short, "alice", 1), Err(AckIdError::Forged));
+        assert_eq!(open(&k, &short, "alice", 1), Err(AckIdError::Foreign));
+    }
+
+    #[test]
+    fn a_reference_has_exactly_one_accepted_spelling() {
+        // The caller's shard remembers answered references by their text, so a second
+        // spelling of one reference would deliver a second answer.
+        let k = AckKey::derive("master-secret-for-ack-ids-0000");
+        let s = seal(&k, &call());
+        let (body, mac) = s.strip_prefix("e1.").unwrap().split_once('.').unwrap();
+        assert_eq!(mac.len(), 22);
+        let mut variants = vec![
+            format!("{s}="),
+            format!("{s}=="),
+            format!("e1.{body}=.{mac}"),
+            format!("e1.{body}==.{mac}"),
+            format!("e1.{}.{mac}", body.replace('-', "+").replace('_', "/")),
+            format!("e1.{body}.{}", mac.replace('-', "+").replace('_', "/")),
+            format!("e1.{body}.{mac}AAA"),
+        ];
+        // 22 characters carry 132 bits for 128: every other last character.
+        for c in "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_+/=".chars() {
+            let mut m = mac.to_owned();
+            m.replace_range(21..22, &c.to_string());
+            variants.push(format!("e1.{body}.{m}"));
+        }
+        variants.retain(|v| *v != s);
+        for v in &variants {
+            assert!(open(&k, v, "alice", 1).is_err(), "{v}");
+        }
+        assert_eq!(open(&k, &s, "alice", 1), Ok(call()));
     }
 }

@@ -39,19 +39,34 @@ impl Hook {
     }
 
     pub fn key(&self) -> String {
-        format!("{KEY_PREFIX}{}", self.id)
+        key_of(&self.id)
     }
 
     /// After a failed attempt: the next one, or `false` when the hook has waited long
     /// enough to be given up.
     pub fn failed(&mut self, now_ms: u64) -> bool {
         self.attempts = self.attempts.saturating_add(1);
-        let wait = FIRST_RETRY_MS
-            .saturating_mul(1u64 << self.attempts.saturating_sub(1).min(20))
-            .min(MAX_RETRY_MS);
-        self.next_ms = now_ms.saturating_add(wait);
+        self.next_ms = now_ms.saturating_add(retry_wait_ms(self.attempts));
         self.next_ms.saturating_sub(self.first_ms) <= GIVE_UP_AFTER_MS
     }
+
+    /// The stored form: JSON text, whose length is what the outbox's byte bound counts.
+    pub fn stored(&self) -> String {
+        // Strings and integers always serialize.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+/// The storage key of the hook with this id.
+pub fn key_of(id: &str) -> String {
+    format!("{KEY_PREFIX}{id}")
+}
+
+/// How long to wait after the `attempts`-th failure: 1 s, doubling, at most 5 minutes.
+pub fn retry_wait_ms(attempts: u32) -> u64 {
+    FIRST_RETRY_MS
+        .saturating_mul(1u64 << attempts.saturating_sub(1).min(20))
+        .min(MAX_RETRY_MS)
 }
 
 pub fn connected(sender: &SenderInfo, now_ms: u64) -> Hook {

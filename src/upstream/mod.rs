@@ -4,6 +4,7 @@
 //! sign it, what an answer means, when to retry a hook. The shard and directory objects do
 //! the sending.
 
+pub mod backlog;
 pub mod hooks;
 
 use std::collections::BTreeSet;
@@ -34,7 +35,64 @@ pub enum Target {
     Off,
     /// The service binding [`BINDING`].
     Service,
+    /// A URL checked by [`upstream_url`], in its parsed (normalised) form.
     Url(String),
+}
+
+impl Target {
+    /// An unencrypted upstream: only ever a loopback host, so only a local run.
+    pub fn is_plain_http(&self) -> bool {
+        matches!(self, Target::Url(u) if u.starts_with("http://"))
+    }
+}
+
+/// Why an upstream URL is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UrlError {
+    #[error("not a URL ({0})")]
+    Parse(url::ParseError),
+    #[error("not an absolute http(s):// URL")]
+    NotAbsolute,
+    #[error("scheme `{0}` is neither https nor http")]
+    Scheme(String),
+    #[error("the URL carries a user or password")]
+    Userinfo,
+    #[error("plain http to `{0}`, which is not a loopback host")]
+    NotLoopback(String),
+}
+
+/// Checks an upstream URL: `https://` to any host, plain `http://` only to a loopback host
+/// (`localhost`, `127.0.0.0/8`, `[::1]`: a local run), never with a user or password. The
+/// host is the one the URL parser finds, the one a fetch would reach: a prefix test would
+/// take `http://localhost@evil.tld/` (user `localhost`, host `evil.tld`) for loopback.
+/// Returns the URL as parsed, which is what gets fetched.
+pub fn upstream_url(text: &str) -> Result<url::Url, UrlError> {
+    let url = url::Url::parse(text).map_err(UrlError::Parse)?;
+    // `http:host` parses too; a config value should say what it means.
+    let scheme_len = url.scheme().len();
+    if text.get(scheme_len..scheme_len + 3) != Some("://") {
+        return Err(UrlError::NotAbsolute);
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(UrlError::Userinfo);
+    }
+    match url.scheme() {
+        "https" => Ok(url),
+        "http" if is_loopback(url.host()) => Ok(url),
+        "http" => Err(UrlError::NotLoopback(
+            url.host_str().unwrap_or_default().to_owned(),
+        )),
+        other => Err(UrlError::Scheme(other.to_owned())),
+    }
+}
+
+fn is_loopback(host: Option<url::Host<&str>>) -> bool {
+    match host {
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    }
 }
 
 /// Which events go upstream: exact names and `prefix*` patterns.
@@ -100,6 +158,8 @@ pub struct UpstreamConfig {
     pub timeout_ms: u32,
     pub max_in_flight: u32,
     pub hooks: bool,
+    /// Per object: how many hooks, and bytes of them, the outbox keeps (`backlog`).
+    pub hook_bounds: backlog::Bounds,
     pub secret: Secret,
 }
 
@@ -285,6 +345,48 @@ impl Failure {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn upstream_urls_are_checked_on_the_parsed_host() {
+        for ok in [
+            "https://backend.example/edge",
+            "http://127.0.0.1:9/events",
+            "http://127.1/events",
+            "http://localhost:8788/events",
+            "http://[::1]:8788/events",
+        ] {
+            assert!(upstream_url(ok).is_ok(), "{ok}");
+        }
+        // What is fetched is the parsed form.
+        assert_eq!(
+            upstream_url("HTTP://LocalHost:8788/events").map(String::from),
+            Ok("http://localhost:8788/events".into())
+        );
+        for (bad, want) in [
+            ("http://localhost@evil.tld/", UrlError::Userinfo),
+            ("https://u:p@backend.example/", UrlError::Userinfo),
+            (
+                "http://127.0.0.1.evil.tld/",
+                UrlError::NotLoopback("127.0.0.1.evil.tld".into()),
+            ),
+            (
+                "http://localhost.evil.tld/",
+                UrlError::NotLoopback("localhost.evil.tld".into()),
+            ),
+            (
+                "http://[::ffff:127.0.0.1]/",
+                UrlError::NotLoopback("[::ffff:7f00:1]".into()),
+            ),
+            ("http:localhost", UrlError::NotAbsolute),
+            ("ftp://x/", UrlError::Scheme("ftp".into())),
+        ] {
+            assert_eq!(upstream_url(bad), Err(want), "{bad}");
+        }
+        assert!(matches!(upstream_url("http://"), Err(UrlError::Parse(_))));
+        assert!(Target::Url("http://127.0.0.1/".into()).is_plain_http());
+        assert!(!Target::Url("https://a.example/".into()).is_plain_http());
+        assert!(!Target::Service.is_plain_http());
+    }
 
     #[test]
     fn event_sets() {

@@ -610,3 +610,181 @@ async fn browser_calls_get_cors_and_preflights_are_answered() {
         .unwrap();
     assert_eq!(r.headers()["access-control-allow-origin"], "*");
 }
+
+/// Percent-encodes the characters a query value cannot carry as themselves (`+` would
+/// arrive as a space), so the gateway sees exactly `t`.
+fn query_value(t: &str) -> String {
+    t.replace('%', "%25")
+        .replace('+', "%2B")
+        .replace('/', "%2F")
+        .replace('=', "%3D")
+}
+
+/// Other spellings of `t` that a lenient base64url decoder reads as the same bytes: padded,
+/// the standard alphabet in the signature, and a non-zero trailing bit in the signature's
+/// last character (86 characters carry 516 bits for 512).
+fn respellings(t: &str) -> Vec<(&'static str, String)> {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let (signed, sig) = t.rsplit_once('.').unwrap();
+    let mut out = vec![("T=", format!("{t}=")), ("T==", format!("{t}=="))];
+    if let Some(i) = sig.find('-') {
+        let mut s = sig.to_owned();
+        s.replace_range(i..=i, "+");
+        out.push(("- as +", format!("{signed}.{s}")));
+    }
+    if let Some(i) = sig.find('_') {
+        let mut s = sig.to_owned();
+        s.replace_range(i..=i, "/");
+        out.push(("_ as /", format!("{signed}.{s}")));
+    }
+    let last = sig.as_bytes()[sig.len() - 1];
+    let v = ALPHABET.iter().position(|&c| c == last).unwrap();
+    assert_eq!(v & 0x0f, 0, "a canonical signature ends in zero bits");
+    let mut s = sig[..sig.len() - 1].to_owned();
+    s.push(ALPHABET[v | 1] as char);
+    out.push(("trailing bit", format!("{signed}.{s}")));
+    out
+}
+
+/// A fresh token for `u` whose signature has both a `-` and a `_` to re-spell.
+fn token_with_both_url_characters(u: &str, offset: u64) -> String {
+    (0..500)
+        .map(|k| token::mint(&keys(), &MintClaims::new(u, now_s() - offset - k, 3600)))
+        .find(|t| {
+            let sig = t.rsplit_once('.').unwrap().1;
+            sig.contains('-') && sig.contains('_')
+        })
+        .expect("a signature with - and _ within 500 tries")
+}
+
+#[tokio::test]
+async fn a_revoked_token_spelled_differently_is_still_refused() {
+    // Not `hash_gw`: two `wrangler d1 execute` on one local database at once can fail
+    // with SQLITE_BUSY, and `a_revoked_token_is_refused` writes there.
+    let g = gw();
+    let u = user("respelled");
+    // A distinct iat range so no earlier request cached any of these exact strings.
+    let t = token_with_both_url_characters(&u, 1_000);
+    let hash = token::revocation_hash(&t);
+    g.d1(&format!(
+        "INSERT INTO RevokedToken (id, tokenHash, userId, reason, revokedAt, expiresAt) VALUES ('r-{u}', '{hash}', '{u}', 'test', 0, 99999999999999)"
+    ));
+    let variants = respellings(&t);
+    assert_eq!(variants.len(), 5);
+    let mut accepted = Vec::new();
+    for (what, v) in &variants {
+        let (status, body) = get_stats(g, Some(&format!("Bearer {v}"))).await;
+        if status != 401 {
+            accepted.push(format!("stats {what}: {status} {body}"));
+        }
+        let q = format!("/v1/updates?token={}", query_value(v));
+        match g.try_upgrade(&q, &[]).await {
+            Ok(c) => accepted.push(format!("upgrade ?token= {what}: {}", c.connected)),
+            Err((status, body)) if status != 401 => {
+                accepted.push(format!("upgrade ?token= {what}: {status} {body}"))
+            }
+            Err(_) => {}
+        }
+        let bearer = format!("Bearer {v}");
+        match g
+            .try_upgrade("/v1/updates", &[("Authorization", &bearer)])
+            .await
+        {
+            Ok(c) => accepted.push(format!("upgrade Bearer {what}: {}", c.connected)),
+            Err((status, body)) if status != 401 => {
+                accepted.push(format!("upgrade Bearer {what}: {status} {body}"))
+            }
+            Err(_) => {}
+        }
+    }
+    assert!(
+        accepted.is_empty(),
+        "revoked token accepted as {accepted:#?}"
+    );
+    // The canonical spelling is refused as revoked, as before.
+    let (status, body) = get_stats(g, Some(&format!("Bearer {t}"))).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (401, Some("token_revoked"))
+    );
+}
+
+#[tokio::test]
+async fn a_valid_token_has_exactly_one_accepted_spelling() {
+    // Every other spelling is malformed: refused before the revocation query, so re-spelling
+    // one good token cannot force a D1 read per request, nor fill the token cache.
+    let g = gw();
+    let u = user("one-spelling");
+    let t = token_with_both_url_characters(&u, 2_000);
+    for (what, v) in respellings(&t) {
+        let (status, body) = get_stats(g, Some(&format!("Bearer {v}"))).await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (401, Some("invalid_token")),
+            "{what}: {body}"
+        );
+    }
+    let (status, body) = get_stats(g, Some(&format!("Bearer {t}"))).await;
+    assert_eq!(status, 200, "{body}");
+}
+
+#[tokio::test]
+async fn a_ticket_spelled_differently_is_refused() {
+    let g = gw();
+    let u = user("tick-spelling");
+    let t = platform_token(&u);
+    let tk = ticket_for(g, &t).await;
+    for v in [format!("{tk}="), format!("{tk}=="), format!("{tk}.")] {
+        let r = g
+            .try_upgrade(&format!("/v1/updates?ticket={}", query_value(&v)), &[])
+            .await;
+        let (status, body) = r.err().unwrap_or_else(|| panic!("{v} accepted"));
+        assert_eq!(
+            (status, error_code(&body).as_str()),
+            (401, "invalid_ticket"),
+            "{v}"
+        );
+    }
+    // The ticket as issued still works (the refusals did not redeem it).
+    g.try_upgrade(&format!("/v1/updates?ticket={tk}"), &[])
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_lookalike_localhost_origin_gets_no_cors() {
+    let g = cors_gw();
+    let t = platform_token(&user("cors-lookalike"));
+    let c = reqwest::Client::new();
+    for (origin, allowed) in [
+        ("https://localhost.evil.tld", false),
+        ("https://evil-localhost.tld", false),
+        ("http://127.0.0.1.evil.tld", false),
+        ("https://evil.tld:443", false),
+        ("https://happy.app.evil.tld", false),
+        ("http://localhost", true),
+        ("https://localhost:3000", true),
+        ("http://127.0.0.1:8081", true),
+        ("https://happy.app", true),
+    ] {
+        let r = c
+            .get(format!("{}/v1/websocket/stats", g.http()))
+            .header("origin", origin)
+            .bearer_auth(&t)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+        let h = |n: &str| r.headers().get(n).map(|v| v.to_str().unwrap().to_owned());
+        assert_eq!(
+            h("access-control-allow-origin").as_deref(),
+            allowed.then_some(origin),
+            "{origin}"
+        );
+        assert_eq!(
+            h("access-control-allow-credentials").as_deref(),
+            allowed.then_some("true"),
+            "{origin}"
+        );
+    }
+}

@@ -382,3 +382,111 @@ async fn when_every_shard_is_slow_lower_tiers_are_shed_first() {
         }
     }
 }
+
+/// One user's push as a directory sends it: a shard's gauges, three accepted connects and
+/// an hour of latency samples in every series (about 4 KB), numbered `(sender, seq)`.
+fn registry_push(user: &str, sender: u64, seq: u64, now_ms: u64) -> Value {
+    use edge_gateway::metrics::{Outcome, Series, ShardGauges, UserMetrics};
+    let mut u = UserMetrics::new(user, "pro", "single");
+    u.set_gauges(ShardGauges {
+        shard: format!("cm:{user}"),
+        tier: "pro".into(),
+        policy: "single".into(),
+        connections: 1,
+        ..ShardGauges::default()
+    });
+    for _ in 0..3 {
+        u.observed.record_outcome(now_ms, "pro", Outcome::Success);
+    }
+    for m in 0..12u64 {
+        for (i, s) in Series::ALL.into_iter().enumerate() {
+            for k in 0..6u64 {
+                let ms = (1 + k * 7 + i as u64 * 13 + m) as f64 * 1.9;
+                u.observed
+                    .record_latency(now_ms - m * 300_000, "pro", s, ms);
+            }
+        }
+    }
+    let mut v = serde_json::to_value(&u).unwrap();
+    v["push"] = json!({"sender": sender, "seq": seq});
+    v
+}
+
+/// `/admin/stats` totals.
+async fn stats(g: &Gateway) -> Value {
+    let (s, _, body) = admin_get(g, "/admin/stats", ADMIN).await;
+    assert_eq!(s, 200, "{body}");
+    serde_json::from_str::<Value>(&body).unwrap()["totals"].clone()
+}
+
+async fn admin_post(g: &Gateway, path: &str, body: &Value) -> Value {
+    let (s, v) = g.post_json(path, ADMIN, body).await;
+    assert_eq!(s, 200, "{path}: {v}");
+    v
+}
+
+#[tokio::test]
+async fn the_registry_keeps_one_value_per_user_and_applies_a_retried_push_once() {
+    let g = Gateway::start(
+        "registry-bounds",
+        &[("REGISTRY_SHARDS", "1"), ("TEST_KNOBS", "on")],
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    // 600 users on one registry object: their metrics are past 2 MB together, the value
+    // limit of a SQLite-backed object.
+    let n = 600u64;
+    let pushes: Vec<Value> = (0..n)
+        .map(|i| registry_push(&format!("reg-{i}"), 1_000 + i, 1, now))
+        .collect();
+    let bytes: usize = pushes.iter().map(|p| p.to_string().len()).sum();
+    eprintln!("{n} users' pushes: {bytes} bytes");
+    assert!(bytes > 2_000_000, "{bytes}");
+    for chunk in pushes.chunks(100) {
+        let r = admin_post(&g, "/admin/test/registry/ingest", &json!({"pushes": chunk})).await;
+        assert_eq!(r["failed"], json!([]), "{r}");
+        assert_eq!(r["ok"], chunk.len(), "{r}");
+    }
+    // One value per user, each far from the limit.
+    let (s, _, shape) = admin_get(&g, "/admin/test/registry/storage", ADMIN).await;
+    assert_eq!(s, 200, "{shape}");
+    let shape: Value = serde_json::from_str(&shape).unwrap();
+    let st = &shape["registries"][0]["storage"];
+    eprintln!("registry storage: {st}");
+    assert_eq!(st["userKeys"], n, "{st}");
+    assert_eq!(st["legacy"], false, "{st}");
+    assert!(
+        st["largestValueBytes"].as_u64().unwrap() < 64 * 1024,
+        "{st}"
+    );
+    let t = stats(&g).await;
+    assert_eq!(
+        (
+            t["users"].as_u64(),
+            t["connections"].as_u64(),
+            t["successes"].as_u64()
+        ),
+        (Some(n), Some(n), Some(3 * n)),
+        "{t}"
+    );
+    // The directory never heard the answer and sends the same push again: applied once.
+    let again = admin_post(
+        &g,
+        "/admin/test/registry/ingest",
+        &json!({"pushes": [pushes[0].clone()]}),
+    )
+    .await;
+    assert_eq!(again["failed"], json!([]), "{again}");
+    assert_eq!(stats(&g).await["successes"].as_u64(), Some(3 * n));
+    // Its next push counts.
+    let next = registry_push("reg-0", 1_000, 2, now);
+    admin_post(
+        &g,
+        "/admin/test/registry/ingest",
+        &json!({"pushes": [next]}),
+    )
+    .await;
+    assert_eq!(stats(&g).await["successes"].as_u64(), Some(3 * n + 3));
+}

@@ -297,6 +297,53 @@ async fn forged_and_replayed_ack_ids_reach_no_one() {
     silent(&mut app, QUIET).await;
 }
 
+/// Spellings of a sealed reference a lenient base64url decoder reads as the same bytes:
+/// padding on either segment, the standard alphabet, a non-zero trailing bit in the MAC's
+/// last character (22 characters carry 132 bits for a 128-bit MAC).
+fn respelled(sealed: &str) -> Vec<String> {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let (body, mac) = sealed.strip_prefix("e1.").unwrap().split_once('.').unwrap();
+    let mut out = vec![
+        format!("{sealed}="),
+        format!("{sealed}=="),
+        format!("e1.{body}=.{mac}"),
+        format!(
+            "e1.{}.{}",
+            body.replace('-', "+").replace('_', "/"),
+            mac.replace('-', "+").replace('_', "/")
+        ),
+    ];
+    let last = mac.as_bytes()[mac.len() - 1];
+    let v = ALPHABET.iter().position(|&c| c == last).unwrap();
+    let mut m = mac[..mac.len() - 1].to_owned();
+    m.push(ALPHABET[v | 1] as char);
+    out.push(format!("e1.{body}.{m}"));
+    out.retain(|s| s != sealed);
+    out
+}
+
+#[tokio::test]
+async fn a_respelled_sealed_reference_delivers_no_second_answer() {
+    let g = hash8();
+    let u = user("respell");
+    let t = platform_token(&u);
+    let mut m = g.connect(&t, &machine("mach-r")).await;
+    let mut app = elsewhere(g, &t, APP, &[&m]).await;
+    app.send(r#"{"event":"rpc-call","data":{"method":"mach-r:x"},"ackId":"call-r"}"#)
+        .await;
+    let req = next(&mut m, "rpc-request").await;
+    let sealed = req["ackId"].as_str().unwrap().to_owned();
+    m.send(&json!({"event":"rpc-response","ackId":sealed,"ack":"real"}).to_string())
+        .await;
+    assert_eq!(next(&mut app, "ack").await["ack"]["result"], "real");
+    // The same reference in every other spelling: the call was answered, so nothing more.
+    for other in respelled(&sealed) {
+        m.send(&json!({"event":"rpc-response","ackId":other,"ack":"again"}).to_string())
+            .await;
+    }
+    silent(&mut app, QUIET).await;
+}
+
 #[tokio::test]
 async fn events_are_forwarded_both_ways_across_shards() {
     let g = hash8();

@@ -605,3 +605,121 @@ async fn a_slow_failing_or_saturated_upstream_answers_the_sender_and_closes_noth
         .unwrap();
     assert!(ev["failures"].as_u64().unwrap() >= 6, "{ev}");
 }
+
+/// The sum of `family` samples whose labels include every `(k, v)` of `labels`.
+fn metric_sum(text: &str, family: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let rows: Vec<f64> = text
+        .lines()
+        .filter(|l| l.starts_with(&format!("{family}{{")))
+        .filter(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!(r#"{k}="{v}""#)))
+        })
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse().ok())
+        .collect();
+    (!rows.is_empty()).then(|| rows.iter().sum())
+}
+
+/// Polls `/metrics` until `ready` holds (60 s at most).
+async fn metrics_until(g: &Gateway, what: &str, ready: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let text = reqwest::Client::new()
+            .get(format!("{}/metrics", g.http()))
+            .bearer_auth(ADMIN)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if ready(&text) {
+            return text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what} not in /metrics:\n{}",
+            text.lines()
+                .filter(|l| l.starts_with("edge_"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_failing_upstream_leaves_a_bounded_outbox_that_counts_what_it_drops() {
+    let g = Gateway::start(
+        "upstream-outbox",
+        &[
+            ("SHARD_POLICY", "single"),
+            ("UPSTREAM", "service"),
+            ("UPSTREAM_TIMEOUT_MS", "3000"),
+            ("UPSTREAM_HOOKS_MAX", "16"),
+            ("TEST_KNOBS", "on"),
+        ],
+    );
+    let u = user("outbox");
+    let t = platform_token(&u);
+    // The upstream answers after 30 s: every hook sent meanwhile times out (after 3 s).
+    control(&g, 30_000, false).await;
+    let first = g.connect(&t, "").await;
+    // Its `connected` is on its way now, for 3 s: a socket that comes and goes meanwhile
+    // has hooks that never left, and both are coalesced away.
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    let brief = g.connect(&t, "").await;
+    let brief_id = brief.id.clone();
+    brief.close().await;
+    // 20 more sockets: 21 `connected` hooks for an outbox of 16.
+    let mut open = vec![first];
+    for _ in 0..20 {
+        open.push(g.connect(&t, "").await);
+    }
+    let hook = |kind: &str| format!("hook:{kind}");
+    let connected = hook("connected");
+    let disconnected = hook("disconnected");
+    let text = metrics_until(&g, "the outbox's losses", |m| {
+        metric_sum(
+            m,
+            "edge_hooks_dropped_total",
+            &[("event", &connected), ("reason", "full")],
+        ) == Some(5.0)
+            && metric_sum(m, "edge_hooks_coalesced_total", &[("event", &disconnected)]) == Some(1.0)
+    })
+    .await;
+    assert_eq!(
+        metric_sum(
+            &text,
+            "edge_hooks_coalesced_total",
+            &[("event", &connected)]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric_sum(&text, "edge_hooks_dropped_total", &[("reason", "expired")]),
+        Some(0.0)
+    );
+    // The upstream is back: each of the 16 hooks kept is delivered (at least once, and
+    // deleted after its 2xx), none of those dropped.
+    control(&g, 0, false).await;
+    metrics_until(&g, "16 delivered connected hooks", |m| {
+        metric_sum(
+            m,
+            "edge_upstream_requests_total",
+            &[("event", &connected), ("result", "ok")],
+        ) == Some(16.0)
+    })
+    .await;
+    let ids: Vec<String> = hooks_of(&g, &u)
+        .await
+        .iter()
+        .map(|h| h["id"].as_str().unwrap_or("").to_owned())
+        .collect();
+    assert!(
+        !ids.iter().any(|i| i.ends_with(&brief_id)),
+        "the brief socket's hooks reached the upstream: {ids:?}"
+    );
+    drop(open);
+}

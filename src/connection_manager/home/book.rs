@@ -17,7 +17,6 @@ use worker::console_error;
 
 use super::Home;
 use crate::object_api::{DeliverBatch, PushView, RouteLookup, ShardReport};
-use crate::outbox;
 use crate::placement;
 use crate::protocol::{ClientType, Delivery, Filter};
 use crate::routing::envelope;
@@ -271,14 +270,10 @@ impl Home {
             .iter()
             .map(|t| hooks::machine(&user, &t.machine_id, t.online, seq, now))
             .collect();
-        let (state, due, clock) = (
-            self.state.clone(),
-            self.hooks_at.clone(),
-            self.clock.clone(),
-        );
+        let (state, outbox, clock) = (self.state.clone(), self.outbox.clone(), self.clock.clone());
+        let bounds = cfg.upstream.hook_bounds;
         runtime::object_wait_until(&self.state, async move {
-            outbox::enqueue(&state, &hooks).await;
-            due.set(Some(now));
+            outbox.enqueue(&state.storage(), bounds, &hooks).await;
             if let Err(e) = clock.arm(&state, now).await {
                 console_error!("could not schedule the hooks: {e}");
             }

@@ -76,8 +76,8 @@ pub(super) struct Home {
     pub env: Env,
     /// The shard's own record (its name and user).
     shard: Rc<RefCell<Persisted>>,
-    /// The object's hook due time and alarm, shared with the shard role.
-    hooks_at: Rc<Cell<Option<u64>>>,
+    /// The object's hook outbox and alarm, shared with the shard role.
+    outbox: Rc<crate::outbox::Outbox>,
     clock: Rc<AlarmClock>,
     /// What storage held when the object woke, put back on its first event.
     loaded: Rc<RefCell<Option<Loaded>>>,
@@ -169,14 +169,14 @@ impl Home {
         state: Rc<State>,
         env: Env,
         shard: Rc<RefCell<Persisted>>,
-        hooks_at: Rc<Cell<Option<u64>>>,
+        outbox: Rc<crate::outbox::Outbox>,
         clock: Rc<AlarmClock>,
     ) -> Self {
         Self {
             state,
             env,
             shard,
-            hooks_at,
+            outbox,
             clock,
             loaded: Rc::new(RefCell::new(None)),
             saved: RefCell::new(Saved::default()),

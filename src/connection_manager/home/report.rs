@@ -1,7 +1,9 @@
 //! The user's metrics on their way to the registry: the home's own observations, the other
 //! shards' (riding their reports) and the gateway's, pushed to the user's registry object at
-//! most every `METRICS_PUSH_MS` while there is something new. Memory only: an object idle
-//! long enough to be evicted has pushed what it held (the push comes first).
+//! most every `METRICS_PUSH_MS` while there is something new. A push that got no answer is
+//! resent as it was (same number) until one comes, so the registry never adds a delta twice.
+//! Memory only: an object idle long enough to be evicted has pushed what it held (a pending
+//! push keeps it from deleting its storage, and from idling, until it is sent).
 
 use std::collections::BTreeMap;
 
@@ -11,6 +13,7 @@ use super::Home;
 use crate::metrics::{Observations, ShardGauges, UserMetrics};
 use crate::object_api::{Ingest, Observed, ReportedMetrics};
 use crate::placement;
+use crate::registry::book::Outgoing;
 use crate::runtime;
 
 /// The user's metrics not yet pushed: each shard's latest gauges, the observations since
@@ -21,6 +24,8 @@ pub struct Pending {
     observed: Observations,
     policy: String,
     dirty: bool,
+    /// The registry push in flight, resent as it is until acknowledged (`registry::book`).
+    outgoing: Outgoing,
 }
 
 impl Pending {
@@ -80,17 +85,30 @@ impl Home {
         }
         let listed: Vec<String> = self.saved.borrow().ledger.shards.keys().cloned().collect();
         let me = self.name();
-        let report = {
+        let r = runtime::random16();
+        let random = u64::from_le_bytes([r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7]]);
+        let push = {
             let mut p = self.pending.borrow_mut();
-            p.gauges
-                .retain(|name, g| *name == me || listed.contains(name) || g.connections > 0);
-            let mut u = UserMetrics::new(&user, tier, &p.policy);
-            for g in p.gauges.values() {
-                u.set_gauges(g.clone());
-            }
-            u.observed = std::mem::take(&mut p.observed);
-            p.dirty = false;
-            u
+            let resend = p.outgoing.unacked.is_some();
+            let Pending {
+                gauges,
+                observed,
+                policy,
+                dirty,
+                outgoing,
+            } = &mut *p;
+            gauges.retain(|name, g| *name == me || listed.contains(name) || g.connections > 0);
+            let push = outgoing.next(random, || {
+                let mut u = UserMetrics::new(&user, tier, policy);
+                for g in gauges.values() {
+                    u.set_gauges(g.clone());
+                }
+                u.observed = std::mem::take(observed);
+                u
+            });
+            // A resent push carries what it carried; what came since waits for the next.
+            *dirty = resend;
+            push
         };
         let n = runtime::config(&self.env)
             .map(|c| c.registry_shards)
@@ -100,16 +118,18 @@ impl Home {
             placement::REGISTRY_BINDING,
             &placement::registry_name(&user, n),
         ) {
-            Ok(stub) => runtime::ask(&stub, None, &Ingest(report.clone()))
+            Ok(stub) => runtime::ask(&stub, None, &Ingest(push.clone()))
                 .await
                 .map(|_| ()),
             Err(e) => Err(e),
         };
-        if let Err(e) = sent {
-            console_error!("registry push failed: {e}");
-            let mut p = self.pending.borrow_mut();
-            p.observed.merge(&report.observed);
-            p.dirty = true;
+        let mut p = self.pending.borrow_mut();
+        match sent {
+            Ok(()) => p.outgoing.acked(push.push),
+            Err(e) => {
+                console_error!("registry push failed: {e}");
+                p.dirty = true;
+            }
         }
     }
 }

@@ -1,6 +1,9 @@
 //! `make check-config`: validates the `[vars]` of wrangler.toml, top level and every
 //! `[env.*]`, with the gateway's own config parser. Secrets are not in wrangler.toml, so
-//! placeholders stand in for them here; `/health` checks the real ones at runtime.
+//! placeholders stand in for them here; `/health` checks the real ones at runtime. On top of
+//! the parser's rules, a deployed environment (`[env.*]`) may not enable the test knobs nor
+//! send events to a plain-http upstream (which the parser allows only to loopback hosts,
+//! for local runs).
 //!
 //! Usage: check-config [PATH]   (default: wrangler.toml)
 
@@ -61,10 +64,19 @@ fn check(path: &str) -> Result<Vec<String>, Vec<String>> {
         }
         map.insert("HAPPY_MASTER_SECRET".into(), PLACEHOLDER_SECRET.into());
         map.insert("ADMIN_TOKEN".into(), PLACEHOLDER_SECRET.into());
+        // A secret too (`wrangler secret put UPSTREAM_SECRET`), needed by an https upstream.
+        map.entry("UPSTREAM_SECRET".into())
+            .or_insert_with(|| PLACEHOLDER_SECRET.into());
+        let deployed = name.starts_with("env.");
         match Config::from_vars(&map) {
             // Injection endpoints must never reach a deployed environment.
-            Ok(c) if c.test_knobs && name.starts_with("env.") => errors.push(format!(
+            Ok(c) if c.test_knobs && deployed => errors.push(format!(
                 "{name}: TEST_KNOBS=\"on\" enables fault injection; deployed environments need \"off\""
+            )),
+            // Events and hooks would cross the network unencrypted and unauthenticated by TLS.
+            Ok(c) if c.upstream.target.is_plain_http() && deployed => errors.push(format!(
+                "{name}: UPSTREAM=\"{}\" is plain http, allowed only for local runs; a deployed environment needs `off`, `service` (the UPSTREAM_SERVICE binding) or an https:// URL",
+                map.get("UPSTREAM").map_or("", String::as_str)
             )),
             Ok(c) => ok.push(format!(
                 "{name}: ok (policy {}, {} tiers, shard cap {})",
@@ -87,11 +99,9 @@ mod tests {
     use super::*;
 
     fn write(text: &str) -> String {
-        let p = std::env::temp_dir().join(format!(
-            "check-config-{}-{}.toml",
-            std::process::id(),
-            text.len()
-        ));
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let p = std::env::temp_dir().join(format!("check-config-{}-{n}.toml", std::process::id()));
         std::fs::write(&p, text).unwrap();
         p.to_string_lossy().into_owned()
     }
@@ -101,6 +111,34 @@ mod tests {
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../wrangler.toml");
         let lines = check(path).unwrap();
         assert_eq!(lines.len(), 3, "{lines:?}");
+    }
+
+    #[test]
+    fn a_userinfo_upstream_is_refused_everywhere() {
+        let p = write("[vars]\nUPSTREAM = \"http://localhost@evil.tld/\"\n");
+        let errors = check(&p).unwrap_err();
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.starts_with("(top level): UPSTREAM") && e.contains("loopback")),
+            "{errors:?}"
+        );
+    }
+
+    #[test]
+    fn deployed_environments_refuse_a_plain_http_upstream() {
+        // Fine for a local run (the top level), never in an `[env.*]` section.
+        let p = write(concat!(
+            "[vars]\nUPSTREAM = \"http://127.0.0.1:8788/events\"\n",
+            "[env.staging.vars]\nUPSTREAM = \"http://localhost:8788/events\"\n",
+            "[env.production.vars]\nUPSTREAM = \"https://backend.example/edge\"\n",
+        ));
+        let errors = check(&p).unwrap_err();
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        let e = &errors[0];
+        assert!(e.starts_with("env.staging: UPSTREAM"), "{e}");
+        assert!(e.contains("http://localhost:8788/events"), "{e}");
+        assert!(e.contains("https://") && e.contains("service"), "{e}");
     }
 
     #[test]
