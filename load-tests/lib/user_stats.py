@@ -10,23 +10,30 @@ minimum, subrequestsPerFrame recomputed from the sums, and `users` / `usersAnswe
 Either way every `shards[]` row gets `user` (whose shard it is), and the users' per-object
 load (each answer's `load` object, when the Worker sends one) is kept per user in
 `loads` {user id: load}; without any `load` there is no `loads`. Prints `null` when no user
-answered. Standard library only.
+answered. A poll gives up on the users it has not asked after USER_STATS_BUDGET seconds (default
+15; they count as not answering), so a saturated gateway cannot hold the runner for minutes.
+Standard library only.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
+import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 TIMEOUT_S = 4
+BUDGET_S = float(os.environ.get("USER_STATS_BUDGET", "15"))
 SUMMED = ("totalConnections", "activeSessions", "activeMachines", "memoryUsage", "messageQueueDepth", "rejected",
           "rejectedTierLimit", "rejectedUnavailable", "connectsAccepted", "directoryRoundTrips", "frames",
           "frameSubrequests")
 
 
-def fetch(base_url: str, token: str) -> dict | None:
+def fetch(base_url: str, token: str, deadline: float) -> dict | None:
+    if time.monotonic() > deadline:
+        return None
     req = urllib.request.Request(f"{base_url}/v1/websocket/stats", headers={"Authorization": f"Bearer {token}"})
     try:
         with urllib.request.urlopen(req, timeout=TIMEOUT_S) as r:
@@ -74,8 +81,9 @@ def main() -> int:
         print(__doc__, file=sys.stderr)
         return 2
     base_url, tokens = sys.argv[1].rstrip("/"), json.loads(open(sys.argv[2]).read())
+    deadline = time.monotonic() + BUDGET_S
     with ThreadPoolExecutor(max_workers=min(16, max(1, len(tokens)))) as pool:
-        fetched = pool.map(lambda kv: (kv[0], fetch(base_url, kv[1])), tokens.items())
+        fetched = pool.map(lambda kv: (kv[0], fetch(base_url, kv[1], deadline)), tokens.items())
         pairs = [(uid, annotate(uid, a)) for uid, a in fetched if a is not None]
     if not pairs:
         print("null")

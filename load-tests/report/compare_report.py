@@ -711,7 +711,10 @@ def platform_rows(row) -> None:
 
 
 def fleet_rows(row) -> None:
-    """The fleet's pace: connects per second and, in the open loop, what k6 could not start."""
+    """The fleet's pace: open sockets by k6's own count (the runner samples the users' stats
+    only every 20 s here), connects per second and what k6 could not start on time."""
+    row("Peak open sockets (k6's count: opened - closed, per second)",
+        lambda p: str(max(p._client_open()[0].values(), default=0)) if p._client_open()[0] else "n/a")
     row("Completed connects per second (k6 `ws_sockets_opened` rate)", lambda p: f"{p.rate('ws_sockets_opened') or 0:.1f}/s")
     row("Dropped iterations (k6 could not start a socket or call on time: open loop, side calls)",
         lambda p: str(p.count("dropped_iterations")))
@@ -965,7 +968,7 @@ def environment(run: Run) -> list[str]:
                  if mix == "default" else f"tiers `{mix}` (`TIER_MIX`)")
         load = (f"- Load: **{users} small users** (`load-u-0` ... `load-u-{users - 1}`) in {tiers}; at most two sockets "
                 f"each, so no tier limit is reached; the per-object cap is `SHARD_MAX_CONNECTIONS={run.cap}`. The "
-                f"runner polled every user's stats every {info.get('sample_interval_s', '?')} s.")
+                f"runner polled every user's stats every {info.get('sample_interval_s', '?')} s (besides the users' own calls).")
     elif users > 1:
         load = (f"- Load: **{users} users** (`load-u-0` ... `load-u-{users - 1}`), each in a tier `load` with limit "
                 f"{info.get('tier_limit')}, above its own sockets, so every rejection comes from the per-object cap "
