@@ -9,8 +9,10 @@ PORT ?= 8787
 POLICY ?=
 TIER ?= pro
 MODE ?= smoke
-# What the load's VUs do (load-tests/README.md): steady, churn (the platform's k6 loop) or http.
+# What the load's VUs do (load-tests/README.md): steady, churn (the platform's k6 loop), http or
+# fleet (the production shape: USERS small users, default 1000; ARRIVAL=closed|open).
 SHAPE ?= steady
+ARRIVAL ?= closed
 POLICIES ?=
 ENV ?=
 # `make token USER=bob`: USER is also the login name in the environment, so only a
@@ -74,13 +76,17 @@ e2e: build dev-vars ## integration tests against real workerd
 load-smoke: build dev-vars $(TOOLS)
 	SHAPE=steady scripts/load.sh --fresh smoke
 
-# The compare pipeline end to end on a CI-sized run: cap 5, so `single` must fail at 5 sockets
-# and `hash` must hold all 10 (load-tests/report/check_compare_smoke.py).
+# The compare pipeline end to end on CI-sized runs (load-tests/report/check_compare_smoke.py):
+# cap 5, so `single` must fail at 5 sockets and `hash` must hold all 10; then the fleet shape
+# (20 users, 30 s) against the baseline: per-object load, objects and storage, CPU per connect.
 compare-smoke: build dev-vars $(TOOLS)
-	rm -rf build/compare-smoke
+	rm -rf build/compare-smoke build/compare-smoke-fleet
 	SHAPE=steady LOAD_TIER_LIMIT=20 SHARD_MAX_CONNECTIONS=5 RESULTS_DIR=build/compare-smoke \
 	  scripts/compare.sh smoke single hash:shards=auto
 	python3 load-tests/report/check_compare_smoke.py build/compare-smoke
+	SHAPE=fleet ARRIVAL=closed USERS=20 RESULTS_DIR=build/compare-smoke-fleet \
+	  scripts/compare.sh smoke baseline hash:shards=auto
+	python3 load-tests/report/check_compare_smoke.py --fleet build/compare-smoke-fleet
 
 check-ops: ## Prometheus rules (check + unit tests) and the Grafana dashboard; installs promtool
 	@ops/check.sh
@@ -96,11 +102,11 @@ dry-run: build ## validate the production bundle and config for every environmen
 	  echo "dry-run $$env: ok ($$(cat build/dry-run/$$env/*.wasm | wc -c) bytes wasm, $$(gzip -9c build/dry-run/$$env/*.wasm | wc -c) gzipped)"; \
 	done
 
-load: $(TOOLS) dev-vars ## run a k6 scenario against `make dev`: make load MODE=smoke [SHAPE=churn|http] (MODE=platform: apps, sessions, machines)
-	SHAPE=$(SHAPE) scripts/load.sh $(MODE)
+load: $(TOOLS) dev-vars ## run a k6 scenario against `make dev`: make load MODE=smoke [SHAPE=churn|http|fleet [ARRIVAL=open] [USERS=N]] (MODE=platform: apps, sessions, machines)
+	SHAPE=$(SHAPE) ARRIVAL=$(ARRIVAL) scripts/load.sh $(MODE)
 
-compare: build dev-vars $(TOOLS) ## compare policies under load: make compare MODE=quick [SHAPE=churn|http] [UPSTREAM=service|failing] [REPORT_NAME=tag] [POLICIES="baseline hash:shards=auto"]
-	SHAPE=$(SHAPE) scripts/compare.sh $(MODE) $(POLICIES)
+compare: build dev-vars $(TOOLS) ## compare policies under load: make compare MODE=quick [SHAPE=churn|http|fleet [ARRIVAL=open] [USERS=N]] [UPSTREAM=service|failing] [REPORT_NAME=tag] [POLICIES="baseline hash:shards=auto"]
+	SHAPE=$(SHAPE) ARRIVAL=$(ARRIVAL) scripts/compare.sh $(MODE) $(POLICIES)
 
 deploy: build check-config ## deploy: make deploy ENV=staging|production
 	@case "$(ENV)" in staging|production) ;; *) echo "make deploy needs ENV=staging or ENV=production"; exit 2;; esac
@@ -110,7 +116,7 @@ SOAK_POLICIES ?= hash:shards=auto session:others=hash,shards=auto rotate:period=
 FUZZ_SECONDS ?= 300
 
 soak: build dev-vars $(TOOLS) ## long runs: the seed's sustained mode per sharded policy (~25 min), then every fuzz target for FUZZ_SECONDS
-	SHAPE=$(SHAPE) scripts/compare.sh sustained $(SOAK_POLICIES)
+	SHAPE=$(SHAPE) ARRIVAL=$(ARRIVAL) scripts/compare.sh sustained $(SOAK_POLICIES)
 	scripts/fuzz.sh $(FUZZ_SECONDS)
 
 bench: ## placement and credential benchmarks (criterion)

@@ -2,7 +2,8 @@
 # Installs what the project needs, offline-safe (registries only) and idempotent: each step
 # checks first and skips what is already there. Prints how long it took.
 #   wasm32 target, worker-build and wasm-bindgen-cli (versions from Cargo.lock),
-#   cargo-fuzz, wrangler + esbuild from package-lock.json, k6 and websockets in .venv.
+#   cargo-fuzz, wrangler + esbuild + binaryen (wasm-opt) from package-lock.json, k6 and
+#   websockets in .venv.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
@@ -39,8 +40,9 @@ if ! cargo fuzz --version 2>/dev/null | grep -qx "cargo-fuzz $fuzz_version"; the
   cargo install cargo-fuzz --version "$fuzz_version" --locked
 fi
 
-if [ ! -x node_modules/.bin/wrangler ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
-  say "installing wrangler and esbuild from package-lock.json"
+if [ ! -x node_modules/.bin/wrangler ] || [ ! -x node_modules/binaryen/bin/wasm-opt ] \
+   || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+  say "installing wrangler, esbuild and binaryen (wasm-opt) from package-lock.json"
   npm ci --no-audit --no-fund --loglevel=error
 fi
 

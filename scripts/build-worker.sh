@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
 # Builds the Worker bundle into build/ with the tools the bootstrap installed, never
-# downloading: worker-build is pointed at our wasm-bindgen, esbuild and (if present) wasm-opt.
-# Then scripts/frame-guard.mjs is bundled over build/index.js, so the shard refuses frames
-# over MAX_MESSAGE_BYTES before they are copied into wasm memory.
+# downloading: worker-build is pointed at our wasm-bindgen, esbuild and wasm-opt. Then
+# scripts/frame-guard.mjs is bundled over build/index.js, so the shard refuses frames over
+# MAX_MESSAGE_BYTES before they are copied into wasm memory.
+#
+# wasm-opt: scripts/wasm-opt.sh (binaryen from npm, size-optimised; see there) unless
+# WASM_OPT_BIN names another one; WASM_OPT=off skips it (--no-opt: a faster build for
+# local iteration, a bigger wasm).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # Tests and `make dev` build once up front; wrangler's own build step then skips.
@@ -12,9 +16,15 @@ fi
 export PATH="$HOME/.cargo/bin:$PATH"
 export WASM_BINDGEN_BIN="$HOME/.cargo/bin/wasm-bindgen"
 export ESBUILD_BIN="$PWD/node_modules/@esbuild/linux-x64/bin/esbuild"
-opt=(--no-opt)
-if [ -n "${WASM_OPT_BIN:-}" ] && [ -x "$WASM_OPT_BIN" ]; then
-  opt=()
+opt=()
+if [ "${WASM_OPT:-on}" = off ]; then
+  opt=(--no-opt)
+else
+  export WASM_OPT_BIN="${WASM_OPT_BIN:-$PWD/scripts/wasm-opt.sh}"
+  if [ ! -x "$WASM_OPT_BIN" ] || { [ "$WASM_OPT_BIN" = "$PWD/scripts/wasm-opt.sh" ] && [ ! -x node_modules/binaryen/bin/wasm-opt ]; }; then
+    echo "error: no wasm-opt at $WASM_OPT_BIN (node_modules/binaryen: run scripts/bootstrap.sh), or build with WASM_OPT=off" >&2
+    exit 1
+  fi
 fi
 rm -f build/wasm-bundle.js
 worker-build --release "${opt[@]}"

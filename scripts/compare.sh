@@ -16,21 +16,24 @@
 # The load is one user (load-alice) in a tier `load` whose limit (LOAD_TIER_LIMIT, default
 # 1000) is above the mode's peak, so every rejection comes from the per-object cap
 # (SHARD_MAX_CONNECTIONS, default 200), not from the tier limit. With USERS=N (MODE=platform:
-# default 20) it is N users load-u-0 ... in that tier instead.
+# default 20) it is N users load-u-0 ... in that tier instead. SHAPE=fleet is the production
+# shape: USERS (default 1000) small users left in the gateway's default tier (TIER_MIX=default;
+# set e.g. TIER_MIX=load:1 to give them the `load` tier), ARRIVAL=closed|open.
+# After each run the gateway is stopped and the Durable Objects it created and their storage
+# rows are counted from its state directory (load-tests/lib/do_storage.py).
 # Raw data (k6 summaries, time series, samples, gateway logs) stays in load-tests/out/.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 
 MODES="smoke scale sustained stress extreme spikeExtreme quick platform"
-SHAPES="steady churn http"
+SHAPES="steady churn http fleet"
 DEFAULT_POLICIES="single hash:shards=auto session rotate:period=1m,drain=20s,shards=auto"
 SCENARIO=load-tests/scenarios/websocket-performance.js
 K6=${K6:-$ROOT/.venv/bin/k6}
 PYTHON=$ROOT/.venv/bin/python # matplotlib, for the report's charts
 LOAD_TIER_LIMIT=${LOAD_TIER_LIMIT:-1000}
 CAP=${SHARD_MAX_CONNECTIONS:-200}
-SAMPLE_S=${SAMPLE_INTERVAL:-5}
 RESULTS_DIR=${RESULTS_DIR:-docs/results}
 REPORT_NAME=${REPORT_NAME:-}
 case $REPORT_NAME in
@@ -61,7 +64,18 @@ if [ "$mode" = platform ] && [ "$shape" != steady ]; then
   exit 2
 fi
 export SHAPE=$shape
+arrival=${ARRIVAL:-closed}
+case $arrival in
+  closed | open) ;;
+  *) echo "error: ARRIVAL is closed or open, not \"$arrival\"" >&2; exit 2 ;;
+esac
+if [ "$arrival" != closed ] && [ "$shape" != fleet ]; then
+  echo "error: ARRIVAL=$arrival applies to SHAPE=fleet only" >&2
+  exit 2
+fi
+export ARRIVAL=$arrival
 if [ "$mode" = platform ]; then USERS=${USERS:-20}; fi
+if [ "$shape" = fleet ]; then USERS=${USERS:-1000}; fi
 users=${USERS:-}
 if [ $# -gt 0 ]; then
   policies=("$@")
@@ -70,9 +84,18 @@ else
   policies=(${POLICIES:-$DEFAULT_POLICIES})
 fi
 [ ${#policies[@]} -gt 0 ] || { echo "error: no policies given" >&2; usage; exit 2; }
-case "$LOAD_TIER_LIMIT$CAP$SAMPLE_S$users" in
+case "$LOAD_TIER_LIMIT$CAP${SAMPLE_INTERVAL:-}$users" in
   *[!0-9]*) echo "error: LOAD_TIER_LIMIT, SHARD_MAX_CONNECTIONS, SAMPLE_INTERVAL and USERS must be whole numbers" >&2; exit 2 ;;
 esac
+# The sampler asks every user for its stats each time. The fleet's users already ask for their
+# own every STATS_INTERVAL (10 s): the sampler every twice that adds half as many calls again,
+# whatever the number of users. Otherwise every 5 s, or with more than 100 users 20 users'
+# stats per second on average.
+if [ "$shape" = fleet ]; then
+  SAMPLE_S=${SAMPLE_INTERVAL:-$(awk -v s="${STATS_INTERVAL:-10}" 'BEGIN { v = int(2 * s + 0.5); print (v < 5 ? 5 : v) }')}
+else
+  SAMPLE_S=${SAMPLE_INTERVAL:-$(( ${users:-1} > 100 ? (${users:-1} + 19) / 20 : 5 ))}
+fi
 for tool in "$K6" target/debug/token; do
   if [ ! -x "$tool" ]; then
     echo "error: $tool is missing (make bootstrap; cargo build -p edge-tools)" >&2
@@ -136,7 +159,7 @@ start_target() {
 }
 
 stamp=$(date +%Y%m%d-%H%M%S)
-run_dir="load-tests/out/compare-$mode$([ "$shape" = steady ] || echo "-$shape")-$stamp"
+run_dir="load-tests/out/compare-$mode$([ "$shape" = steady ] || echo "-$shape")$([ "$arrival" = closed ] || echo "-$arrival")-$stamp"
 mkdir -p "$run_dir"
 # Every policy runs the same Worker build and config, even if they change meanwhile.
 gw_snapshot_build "$run_dir/build"
@@ -159,8 +182,14 @@ admin=$(sed -n 's/^ADMIN_TOKEN=//p' .dev.vars | tail -n 1)
 tokens_file=$(mktemp "${TMPDIR:-/tmp}/compare-tokens.XXXXXX")
 if [ -n "$users" ]; then
   target/debug/token --users "$users" --prefix load-u --ttl 86400 >"$tokens_file"
-  load_env=(USERS="$users" TOKENS_FILE="$tokens_file" TIER_MIX=load:1)
-  who="$users users load-u-0 ... in tier load"
+  # The fleet's users are small users: the gateway's default tier unless TIER_MIX says.
+  if [ "$shape" = fleet ]; then tier_mix=${TIER_MIX:-default}; else tier_mix=load:1; fi
+  load_env=(USERS="$users" TOKENS_FILE="$tokens_file" TIER_MIX="$tier_mix")
+  if [ "$tier_mix" = default ]; then
+    who="$users users load-u-0 ... in the gateway's default tier"
+  else
+    who="$users users load-u-0 ... in tiers $tier_mix"
+  fi
 else
   token=$(target/debug/token --user load-alice --ttl 86400)
   jq -n --arg t "$token" '{"load-alice": $t}' >"$tokens_file"
@@ -179,7 +208,7 @@ planned_s=$(printf '%s' "$planned" | awk '{ t = 0; s = $0
 echo "compare: Worker build $(sha256sum <"$GW_BUILD_DIR/index_bg.wasm" | cut -c1-12) (snapshot in $run_dir/build)"
 started=$(date +%s)
 n=${#policies[@]}
-echo "compare: mode $mode, shape $shape, $who, ${n} policies, ~$((planned_s))s of load each; raw data in $run_dir"
+echo "compare: mode $mode, shape $shape$([ "$shape" != fleet ] || echo " ($arrival loop)"), $who, ${n} policies, ~$((planned_s))s of load each; raw data in $run_dir"
 
 fmt_s() { printf '%02d:%02d' $(($1 / 60)) $(($1 % 60)); }
 
@@ -248,7 +277,8 @@ for policy in "${policies[@]}"; do
   # The end of the load: the runtime's CPU time, its RSS and the users' final stats.
   read -r cpu_pid1 cpu_ticks1 < <(gw_workerd_cpu_ticks)
   read -r end_rt end_px < <(gw_workerd_rss_kb)
-  final_stats=$(user_stats)
+  # To a file: with many users it is longer than one command-line argument may be.
+  user_stats >"$run_dir/$slug.final-stats.json"
   # The gateway's own view of the run (upstream calls and their latency, among others).
   if [ "$policy" != baseline ]; then
     curl -s --max-time 10 -H "authorization: Bearer $admin" "$GW_URL/metrics" >"$run_dir/$slug.metrics.txt" || true
@@ -271,7 +301,7 @@ for policy in "${policies[@]}"; do
     --argjson idle_rt "$idle_rt" --argjson idle_px "$idle_px" --arg url "$GW_URL" --arg build "$GW_BUILD_SHA" \
     --argjson end_rt "$end_rt" --argjson end_px "$end_px" --argjson tck "$CLK_TCK" \
     --argjson p0 "$cpu_pid0" --argjson p1 "$cpu_pid1" --argjson c0 "$cpu_ticks0" --argjson c1 "$cpu_ticks1" \
-    --arg final "$final_stats" --argjson faults "${faults:-0}" \
+    --rawfile final "$run_dir/$slug.final-stats.json" --argjson faults "${faults:-0}" \
     '{policy: $policy, slug: $slug, target: (if $policy == "baseline" then "baseline" else "edge" end),
       k6_exit: $rc, start: $t0, end: $t1, build_sha256: $build,
       idle_rss_runtime_kb: $idle_rt, idle_rss_proxy_kb: $idle_px, end_rss_runtime_kb: $end_rt, end_rss_proxy_kb: $end_px,
@@ -279,13 +309,18 @@ for policy in "${policies[@]}"; do
       cpu_start: {pid: $p0, ticks: $c0}, clk_tck: $tck,
       final_stats: (try ($final | fromjson) catch null), runtime_faults: $faults, url: $url}' >"$run_dir/$slug.meta.json"
   cp "$GW_LOG" "$run_dir/$slug.gateway.log"
+  # The objects the run created and their storage, read once workerd has stopped.
+  gw_stop
+  "$PYTHON" load-tests/lib/do_storage.py "$GW_DIR/state" >"$run_dir/$slug.storage.json" 2>"$run_dir/$slug.storage.err" \
+    || echo null >"$run_dir/$slug.storage.json"
   gw_cleanup
 done
 
 total=$(($(date +%s) - started))
 jq -n --arg mode "$mode" --arg shape "$shape" --argjson planned "$planned_s" --argjson total "$total" --arg cap "$CAP" \
   --argjson tier_limit "$LOAD_TIER_LIMIT" --arg users "${users:-1}" --arg who "$who" --arg upstream "$upstream" \
-  --arg report_name "$REPORT_NAME" \
+  --arg report_name "$REPORT_NAME" --arg arrival "$arrival" --arg tier_mix "${tier_mix:-}" --argjson sample_s "$SAMPLE_S" \
+  --arg fleet_duration "${FLEET_DURATION:-}" \
   --arg wrangler "$(node_modules/.bin/wrangler --version 2>/dev/null | tail -n 1)" \
   --arg workerd "$(node_modules/.bin/workerd --version 2>/dev/null | awk '{ print $2 }')" \
   --arg k6 "$("$K6" version | head -n 1)" --arg cpus "$(nproc)" \
@@ -293,6 +328,7 @@ jq -n --arg mode "$mode" --arg shape "$shape" --argjson planned "$planned_s" --a
   --arg cpu "$(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo)" \
   '{mode: $mode, shape: $shape, planned_s: $planned, total_s: $total, shard_max_connections: ($cap | tonumber),
     tier_limit: $tier_limit, users: ($users | tonumber), load: $who, upstream: $upstream, report_name: $report_name,
+    arrival: $arrival, tier_mix: $tier_mix, sample_interval_s: $sample_s, fleet_duration_s: ($fleet_duration | tonumber? // null),
     wrangler: $wrangler, workerd: $workerd, k6: $k6, cpus: ($cpus | tonumber), memory: $mem, cpu: $cpu}' \
   >"$run_dir/run.json"
 echo

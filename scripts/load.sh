@@ -11,11 +11,12 @@
 # With --fresh: starts a private gateway on free loopback ports with a temporary state
 # directory (SHARD_POLICY from POLICY, default hash:shards=auto), runs, and stops it.
 #
-# Env: SHAPE (steady, churn or http; what the VUs do, see load-tests/README.md), LOAD_TIER (the
+# Env: SHAPE (steady, churn, http or fleet; what the VUs do, see load-tests/README.md), ARRIVAL
+# (fleet: closed or open), LOAD_TIER (the
 # one user's tier, set through the admin API, default enterprise; not TIER, which `make`
 # exports for `make tier`), AUTH_TOKEN (skip minting), USERS / TIER_MIX (many users: platform
 # tokens minted into a file, tiers set by the scenario's setup; MODE=platform defaults to
-# USERS=20), the
+# USERS=20, SHAPE=fleet to USERS=1000 in the gateway's default tier, TIER_MIX=default), the
 # master secret and ADMIN_TOKEN from .dev.vars, POLICY and GATEWAY_VARS (--fresh only:
 # extra `--var NAME:VALUE` for wrangler, space-separated). Everything else the scenario reads
 # (PING_INTERVAL, CLIENT_MIX, ...) passes through the environment unchanged.
@@ -26,7 +27,7 @@ cd "$ROOT"
 
 # Keep in sync with MODES in the scenario file.
 MODES="smoke scale sustained stress extreme spikeExtreme quick platform"
-SHAPES="steady churn http"
+SHAPES="steady churn http fleet"
 SCENARIO=load-tests/scenarios/websocket-performance.js
 K6=${K6:-$ROOT/.venv/bin/k6}
 
@@ -56,8 +57,14 @@ case " $SHAPES " in
   *) echo "error: unknown SHAPE \"$shape\"" >&2; usage; exit 2 ;;
 esac
 export SHAPE=$shape
-# The platform's traffic is many users' machines, sessions and apps.
+case ${ARRIVAL:-closed} in
+  closed) ;;
+  open) [ "$shape" = fleet ] || { echo "error: ARRIVAL=open applies to SHAPE=fleet only" >&2; exit 2; } ;;
+  *) echo "error: ARRIVAL is closed or open, not \"$ARRIVAL\"" >&2; exit 2 ;;
+esac
+# The platform's traffic is many users' machines, sessions and apps; the fleet many small users.
 if [ "$mode" = platform ]; then USERS=${USERS:-20}; fi
+if [ "$shape" = fleet ]; then USERS=${USERS:-1000}; TIER_MIX=${TIER_MIX:-default}; fi
 if [ ! -x "$K6" ]; then
   echo "error: k6 not found at $K6; install it with scripts/bootstrap.sh (make bootstrap)" >&2
   exit 2
@@ -129,6 +136,7 @@ fi
 stamp=$(date +%Y%m%d-%H%M%S)
 slug=$(printf '%s' "$policy_label" | tr -c 'A-Za-z0-9_.-' '_')
 if [ "$shape" != steady ]; then slug="$shape-$slug"; fi
+if [ "${ARRIVAL:-closed}" = open ]; then slug="open-$slug"; fi
 summary="load-tests/out/$mode-$slug-$stamp.json"
 log="load-tests/out/$mode-$slug-$stamp.log"
 if [ "$fresh" = 1 ]; then gw_log_copy="load-tests/out/$mode-$slug-$stamp.gateway.log"; fi

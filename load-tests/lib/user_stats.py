@@ -7,23 +7,33 @@ TOKENS_FILE is a JSON object {user id: token}. With one user, its GET /v1/websoc
 answer as it is; with several, their answers (fetched concurrently) summed into the same
 shape: counts added, shards and failed shards listed together, the oldest connection the
 minimum, subrequestsPerFrame recomputed from the sums, and `users` / `usersAnswered` added.
-Prints `null` when no user answered. Standard library only.
+Either way every `shards[]` row gets `user` (whose shard it is), and the users' per-object
+load (each answer's `load` object, when the Worker sends one) is kept per user in
+`loads` {user id: load}; without any `load` there is no `loads`. Prints `null` when no user
+answered. A poll gives up on the users it has not asked after USER_STATS_BUDGET seconds (default
+15; they count as not answering), so a saturated gateway cannot hold the runner for minutes.
+Standard library only.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
+import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 TIMEOUT_S = 4
+BUDGET_S = float(os.environ.get("USER_STATS_BUDGET", "15"))
 SUMMED = ("totalConnections", "activeSessions", "activeMachines", "memoryUsage", "messageQueueDepth", "rejected",
           "rejectedTierLimit", "rejectedUnavailable", "connectsAccepted", "directoryRoundTrips", "frames",
           "frameSubrequests")
 
 
-def fetch(base_url: str, token: str) -> dict | None:
+def fetch(base_url: str, token: str, deadline: float) -> dict | None:
+    if time.monotonic() > deadline:
+        return None
     req = urllib.request.Request(f"{base_url}/v1/websocket/stats", headers={"Authorization": f"Bearer {token}"})
     try:
         with urllib.request.urlopen(req, timeout=TIMEOUT_S) as r:
@@ -33,7 +43,18 @@ def fetch(base_url: str, token: str) -> dict | None:
         return None
 
 
-def combine(answers: list[dict], users: int) -> dict:
+def annotate(uid: str, answer: dict) -> dict:
+    """Marks the answer's shard rows with their user."""
+    answer["shards"] = [dict(s, user=uid) for s in answer.get("shards") or [] if isinstance(s, dict)]
+    return answer
+
+
+def loads_of(answers: list[tuple[str, dict]]) -> dict:
+    return {uid: a["load"] for uid, a in answers if isinstance(a.get("load"), dict)}
+
+
+def combine(pairs: list[tuple[str, dict]], users: int) -> dict:
+    answers = [a for _, a in pairs]
     out = {k: sum(a.get(k) or 0 for a in answers) for k in SUMMED}
     out["byType"] = {}
     for a in answers:
@@ -49,6 +70,9 @@ def combine(answers: list[dict], users: int) -> dict:
     out["subrequestsPerFrame"] = out["frameSubrequests"] / out["frames"] if out["frames"] else 0
     out["policy"] = answers[0].get("policy")
     out["users"], out["usersAnswered"] = users, len(answers)
+    loads = loads_of(pairs)
+    if loads:
+        out["loads"] = loads
     return out
 
 
@@ -57,14 +81,20 @@ def main() -> int:
         print(__doc__, file=sys.stderr)
         return 2
     base_url, tokens = sys.argv[1].rstrip("/"), json.loads(open(sys.argv[2]).read())
+    deadline = time.monotonic() + BUDGET_S
     with ThreadPoolExecutor(max_workers=min(16, max(1, len(tokens)))) as pool:
-        answers = [a for a in pool.map(lambda t: fetch(base_url, t), tokens.values()) if a is not None]
-    if not answers:
+        fetched = pool.map(lambda kv: (kv[0], fetch(base_url, kv[1], deadline)), tokens.items())
+        pairs = [(uid, annotate(uid, a)) for uid, a in fetched if a is not None]
+    if not pairs:
         print("null")
     elif len(tokens) == 1:
-        print(json.dumps(answers[0]))
+        one = pairs[0][1]
+        loads = loads_of(pairs)
+        if loads:
+            one["loads"] = loads
+        print(json.dumps(one))
     else:
-        print(json.dumps(combine(answers, len(tokens))))
+        print(json.dumps(combine(pairs, len(tokens))))
     return 0
 
 

@@ -9,11 +9,13 @@ RUN_DIR (load-tests/out/compare-MODE[-SHAPE]-STAMP/) holds run.json and, per pol
   .summary.json    k6 --summary-export (end-of-test aggregates, threshold results)
   .k6.csv.gz       k6 --out csv (every sample, for time windows and per-tag percentiles)
   .samples.jsonl   the runner's samples every few seconds: workerd RSS, k6 VUs, the users' stats
+  .storage.json    the Durable Objects the run left and their storage rows (do_storage.py)
 OUT_DIR gets BASE.md in the capacity guide's "Test Results Template" form, its charts
 (BASE-*.svg, matplotlib) and BASE.json (the headline figures per policy, for scripts), where
-BASE is MODE-DATE, or MODE-SHAPE-DATE for the churn and http shapes. The policy `baseline`
-(the single-object baseline) gets a table of edge/baseline ratios and a chart of its own.
-Every figure comes from those files; nothing is typed in.
+BASE is MODE-DATE, or MODE-SHAPE-DATE for the churn, http and fleet shapes (MODE-fleet-open-DATE
+for the fleet's open loop). The policy `baseline` (the single-object baseline) gets a table of
+edge/baseline ratios and a chart of its own. Per-object load (stats `load`, objects.py) shows
+n/a while the Worker does not report it. Every figure comes from those files; nothing is typed in.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import charts  # noqa: E402
+import objects  # noqa: E402
 
 WINDOW_S = 10  # time-window width for degradation points
 MIB = 1024 * 1024
@@ -53,6 +56,19 @@ MODE_SHAPES = {
     "spikeExtreme": "50 VUs, a 10 s burst to 600, 170 s at 600, drop to 50 (5 min)",
     "quick": "compressed extreme: +150 VUs every 20 s to 750, 40 s at 750 (2 min 20 s)",
     "platform": "every user's machine, sessions and apps: a ramp to the peak, then a hold",
+}
+FLEET_TEXT = ("the production shape (`SHAPE=fleet`): every user has an app socket (user-scoped) and every other user "
+              "a CLI session socket too (session-scoped, one stable session id per user). Each socket is held 3-10 s "
+              "(random), pings every 2 s (exact `{\"event\":\"ping\"}`, timed by its pong), records the broadcasts it "
+              "receives, closes and comes back after 0.5-2 s. Beside them, at constant arrival rates, each user calls "
+              "stats every 10 s and broadcasts to itself every 15 s (the users in turn); a broadcast is timed by its "
+              "receipt on the user's own open sockets (defaults; the k6 log's setup line has the run's values)")
+ARRIVAL_TEXT = {
+    "closed": "Closed loop (`ARRIVAL=closed`): one VU per client over the mode's stages scaled to the fleet's clients, "
+              "so how many connects a target gets depends on how fast it answers",
+    "open": "Open loop (`ARRIVAL=open`): sockets started at a constant rate (k6 `constant-arrival-rate`, `CONNECT_RATE`), "
+            "each of the next client in turn, so every target gets the same connects whatever its speed; a socket k6 "
+            "could not start on time counts in dropped iterations",
 }
 SHAPE_TEXT = {
     "steady": "one socket per VU held for the whole run. Client mix 60% session-scoped (VUs in blocks of 5 share a "
@@ -187,6 +203,14 @@ class Policy:
             self._read_csv(csv_path)
         mp = run_dir / f"{slug}.metrics.txt"
         self.upstream = upstream_from_metrics(mp.read_text()) if mp.exists() else None
+        sp = run_dir / f"{slug}.storage.json"
+        try:
+            self.storage = json.loads(sp.read_text()) if sp.exists() else None
+        except ValueError:
+            self.storage = None
+        # Each user's per-object load (stats `load`), at its most advanced observation.
+        self.loads = objects.user_loads(self.samples, self.meta.get("final_stats"))
+        self.load = objects.load_figures(self.loads)
         self.t0 = min([t for rows in self.series.values() for t, _, _ in rows[:1]] + [s["t"] for s in self.samples[:1]]
                       or [self.meta["start"]])
 
@@ -571,13 +595,23 @@ class Run:
         self.upstream = self.info.get("upstream", "off")
         via = {"service": "-upstream", "failing": "-upstream-failing"}.get(self.upstream, "")
         shape = "" if self.shape == "steady" else f"-{self.shape}"
+        self.arrival = self.info.get("arrival") or "closed"
+        if self.arrival != "closed":
+            shape += f"-{self.arrival}"
         tag = f"-{self.info['report_name']}" if self.info.get("report_name") else ""
         self.base = f"{self.mode}{shape}{via}{tag}-{self.date}"
 
     @property
     def label(self) -> str:
         """The mode, and the shape when it is not the default, for chart titles."""
-        return self.mode if self.shape == "steady" else f"{self.mode}, {self.shape}"
+        if self.shape == "steady":
+            return self.mode
+        return f"{self.mode}, {self.shape}" + (f", {self.arrival} loop" if self.shape == "fleet" else "")
+
+    @property
+    def any_load(self) -> bool:
+        """Whether any policy's stats carried per-object load."""
+        return any(p.load for p in self.policies)
 
     @property
     def traffic(self) -> str:
@@ -633,7 +667,7 @@ def http_rows(run: Run, row) -> None:
         lambda p: ms(p.stat("http_req_duration", "p(95)")))
     for op in run.http_ops():
         row(f"p95 HTTP `{op}` (http_op_duration)", lambda p, op=op: ms(p95(p.tagged("http_op_duration", op=op))))
-    if run.shape != "steady":
+    if run.shape in ("churn", "http"):
         row("Iterations done (k6; per second)", lambda p: f"{p.count('iterations')} ({p.rate('iterations') or 0:.1f}/s)")
 
 
@@ -676,6 +710,27 @@ def platform_rows(row) -> None:
         lambda p: "n/a" if p.subrequests_per_frame() is None else f"{p.subrequests_per_frame():.2f}")
 
 
+def fleet_rows(row) -> None:
+    """The fleet's pace: open sockets by k6's own count (the runner samples the users' stats
+    only every 20 s here), connects per second and what k6 could not start on time."""
+    row("Peak open sockets (k6's count: opened - closed, per second)",
+        lambda p: str(max(p._client_open()[0].values(), default=0)) if p._client_open()[0] else "n/a")
+    row("Completed connects per second (k6 `ws_sockets_opened` rate)", lambda p: f"{p.rate('ws_sockets_opened') or 0:.1f}/s")
+    row("Dropped iterations (k6 could not start a socket or call on time: open loop, side calls)",
+        lambda p: str(p.count("dropped_iterations")))
+
+
+def load_rows(row) -> None:
+    """Per-object load (stats `load`) and the objects and storage the run left behind."""
+    row("**Busiest object's share** of a user's events (stats `load.busiestShare`): max / mean over the users",
+        lambda p: objects.share_text(p.load))
+    row("**Peak events per second** on one object (stats `load.peakEventsPerSecond`): max / mean over the users",
+        lambda p: objects.peak_text(p.load))
+    row("Objects per user (stats `load.objects`): max / mean; events per user: mean", lambda p: objects.objects_text(p.load))
+    row("**Durable Objects created** (state files after the run), per class", lambda p: objects.storage_classes_text(p.storage))
+    row("Objects holding storage; **storage rows** (key-value + SQL) after the run", lambda p: objects.storage_rows_text(p.storage))
+
+
 def cost_rows(run: Run, row) -> None:
     """What the load cost the runtime: CPU and memory (per socket only where sockets were held)."""
     sockets = run.shape != "http"
@@ -683,7 +738,7 @@ def cost_rows(run: Run, row) -> None:
     if sockets:
         row("Completed connects (`connected` frame received)", lambda p: f"{p.completed_connects:,}")
         row("**CPU per completed connect** (runtime CPU / completed connects)", lambda p: _cpu(p, p.completed_connects))
-    if run.shape != "steady":
+    if run.shape in ("churn", "http"):
         row("CPU per iteration (runtime CPU / k6 iterations)", lambda p: _cpu(p, p.count("iterations")))
     if run.mode == "platform":
         row("Routed client frames (stats `frames`, last sample); **CPU per routed frame** (runtime CPU to then)",
@@ -715,9 +770,12 @@ def result_rows(run: Run) -> list[tuple[str, list[str]]]:
     http_rows(run, row)
     if run.mode == "platform":
         platform_rows(row)
+    if run.shape == "fleet":
+        fleet_rows(row)
+    load_rows(row)
     cost_rows(run, row)
     row(f"Thresholds ({run.tset} set)", lambda p: _thresholds(p))
-    if run.tset == "extreme" and run.traffic in ("steady", "churn"):
+    if run.tset == "extreme" and run.traffic in ("steady", "churn", "fleet"):
         # The guide's standard targets too, evaluated on the same run: where a policy
         # would also meet the stricter set.
         row("Standard set on the same run (connect p95 < 2 s, ping p95 < 100 ms, "
@@ -739,6 +797,19 @@ RATIO_FIGURES = [  # (key in the JSON, label, figure, format)
     ("rss_end_runtime_kb", "runtime RSS at the end", lambda p: p.rss_end_kb, mib),
     ("connection_errors", "connection errors", lambda p: p.count("ws_connection_errors"), str),
     ("rejections", "rejections", lambda p: p.count("do_connections_rejected"), str),
+    ("busiest_share_max", "busiest object's share of a user's events (max over the users)",
+     lambda p: objects.figure(p.load, "busiest_share", "max"),
+     lambda v: "n/a" if v is None else f"{v:.2f}"),
+    ("busiest_share_mean", "busiest object's share of a user's events (mean over the users)",
+     lambda p: objects.figure(p.load, "busiest_share", "mean"),
+     lambda v: "n/a" if v is None else f"{v:.2f}"),
+    ("peak_events_per_s_max", "peak events per second on one object (max over the users)",
+     lambda p: objects.figure(p.load, "peak_events_per_s", "max"),
+     lambda v: "n/a" if v is None else f"{v:.0f}"),
+    ("objects_created", "Durable Objects created (state files)", lambda p: objects.storage_total(p.storage, "objects"),
+     lambda v: "n/a" if v is None else f"{v:,.0f}"),
+    ("storage_rows", "storage rows after the run", lambda p: objects.storage_total(p.storage, "rows"),
+     lambda v: "n/a" if v is None else f"{v:,.0f}"),
 ]
 
 
@@ -754,16 +825,21 @@ def _ratio_cell(e: float | None, b: float | None, fmt) -> str:
     return f"{fmt(e)} / {fmt(b)}" + (" (both 0)" if e == 0 and b == 0 else "")
 
 
+def ratio_figures(run: Run) -> list:
+    """RATIO_FIGURES this shape measures: per iteration only for the looping shapes."""
+    return [x for x in RATIO_FIGURES if x[0] != "cpu_ms_per_iteration" or run.shape in ("churn", "http")]
+
+
 def ratio_rows(run: Run) -> list[tuple[str, list[str]]]:
     """edge / baseline per figure and edge policy: 'edge / baseline = ratio'; figures this
     shape does not measure are left out."""
-    return [(label, [_ratio_cell(f(p), f(run.baseline), fmt) for p in run.edge]) for _, label, f, fmt in RATIO_FIGURES
+    return [(label, [_ratio_cell(f(p), f(run.baseline), fmt) for p in run.edge]) for _, label, f, fmt in ratio_figures(run)
             if f(run.baseline) is not None or any(f(p) is not None for p in run.edge)]
 
 
 def ratios_json(run: Run) -> dict:
     return {p.name: {key: {"edge": f(p), "baseline": f(run.baseline), "ratio": edge_ratio(f(p), f(run.baseline))}
-                     for key, _, f, _ in RATIO_FIGURES} for p in run.edge}
+                     for key, _, f, _ in ratio_figures(run)} for p in run.edge}
 
 
 # ---- charts
@@ -821,6 +897,21 @@ def write_charts(run: Run) -> list[tuple[str, str]]:
         save("rpc", "RPC round trip and forwarding p95 per policy", charts.bar_chart, *rpc_chart(run),
              "p95 (log scale)", log=True, value_fmt=ms,
              refs=[(targets["ping"], f"RPC target {ms(targets['ping'])}", charts.PALETTE[0])])
+    if run.any_load:
+        # Only policies whose stats carried `load`: the others have nothing to show.
+        with_load = [p for p in run.policies if p.load]
+        save("load-share", "Busiest object's share of each user's events", charts.bar_chart,
+             f"Users by their busiest object's share of their events ({mode})"
+             + ("" if len(with_load) > 1 else f"\n{with_load[0].name}"), objects.share_bins(),
+             [(p.name, objects.share_histogram(p.loads) or [None] * objects.SHARE_BINS) for p in with_load],
+             "% of the users", y_max=100, value_fmt=lambda v: f"{v:.0f}%")
+        panels = []
+        for p in with_load:
+            user = objects.busiest_user(p.loads)
+            rows = objects.objects_of(p.samples, p.meta.get("final_stats"), user) if user else []
+            panels.append((f"{p.name}: user {user or '?'} (the most events)", rows))
+        save("objects-events", "Events per object of the busiest user", charts.small_multiples,
+             f"Events per object of the user with the most events ({mode})", panels, None, "events")
     return written
 
 
@@ -852,12 +943,33 @@ def rpc_chart(run: Run) -> tuple[str, list[str], list]:
 
 # ---- markdown
 
+def _mode_text(run: Run) -> str:
+    """The mode's stages; the fleet's are the mode's, scaled to its clients (and FLEET_DURATION)."""
+    if run.shape != "fleet":
+        return MODE_SHAPES.get(run.mode, run.mode)
+    users = int(run.info.get("users") or 1)
+    clients = users + (users + 1) // 2
+    text = f"the mode's stages with the VU targets scaled to the fleet's {clients} clients"
+    if run.info.get("fleet_duration_s"):
+        text += f", stretched to {run.info['fleet_duration_s']} s (`FLEET_DURATION`)"
+    if run.arrival == "open":
+        text += "; the open loop's sockets start at a constant rate over the same duration"
+    return text
+
+
 def environment(run: Run) -> list[str]:
     info, policies = run.info, run.policies
     first = policies[0]
     per = [p.meta["end"] - p.meta["start"] for p in policies]
     users = int(info.get("users") or 1)
-    if users > 1:
+    if run.shape == "fleet":
+        mix = info.get("tier_mix") or "default"
+        tiers = ("the gateway's default tier (`DEFAULT_TIER`, `pro` in wrangler.toml: limit 100; no admin call)"
+                 if mix == "default" else f"tiers `{mix}` (`TIER_MIX`)")
+        load = (f"- Load: **{users} small users** (`load-u-0` ... `load-u-{users - 1}`) in {tiers}; at most two sockets "
+                f"each, so no tier limit is reached; the per-object cap is `SHARD_MAX_CONNECTIONS={run.cap}`. The "
+                f"runner polled every user's stats every {info.get('sample_interval_s', '?')} s (besides the users' own calls).")
+    elif users > 1:
         load = (f"- Load: **{users} users** (`load-u-0` ... `load-u-{users - 1}`), each in a tier `load` with limit "
                 f"{info.get('tier_limit')}, above its own sockets, so every rejection comes from the per-object cap "
                 f"`SHARD_MAX_CONNECTIONS={run.cap}`.")
@@ -868,7 +980,7 @@ def environment(run: Run) -> list[str]:
     lines = [
         "- Target: local `wrangler dev` (workerd) on 127.0.0.1, **not** staging or production. Each policy ran "
         "against its own freshly started gateway with empty state, " + _builds(run.edge) + ".",
-        f"- Test Mode: `{run.mode}` ({MODE_SHAPES.get(run.mode, run.mode)}), shape `{run.shape}`, {run.tset} thresholds.",
+        f"- Test Mode: `{run.mode}` ({_mode_text(run)}), shape `{run.shape}`, {run.tset} thresholds.",
         f"- Duration: {', '.join(f'{mmss(s)}' for s in per)} per policy (load plus start/stop); "
         f"the whole comparison took {mmss(info.get('total_s', 0))} (mm:ss).",
         f"- Machine: {info.get('cpus', '?')} CPUs ({info.get('cpu', '?')}), {info.get('memory', '?')}. k6 (up to "
@@ -876,7 +988,7 @@ def environment(run: Run) -> list[str]:
         "include client-side queueing; compare policies with each other, not with production.",
         f"- Software: wrangler {info.get('wrangler', '?')}, workerd {info.get('workerd', '?')}, {info.get('k6', '?')}.",
         load,
-        f"- Clients: {SHAPE_TEXT[run.traffic]}.",
+        f"- Clients: {FLEET_TEXT + '. ' + ARRIVAL_TEXT.get(run.arrival, run.arrival) if run.shape == 'fleet' else SHAPE_TEXT[run.traffic]}.",
         *(["- Upstream: the reference upstream (`examples/upstream/`) beside every edge gateway through the service "
            "binding (`UPSTREAM=service`): the platform's business events (`session-alive`, `machine-alive`, ...) go "
            "through it, and the apps receive its `activity` ephemerals instead of the forwarded frames."]
@@ -890,6 +1002,12 @@ def environment(run: Run) -> list[str]:
         "`wrangler dev`. CPU is the runtime process's user + system time (`/proc/PID/stat`) from the start to the "
         "end of the load, divided by the connects that completed; per routed frame, the CPU up to the last stats "
         "sample that counted frames, divided by the frames counted then.",
+        "- Per-object load: each user's stats `load` (the events its objects handled since they started: requests, "
+        "socket messages, closes, alarms; the busiest object's share of them and its peak events per second), taken at "
+        "the user's observation with the most events (runner samples and the final poll); n/a where the Worker's stats "
+        "have no `load`. Objects and storage: the Durable Object SQLite files in the gateway's state directory after "
+        "it stopped (`load-tests/lib/do_storage.py`; one per object the run instantiated, storage or not), their "
+        "`_cf_KV` rows and the rows of their own SQL tables.",
     ]
     if run.baseline:
         lines.append(f"- `{BASELINE}` is the single-object baseline (`benches/baseline/`, sha256 "
@@ -903,6 +1021,8 @@ def environment(run: Run) -> list[str]:
 def markdown(run: Run, rows, chart_files: list[tuple[str, str]]) -> str:
     names = [p.name for p in run.policies]
     shape_arg = ("" if run.shape == "steady" else f"SHAPE={run.shape} ") + (
+        f"ARRIVAL={run.arrival} " if run.arrival != "closed" else "") + (
+        f"USERS={run.info.get('users')} " if run.shape == "fleet" else "") + (
         f"UPSTREAM={run.upstream} " if run.upstream != "off" else "")
     md = [
         f"# WebSocket capacity: `{run.mode}` ({run.shape}) policy comparison, {run.date}",
@@ -932,6 +1052,9 @@ def markdown(run: Run, rows, chart_files: list[tuple[str, str]]) -> str:
         md += [f"| {label} | " + " | ".join(vals) + " |" for label, vals in ratio_rows(run)]
     md += ["", "### Charts", ""]
     md += [f"![{t}]({n})" for t, n in chart_files]
+    if not run.any_load:
+        md += ["", "No per-object load chart: no policy's stats carried `load` (per-object events), so there is "
+               "nothing to draw."]
     gaps = sorted(b["t"] - a["t"] for p in run.policies for a, b in zip(p.samples, p.samples[1:]))
     sample_s = gaps[len(gaps) // 2] if gaps else 0.0
     md += ["", "### Degradation Points", "",
@@ -967,7 +1090,7 @@ def main() -> int:
     chart_files = write_charts(run)
     report = run.out_dir / f"{run.base}.md"
     report.write_text(markdown(run, result_rows(run), chart_files))
-    summary = {"mode": run.mode, "shape": run.shape, "date": run.date, "threshold_set": run.tset,
+    summary = {"mode": run.mode, "shape": run.shape, "arrival": run.arrival, "date": run.date, "threshold_set": run.tset,
                "shard_max_connections": run.cap, "tier_limit": run.info.get("tier_limit"),
                "users": run.info.get("users", 1), "charts": [n for _, n in chart_files],
                "policies": [_summary(p, peak_conns(p)) for p in run.policies]}
@@ -1011,6 +1134,10 @@ def _summary(p: Policy, peak: int | None) -> dict:
         "cpu_ms_per_frame": p.cpu_ms_per_frame(),
         "rss_end_runtime_kb": p.rss_end_kb,
         "runtime_faults": p.runtime_faults,
+        "connects_per_s": p.rate("ws_sockets_opened"),
+        "dropped_iterations": p.count("dropped_iterations"),
+        "load": p.load,
+        "storage": p.storage,
         **({"platform": _platform_summary(p)} if p.count("rpc_calls") else {}),
     }
 

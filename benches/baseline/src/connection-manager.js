@@ -2,6 +2,9 @@
 // with tags, the runtime's auto-response for the exact ping, the connection's metadata in its
 // attachment, broadcast filters as the platform applies them (tags where it uses tags,
 // attachments where it iterates), and stats computed from every attachment on every call.
+// Beside them, the per-object load the edge reports (stats `load`, `shards[].events`): the
+// events this object handled since it started (requests, socket messages, closes; it has no
+// alarms), the frames it sent itself, and its busiest second.
 
 import { DurableObject } from 'cloudflare:workers';
 
@@ -28,12 +31,28 @@ function errorFrame(message) {
 export class ConnectionManager extends DurableObject {
   constructor(ctx, env) {
     super(ctx, env);
+    // In memory, like the object: a restart (eviction, hibernation) starts them again.
+    this.load = { events: 0, framesSent: 0, second: 0, inSecond: 0, peak: 0 };
     // The platform's auto-response: its pong's timestamp is the object's construction time.
     ctx.setWebSocketAutoResponse(new WebSocketRequestResponsePair(
       '{"event":"ping"}', JSON.stringify({ event: 'pong', data: { timestamp: Date.now() } })));
   }
 
+  // One event handled: a request, a socket message or a close.
+  event() {
+    const l = this.load;
+    const second = Math.floor(Date.now() / 1000);
+    if (second !== l.second) {
+      l.second = second;
+      l.inSecond = 0;
+    }
+    l.events += 1;
+    l.inSecond += 1;
+    if (l.inSecond > l.peak) l.peak = l.inSecond;
+  }
+
   async fetch(request) {
+    this.event();
     const path = new URL(request.url).pathname;
     if (path === '/websocket') return this.accept(request.headers);
     if (path === '/broadcast') return this.broadcast(request);
@@ -52,7 +71,7 @@ export class ConnectionManager extends DurableObject {
     this.ctx.acceptWebSocket(server, tagsOf(meta));
     server.serializeAttachment(meta);
     const { connectionId, userId, clientType, sessionId, machineId } = meta;
-    server.send(JSON.stringify({ event: 'connected', data: { connectionId, userId, clientType, sessionId, machineId, timestamp: now } }));
+    this.send(server, JSON.stringify({ event: 'connected', data: { connectionId, userId, clientType, sessionId, machineId, timestamp: now } }));
     if (clientType === 'machine-scoped') this.machinePresence(machineId, true);
     return new Response(null, { status: 101, webSocket: client });
   }
@@ -71,6 +90,7 @@ export class ConnectionManager extends DurableObject {
   }
 
   async webSocketMessage(ws, message) {
+    this.event();
     // The platform re-serializes the sender's attachment on every inbound frame.
     const meta = ws.deserializeAttachment();
     meta.lastActivityAt = Date.now();
@@ -79,16 +99,16 @@ export class ConnectionManager extends DurableObject {
     try {
       f = JSON.parse(typeof message === 'string' ? message : new TextDecoder().decode(message));
     } catch (e) {
-      ws.send(errorFrame('Invalid JSON message'));
+      this.send(ws, errorFrame('Invalid JSON message'));
       return;
     }
     const type = f && typeof f === 'object' ? (typeof f.event === 'string' ? f.event : f.type) : undefined;
     if (typeof type !== 'string') {
-      ws.send(errorFrame('Invalid message format'));
+      this.send(ws, errorFrame('Invalid message format'));
       return;
     }
     if (type === 'ping') {
-      ws.send(JSON.stringify({ event: 'pong', data: { timestamp: Date.now() } }));
+      this.send(ws, JSON.stringify({ event: 'pong', data: { timestamp: Date.now() } }));
     } else if (type === 'broadcast') {
       const frame = JSON.stringify({ event: 'broadcast', data: typeof f.event === 'string' ? f.data : f.payload });
       for (const s of this.ctx.getWebSockets()) if (s !== ws) this.send(s, frame);
@@ -98,6 +118,7 @@ export class ConnectionManager extends DurableObject {
   }
 
   async webSocketClose(ws, code, reason) {
+    this.event();
     // Echo the client's code (1005/1006 cannot be sent; 1000 instead).
     ws.close(code === 1005 || code === 1006 ? 1000 : code, reason || 'Connection closed');
     const meta = ws.deserializeAttachment();
@@ -107,6 +128,7 @@ export class ConnectionManager extends DurableObject {
   send(ws, frame) {
     try {
       ws.send(frame);
+      this.load.framesSent += 1;
       return 1;
     } catch (e) {
       return 0; // closing
@@ -166,11 +188,16 @@ export class ConnectionManager extends DurableObject {
       memoryUsage += SOCKET_BYTES + JSON.stringify(m).length;
     }
     const n = sockets.length;
+    const name = `cm:${userId}`;
+    const { events, framesSent, peak } = this.load;
     return {
       totalConnections: n, byType, activeSessions: sessions.size, activeMachines: machines.size,
       oldestConnection: oldest, memoryUsage, messageQueueDepth: 0,
       rejected: 0, policy: 'baseline', imbalance: n ? 1 : 0,
-      shards: [{ name: `cm:${userId}`, connections: n, oldestConnection: oldest }], failedShards: [],
+      // One object holds all of the user's load.
+      load: { objects: 1, events, busiestObject: name, busiestShare: 1, peakEventsPerSecond: peak },
+      shards: [{ name, connections: n, oldestConnection: oldest, events, framesSent, peakEventsPerSecond: peak }],
+      failedShards: [],
     };
   }
 }

@@ -1,6 +1,7 @@
 // Modes, shapes, thresholds and the environment, shared by every module of the scenario.
 
 import encoding from 'k6/encoding';
+import { SharedArray } from 'k6/data';
 
 // ---------------------------------------------------------------------------
 // Modes. VUs and durations from the capacity guide's tables; `quick` is a compressed
@@ -66,8 +67,11 @@ export const MODES = {
 
 // What the VUs do: `steady` holds one socket per VU for the whole run (our modes);
 // `churn` is the platform's own k6 loop (a short-lived socket per iteration, then HTTP);
-// `http` is the platform's HTTP-only scenario (no socket is held).
-export const SHAPES = ['steady', 'churn', 'http'];
+// `http` is the platform's HTTP-only scenario (no socket is held); `fleet` is the production
+// shape: many small users whose app and CLI sockets come and go (lib/fleet.js).
+export const SHAPES = ['steady', 'churn', 'http', 'fleet'];
+// fleet: sockets paced by their own clients (closed) or started at a fixed rate (open).
+export const ARRIVALS = ['closed', 'open'];
 
 // The guide's "Target (Standard)" / "Target (Extreme)" columns, plus its alert rules where it
 // has no target (DO response p95 > 1000 ms warning; rejection rate > 5 % warning, > 20 %
@@ -97,6 +101,14 @@ if (!SHAPES.includes(SHAPE)) {
 export const IS_PLATFORM = MODE_NAME === 'platform';
 if (IS_PLATFORM && SHAPE !== 'steady') {
   throw new Error(`TEST_MODE=platform is its own traffic (machines, sessions, apps); SHAPE=${SHAPE} applies to the other modes`);
+}
+export const IS_FLEET = SHAPE === 'fleet';
+export const ARRIVAL = __ENV.ARRIVAL || 'closed';
+if (!ARRIVALS.includes(ARRIVAL)) {
+  throw new Error(`unknown ARRIVAL "${ARRIVAL}"; valid: ${ARRIVALS.join(', ')} (SHAPE=fleet only)`);
+}
+if (ARRIVAL !== 'closed' && !IS_FLEET) {
+  throw new Error(`ARRIVAL=${ARRIVAL} applies to SHAPE=fleet only, not SHAPE=${SHAPE}`);
 }
 
 export const BASE_URL = (__ENV.BASE_URL || 'http://127.0.0.1:8787').replace(/\/+$/, '');
@@ -151,7 +163,8 @@ export function spread(vu) {
 // platform tokens (Ed25519, which k6 cannot sign) come from TOKENS_FILE, a JSON object
 // {"load-u-0": token, ...} (user id -> token) written by `target/debug/token --users N --prefix load-u`.
 // Tokens carry no tier: with ADMIN_TOKEN, setup() sets each user's tier the operator's way
-// (PUT /admin/users/{id}/tier), from TIER_MIX for many users or LOAD_TIER for one.
+// (PUT /admin/users/{id}/tier), from TIER_MIX for many users or LOAD_TIER for one; the tier
+// name `default` leaves a user alone (the gateway's DEFAULT_TIER, no admin call).
 const USERS = num('USERS', 0, 0, 100000, true);
 const AUTH_TOKEN = __ENV.AUTH_TOKEN || '';
 if (!USERS && !AUTH_TOKEN) {
@@ -160,10 +173,10 @@ if (!USERS && !AUTH_TOKEN) {
 if (USERS && !__ENV.TOKENS_FILE) {
   throw new Error('USERS needs TOKENS_FILE: target/debug/token --users N --prefix load-u > tokens.json');
 }
-const TOKENS = USERS ? JSON.parse(open(__ENV.TOKENS_FILE)) : {};
 export const ADMIN_TOKEN = __ENV.ADMIN_TOKEN || '';
 export const TIER_MIX_RAW = __ENV.TIER_MIX || 'pro:1';
-const TIER_MIX = parseMix('TIER_MIX', TIER_MIX_RAW);
+// `default` alone: every user in the gateway's default tier.
+const TIER_MIX = parseMix('TIER_MIX', TIER_MIX_RAW === 'default' ? 'default:1' : TIER_MIX_RAW);
 export const CLIENT_TYPES = ['user-scoped', 'session-scoped', 'machine-scoped'];
 // steady: mostly CLI sessions, some app (user) and daemon (machine) sockets, so the `session`
 // policy has sessions to place. churn: the platform's loop's 70/15/15.
@@ -172,9 +185,11 @@ export const CLIENT_MIX = parseMix('CLIENT_MIX', __ENV.CLIENT_MIX || (SHAPE === 
   : 'session-scoped:0.6,user-scoped:0.25,machine-scoped:0.15'), CLIENT_TYPES);
 // VUs vu, vu+1, ... with the same floor(vu / SESSION_SIZE) that are session-scoped share a session.
 export const SESSION_SIZE = num('SESSION_SIZE', 5, 1, 100000, true);
-export const PING_S = num('PING_INTERVAL', MODE.pingS, 0.1, 3600);
-export const BROADCAST_S = num('BROADCAST_INTERVAL', MODE.broadcastS, 0.1, 3600);
-export const STATS_S = num('STATS_INTERVAL', MODE.statsS, 0.1, 3600);
+// The fleet's own cadence (a CLI pings every 2 s; stats and broadcasts now and then).
+const FLEET_DEFAULTS = { pingS: 2, statsS: 10, broadcastS: 15 };
+export const PING_S = num('PING_INTERVAL', IS_FLEET ? FLEET_DEFAULTS.pingS : MODE.pingS, 0.1, 3600);
+export const BROADCAST_S = num('BROADCAST_INTERVAL', IS_FLEET ? FLEET_DEFAULTS.broadcastS : MODE.broadcastS, 0.1, 3600);
+export const STATS_S = num('STATS_INTERVAL', IS_FLEET ? FLEET_DEFAULTS.statsS : MODE.statsS, 0.1, 3600);
 export const CLIENT_BCAST_NTH = num('CLIENT_BROADCAST_EVERY_NTH_VU', MODE.clientBroadcast.everyNthVu, 0, 1e9, true);
 export const CLIENT_BCAST_S = num('CLIENT_BROADCAST_INTERVAL', MODE.clientBroadcast.intervalS, 0.1, 3600);
 export const CONNECT_TIMEOUT_MS = num('CONNECT_TIMEOUT_MS', 10000, 100, 600000);
@@ -190,17 +205,33 @@ export const PLATFORM = {
 };
 export const SOCKETS_PER_USER = 1 + PLATFORM.sessions + PLATFORM.apps;
 
-export const users = [];
-if (USERS) {
-  // The file's user ids in numeric order ("load-u-0", "load-u-1", ...); the first USERS of them.
-  const ids = Object.keys(TOKENS).sort((a, b) => trailingNumber(a) - trailingNumber(b) || a.localeCompare(b));
+// The users' [id, token] rows in numeric order of their ids ("load-u-0", "load-u-1", ...),
+// the first USERS of the file: parsed once and shared by every VU (k6's SharedArray), so a
+// thousand users cost a VU only the users it touches (userAt caches those).
+const TOKEN_ROWS = USERS ? new SharedArray('tokens', () => {
+  const tokens = JSON.parse(open(__ENV.TOKENS_FILE));
+  const ids = Object.keys(tokens).sort((a, b) => trailingNumber(a) - trailingNumber(b) || a.localeCompare(b));
   if (ids.length < USERS) throw new Error(`TOKENS_FILE has ${ids.length} tokens, USERS=${USERS} needs as many`);
-  ids.slice(0, USERS).forEach((id, n) => {
+  return ids.slice(0, USERS).map((id) => [id, tokens[id]]);
+}) : [];
+export const USER_COUNT = USERS || 1;
+const userCache = new Map();
+
+// User n (taken modulo the user count): {id, tier, token}; tier '' = leave it to the gateway.
+export function userAt(n) {
+  const i = ((n % USER_COUNT) + USER_COUNT) % USER_COUNT;
+  let u = userCache.get(i);
+  if (u) return u;
+  if (USERS) {
+    const [id, token] = TOKEN_ROWS[i];
     // Deterministic tier per user: the first users take the first tier's share, and so on.
-    users.push({ id, tier: pick(TIER_MIX, (n + 0.5) / USERS), token: TOKENS[id] });
-  });
-} else {
-  users.push({ id: claimOf(AUTH_TOKEN, 'user') || 'token-user', tier: __ENV.LOAD_TIER || '', token: AUTH_TOKEN });
+    const tier = pick(TIER_MIX, (i + 0.5) / USERS);
+    u = { id, tier: tier === 'default' ? '' : tier, token };
+  } else {
+    u = { id: claimOf(AUTH_TOKEN, 'user') || 'token-user', tier: __ENV.LOAD_TIER || '', token: AUTH_TOKEN };
+  }
+  userCache.set(i, u);
+  return u;
 }
 
 function trailingNumber(s) {
@@ -219,7 +250,7 @@ function claimOf(token, claim) {
 
 // VU n (1-based) belongs to user (n-1) mod users.
 export function userOf(vu) {
-  return users[(vu - 1) % users.length];
+  return userAt(vu - 1);
 }
 
 export function socketUrl(user, type, sessionId, machineId) {
@@ -237,12 +268,76 @@ export function durS(d) {
   const m = /^(\d+)(s|m)$/.exec(d);
   return Number(m[1]) * (m[2] === 'm' ? 60 : 1);
 }
-const PLATFORM_PEAK = users.length * SOCKETS_PER_USER;
-export const STAGES = IS_PLATFORM
-  ? [[`${PLATFORM.rampS}s`, PLATFORM_PEAK], [`${PLATFORM.holdS}s`, PLATFORM_PEAK]]
-  : MODE.stages;
+const PLATFORM_PEAK = USER_COUNT * SOCKETS_PER_USER;
+
+// SHAPE=fleet: every user has an app socket (user-scoped) and every other user (the even
+// ones) a CLI session socket too (session-scoped, sessionId `fs-<user>`): USERS + ceil(USERS/2)
+// clients. Each holds its socket FLEET_HOLD seconds (random in MIN-MAX), closes it and comes
+// back after FLEET_PAUSE seconds; ARRIVAL=open starts CONNECT_RATE sockets per second instead.
+function range(name, dflt) {
+  const raw = __ENV[name];
+  if (raw === undefined || raw === '') return dflt;
+  const m = /^([0-9]*\.?[0-9]+)-([0-9]*\.?[0-9]+)$/.exec(raw);
+  if (!m || Number(m[1]) > Number(m[2]) || Number(m[2]) > 3600) {
+    throw new Error(`${name} must be MIN-MAX seconds (e.g. ${dflt.join('-')}), MIN <= MAX <= 3600, got "${raw}"`);
+  }
+  return [Number(m[1]), Number(m[2])];
+}
+const HOLD_S = range('FLEET_HOLD', [3, 10]);
+const PAUSE_S = range('FLEET_PAUSE', [0.5, 2]);
+const FLEET_CLIENTS = USER_COUNT + Math.ceil(USER_COUNT / 2);
+const MEAN_CYCLE_S = (HOLD_S[0] + HOLD_S[1]) / 2 + (PAUSE_S[0] + PAUSE_S[1]) / 2;
+export const FLEET = {
+  clients: FLEET_CLIENTS,
+  holdS: HOLD_S,
+  pauseS: PAUSE_S,
+  // Open loop: by default the closed loop's steady-state rate (every client once per mean
+  // cycle), so both loops ask for about as many connects.
+  connectRate: num('CONNECT_RATE', Math.round((FLEET_CLIENTS / MEAN_CYCLE_S) * 100) / 100, 0.01, 100000),
+};
+
+// The mode's stages, each VU target scaled from the mode's peak to the fleet's clients, so the
+// fleet ramps (or spikes) the way the mode does, over the mode's duration, or stretched to
+// FLEET_DURATION seconds (every stage in proportion, whole seconds).
+const FLEET_DURATION_S = num('FLEET_DURATION', 0, 10, 86400, true);
+if (FLEET_DURATION_S && !IS_FLEET) throw new Error(`FLEET_DURATION applies to SHAPE=fleet only, not SHAPE=${SHAPE}`);
+
+function fleetStages() {
+  const peak = Math.max(...MODE.stages.map(([, t]) => t));
+  const modeS = MODE.stages.reduce((sum, [d]) => sum + durS(d), 0);
+  const scale = FLEET_DURATION_S ? FLEET_DURATION_S / modeS : 1;
+  const out = MODE.stages.map(([d, t]) => [Math.max(1, Math.round(durS(d) * scale)),
+    t > 0 ? Math.max(1, Math.round((t / peak) * FLEET_CLIENTS)) : 0]);
+  if (FLEET_DURATION_S) {
+    // Rounding may leave a few seconds over or under: the longest stage absorbs them.
+    const longest = out.reduce((i, x, k) => (x[0] > out[i][0] ? k : i), 0);
+    out[longest][0] += FLEET_DURATION_S - out.reduce((sum, [d]) => sum + d, 0);
+  }
+  return out.map(([d, t]) => [`${d}s`, t]);
+}
+
+function stages() {
+  if (IS_PLATFORM) return [[`${PLATFORM.rampS}s`, PLATFORM_PEAK], [`${PLATFORM.holdS}s`, PLATFORM_PEAK]];
+  if (IS_FLEET) return fleetStages();
+  return MODE.stages;
+}
+export const STAGES = stages();
 export const TOTAL_S = STAGES.reduce((s, [d]) => s + durS(d), 0);
-export const PEAK_VUS = SHAPE === 'http' ? HTTP_VUS : Math.max(...STAGES.map(([, t]) => t));
+
+// Open loop: how many VUs k6 starts with for CONNECT_RATE sockets of a mean hold (plus a
+// second to connect), and how many it may add when connects get slow (a longest hold plus
+// 5 s each); beyond that it drops iterations (counted in dropped_iterations).
+export const OPEN_VUS = {
+  pre: Math.max(2, Math.ceil(FLEET.connectRate * ((HOLD_S[0] + HOLD_S[1]) / 2 + 1))),
+  max: Math.max(10, Math.ceil(FLEET.connectRate * (HOLD_S[1] + 5))),
+};
+
+function peakVus() {
+  if (SHAPE === 'http') return HTTP_VUS;
+  if (IS_FLEET && ARRIVAL === 'open') return OPEN_VUS.max;
+  return Math.max(...STAGES.map(([, t]) => t));
+}
+export const PEAK_VUS = peakVus();
 
 // ---------------------------------------------------------------------------
 // Thresholds per mode and shape. k6 exits 99 when any fails.
@@ -308,6 +403,7 @@ export function thresholds() {
   const t = TARGETS[MODE.set];
   if (IS_PLATFORM) return platformThresholds(t);
   if (SHAPE === 'http') return httpThresholds(t);
+  // steady, churn and fleet: the sockets' targets.
   const out = Object.assign(connectionThresholds(t), socketThresholds(t));
   if (SHAPE === 'steady') {
     // Client broadcast frames are the steady shape's: both paths must meet the target apart.

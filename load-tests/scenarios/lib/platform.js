@@ -9,7 +9,7 @@
 // frames_misdelivered; an ack that does not come within 10 s is counted in frames_dropped.
 
 import exec from 'k6/execution';
-import { PLATFORM, SOCKETS_PER_USER, socketUrl, users } from './config.js';
+import { PLATFORM, SOCKETS_PER_USER, USER_COUNT, socketUrl, userAt } from './config.js';
 import * as m from './metrics.js';
 import { holdSocket } from './socket.js';
 
@@ -25,8 +25,8 @@ export const sessionIdOf = (user, k) => `s-${user.id}-${k}`;
 // first, then the sessions, then the apps), so during the ramp an app's targets are already
 // connected when it starts calling.
 function platformRole(k) {
-  const user = users[k % users.length];
-  const slot = Math.floor(k / users.length) % SOCKETS_PER_USER;
+  const user = userAt(k);
+  const slot = Math.floor(k / USER_COUNT) % SOCKETS_PER_USER;
   const sids = Array.from({ length: PLATFORM.sessions }, (_, i) => sessionIdOf(user, i));
   const own = { sids: new Set(sids), machine: machineIdOf(user) };
   const as = (role, type, fields, sessionId = '', machineId = '') => Object.assign(

@@ -5,7 +5,7 @@ import exec from 'k6/execution';
 import { sleep } from 'k6';
 import {
   BROADCAST_S, CLIENT_BCAST_NTH, CLIENT_BCAST_S, CLIENT_MIX, PING_S, SESSION_SIZE, STATS_S,
-  pick, socketUrl, spread, userOf, users,
+  pick, socketUrl, spread, userAt, userOf,
 } from './config.js';
 import { getStats, postBroadcast } from './http.js';
 import { CLIENT_BROADCAST_KIND, HTTP_BROADCAST_EVENT, holdSocket, pinger, recordBroadcast } from './socket.js';
@@ -53,7 +53,7 @@ const PROXY_IDLE_S = 4;
 let broadcastSeq = 0;
 
 export function broadcaster() {
-  const user = users[broadcastSeq % users.length];
+  const user = userAt(broadcastSeq);
   broadcastSeq += 1;
   const now = Date.now();
   postBroadcast(user, { type: HTTP_BROADCAST_EVENT, payload: { sentAt: now, seq: broadcastSeq }, timestamp: now },
@@ -66,7 +66,7 @@ export function broadcaster() {
 let statsSeq = 0;
 
 export function statsPoller() {
-  const user = users[statsSeq % users.length];
+  const user = userAt(statsSeq);
   statsSeq += 1;
   const t = Date.now();
   getStats(user, STATS_S >= PROXY_IDLE_S);
