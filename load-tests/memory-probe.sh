@@ -44,7 +44,7 @@ def rss():
     for line in out.splitlines():
         kb, args = line.split(None, 1)
         if args.split()[0].endswith("/workerd"):
-            if "--debug-port" in args:
+            if "--debug-port" in args or "entry=127.0.0.1:0 " in args:
                 rt += int(kb)
             else:
                 px += int(kb)

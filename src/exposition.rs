@@ -80,6 +80,8 @@ fn sort_label(v: &str) -> SortLabel {
 struct ShardRow {
     connections: u64,
     rejected: u64,
+    events: u64,
+    peak_events_per_second: u64,
     oldest_ms: Option<u64>,
     memory_bytes: u64,
     recent_accepted: u64,
@@ -128,6 +130,8 @@ pub fn render(
             row.rejected = row.rejected.saturating_add(g.rejected);
             row.oldest_ms = row.oldest_ms.max(g.oldest_connection_ms);
             row.memory_bytes = row.memory_bytes.saturating_add(g.memory_bytes);
+            row.events = row.events.saturating_add(g.events);
+            row.peak_events_per_second = row.peak_events_per_second.max(g.peak_events_per_second);
             row.recent_accepted = row.recent_accepted.saturating_add(g.recent_accepted);
             row.recent_rejected = row.recent_rejected.saturating_add(g.recent_rejected);
         }
@@ -204,6 +208,26 @@ pub fn render(
             "do_memory_usage_bytes",
             &shard_labels(k),
             &r.memory_bytes.to_string(),
+        );
+    }
+    out.family(
+        "do_events",
+        "gauge",
+        "Events a shard object handled since it started (requests, socket messages, closes, alarms): a user's busiest object's share is max by (user_id) over sum by (user_id).",
+    );
+    for (k, r) in &shards {
+        out.sample("do_events", &shard_labels(k), &r.events.to_string());
+    }
+    out.family(
+        "do_peak_events_per_second",
+        "gauge",
+        "The most events a shard object handled in one second since it started.",
+    );
+    for (k, r) in &shards {
+        out.sample(
+            "do_peak_events_per_second",
+            &shard_labels(k),
+            &r.peak_events_per_second.to_string(),
         );
     }
     out.family(
@@ -510,6 +534,8 @@ mod tests {
                 memory_bytes: 4096 * n,
                 recent_accepted: *n,
                 recent_rejected: 1,
+                events: 3 * n,
+                peak_events_per_second: *n,
             });
         }
         let o = &mut u.observed;
@@ -601,6 +627,8 @@ mod tests {
             ("do_response_time", PrometheusType::Histogram),
             ("do_memory_usage_bytes", PrometheusType::Gauge),
             ("do_oldest_connection_ms", PrometheusType::Gauge),
+            ("do_events", PrometheusType::Gauge),
+            ("do_peak_events_per_second", PrometheusType::Gauge),
             ("ws_message_latency", PrometheusType::Histogram),
             ("ws_broadcast_delivery_time", PrometheusType::Histogram),
             ("ws_connection_time", PrometheusType::Histogram),

@@ -946,6 +946,11 @@ pub struct ShardGauges {
     /// `do_connection_rejection_rate`.
     pub recent_accepted: u64,
     pub recent_rejected: u64,
+    /// What the shard object handled since it started (`stats::ObjectLoad`).
+    #[serde(default)]
+    pub events: u64,
+    #[serde(default)]
+    pub peak_events_per_second: u64,
 }
 
 impl ShardGauges {

@@ -106,10 +106,23 @@ gw_launch() {
   GW_INSPECTOR_PORT=$iport
   GW_URL="http://127.0.0.1:$GW_PORT"
   # setsid: wrangler and the workerd it spawns share a fresh process group we can kill whole.
-  (cd "$ROOT" && WRANGLER_SEND_METRICS=false exec setsid \
-    node_modules/.bin/wrangler dev --config "$GW_DIR/app/wrangler.toml" --ip 127.0.0.1 --port "$GW_PORT" \
-    --inspector-port "$iport" --persist-to "$GW_DIR/state" --show-interactive-dev-session=false \
-    "$@" >"$GW_LOG" 2>&1) &
+  # One config runs through load-tests/lib/serve.mjs: wrangler's dev server with the inspector
+  # off, which `wrangler dev` would attach to the runtime and which inflates every Durable
+  # Object subrequest (see serve.mjs); a second config (UPSTREAM=service) needs the CLI.
+  if [ "${GW_INSPECTOR:-off}" = off ] && ! printf '%s\n' "$@" | grep -qxE -- '-c|--config'; then
+    # Without the upstream Worker beside it, its service binding would name nothing (the
+    # CLI only warns; the API refuses): the gateway runs without it (UPSTREAM stays off).
+    awk '/^\[/ { skip = ($0 ~ /^\[\[services\]\][[:space:]]*$/) } !skip' "$GW_DIR/app/wrangler.toml" \
+      >"$GW_DIR/app/wrangler.toml.new" && mv "$GW_DIR/app/wrangler.toml.new" "$GW_DIR/app/wrangler.toml"
+    (cd "$ROOT" && WRANGLER_SEND_METRICS=false CI=1 exec setsid \
+      node load-tests/lib/serve.mjs --config "$GW_DIR/app/wrangler.toml" --ip 127.0.0.1 \
+      --port "$GW_PORT" --persist-to "$GW_DIR/state" "$@" >"$GW_LOG" 2>&1) &
+  else
+    (cd "$ROOT" && WRANGLER_SEND_METRICS=false exec setsid \
+      node_modules/.bin/wrangler dev --config "$GW_DIR/app/wrangler.toml" --ip 127.0.0.1 --port "$GW_PORT" \
+      --inspector-port "$iport" --persist-to "$GW_DIR/state" --show-interactive-dev-session=false \
+      "$@" >"$GW_LOG" 2>&1) &
+  fi
   GW_PGID=$!
   local body code
   for _ in $(seq 1 120); do
@@ -161,13 +174,14 @@ gw_cleanup() {
   GW_DIR=""
 }
 
-# "RUNTIME_KB PROXY_KB": wrangler dev runs two workerd processes: the runtime that hosts the
-# Worker and its Durable Objects (it has --debug-port), and an entry proxy in front of it
-# (every socket passes through it too; production has no such proxy).
+# "RUNTIME_KB PROXY_KB": wrangler's dev server runs two workerd processes: the runtime that
+# hosts the Worker and its Durable Objects (with `wrangler dev` it has --debug-port; through
+# serve.mjs its entry socket is an ephemeral port, `entry=127.0.0.1:0`), and an entry proxy in
+# front of it (every socket passes through it too; production has no such proxy).
 gw_workerd_rss_kb() {
   [ -n "$GW_PGID" ] || { echo "0 0"; return; }
   ps -o rss=,args= -g "$GW_PGID" 2>/dev/null | awk '
-    $2 ~ /\/workerd$/ { if ($0 ~ /--debug-port/) r += $1; else p += $1 }
+    $2 ~ /\/workerd$/ { if ($0 ~ /--debug-port|entry=127\.0\.0\.1:0 /) r += $1; else p += $1 }
     END { printf "%d %d\n", r, p }'
 }
 
@@ -176,7 +190,7 @@ gw_workerd_rss_kb() {
 gw_workerd_cpu_ticks() {
   [ -n "$GW_PGID" ] || { echo "0 0"; return; }
   local pid
-  pid=$(ps -o pid=,args= -g "$GW_PGID" 2>/dev/null | awk '$2 ~ /\/workerd$/ && /--debug-port/ { print $1; exit }')
+  pid=$(ps -o pid=,args= -g "$GW_PGID" 2>/dev/null | awk '$2 ~ /\/workerd$/ && /--debug-port|entry=127\.0\.0\.1:0 / { print $1; exit }')
   # Fields after "(comm)": state is the 1st, utime the 12th, stime the 13th.
   if [ -n "$pid" ] && [ -r "/proc/$pid/stat" ]; then
     sed 's/^.*) //' "/proc/$pid/stat" | awk -v pid="$pid" '{ print pid, $12 + $13 }'

@@ -97,6 +97,11 @@ impl ConnectionManager {
 
     /// Asks the alarm to check, once nothing else is due, whether the storage can go.
     pub(super) async fn retire_soon(&self) {
+        // A home writes nothing while its user fits on it, and keeps the user's state when
+        // it has some: it is never worth an alarm to check.
+        if self.is_home() {
+            return;
+        }
         if self.retirable() && self.retire_at.get().is_none() {
             self.retire_at.set(Some(runtime::now_ms()));
             if let Err(e) = self.rearm().await {

@@ -43,6 +43,7 @@ use worker::{
 
 use crate::auth::cache::BoundedMap;
 use crate::config::Config;
+use crate::metrics::Series;
 use crate::object_api::{
     AckRelay, Acquire, BroadcastRequest, Deliver, DeliverBatch, Delivered, Disconnect,
     DisconnectUser, Done, Fault, IssueTicket, Knob, Message, Observed, Placement, PushView,
@@ -453,17 +454,25 @@ impl ConnectionManager {
                 .await
             }
             <StatsRequest as Message>::PATH => {
-                answer(req, |_: StatsRequest| async move {
+                let started = runtime::now_ms();
+                let resp = answer(req, |_: StatsRequest| async move {
                     h.confirm().await?;
                     Ok(h.user_stats(cfg, self.stats()))
                 })
-                .await
+                .await;
+                // The home answers stats itself: its handling time is the DO response time.
+                self.observe_latency(Series::DoResponse, started).await;
+                resp
             }
             <BroadcastRequest as Message>::PATH => {
-                answer(req, |BroadcastRequest(d)| async move {
+                let started = runtime::now_ms();
+                let resp = answer(req, |BroadcastRequest(d)| async move {
                     Ok(self.broadcast(&d).await)
                 })
-                .await
+                .await;
+                self.observe_latency(Series::BroadcastDelivery, started)
+                    .await;
+                resp
             }
             <DisconnectUser as Message>::PATH => {
                 answer(req, |DisconnectUser(d)| async move {

@@ -163,6 +163,8 @@ impl ConnectionManager {
             rejected: capacity_rejected,
             oldest_connection_ms: stats.oldest_connection.map(|t| now.saturating_sub(t)),
             memory_bytes: stats.memory_usage,
+            events: stats.events,
+            peak_events_per_second: stats.peak_events_per_second,
             ..Default::default()
         }
         .with_recent(&self.observer.borrow().full, now);

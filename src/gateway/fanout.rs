@@ -8,37 +8,25 @@
 //! home's own are live. A broadcast reaches every shard holding slots or reported sockets.
 
 use serde::Serialize;
-use worker::{Context, Env, Request, Response};
+use worker::{Env, Request, Response};
 
 use super::identity::{self, ask_home};
-use super::observe_later;
 use crate::config::Config;
-use crate::metrics::Series;
-use crate::object_api::{BroadcastRequest, Observed, StatsRequest, UsageGet};
+use crate::object_api::{BroadcastRequest, StatsRequest, UsageGet};
 use crate::protocol::{self, ApiError, BroadcastResult};
 use crate::runtime;
 
-pub async fn broadcast(
-    mut req: Request,
-    env: &Env,
-    ctx: &Context,
-    cfg: &Config,
-) -> Result<Response, ApiError> {
+pub async fn broadcast(mut req: Request, env: &Env, cfg: &Config) -> Result<Response, ApiError> {
     let user = identity::http_user(&req, env, cfg).await?;
     let body = read_body(&mut req, cfg.max_message_bytes).await?;
     let delivery = protocol::parse_broadcast_body(&body, runtime::now_ms())?;
-    ok_json(&deliver_to_user(env, ctx, &user, delivery).await?)
+    ok_json(&deliver_to_user(env, &user, delivery).await?)
 }
 
 /// `POST /v1/backend/publish` (admin token): the backend delivers to one user's sockets
 /// without the user's token, as the platform's REST routes do through its internal
 /// broadcast. `{"userId", "message", "filter"?}`; the answer is a broadcast's.
-pub async fn publish(
-    mut req: Request,
-    env: &Env,
-    ctx: &Context,
-    cfg: &Config,
-) -> Result<Response, ApiError> {
+pub async fn publish(mut req: Request, env: &Env, cfg: &Config) -> Result<Response, ApiError> {
     super::admin::authorize(&req, cfg)?;
     let body = read_body(&mut req, cfg.max_message_bytes).await?;
     let mut v: serde_json::Value = serde_json::from_slice(&body).map_err(|e| {
@@ -58,7 +46,7 @@ pub async fn publish(
         .map_err(|e| ApiError::bad_request("invalid_id", format!("userId: {e}")))?;
     let rest = serde_json::to_vec(&v).unwrap_or_default();
     let delivery = protocol::parse_broadcast_body(&rest, runtime::now_ms())?;
-    ok_json(&deliver_to_user(env, ctx, &user, delivery).await?)
+    ok_json(&deliver_to_user(env, &user, delivery).await?)
 }
 
 /// Reads a body of at most `limit` bytes: 413 by its declared length, or as soon as the
@@ -110,15 +98,10 @@ async fn read_body(req: &mut Request, limit: usize) -> Result<Vec<u8>, ApiError>
 /// Delivers to a user's sockets on every shard that may hold a recipient, through its home.
 async fn deliver_to_user(
     env: &Env,
-    ctx: &Context,
     user: &str,
     delivery: protocol::Delivery,
 ) -> Result<BroadcastResult, ApiError> {
-    let started = runtime::now_ms();
-    let r = ask_home(env, user, &BroadcastRequest(delivery)).await?;
-    let took = runtime::now_ms().saturating_sub(started) as f64;
-    observe_latency(env, ctx, user, Series::BroadcastDelivery, took);
-    Ok(r)
+    ask_home(env, user, &BroadcastRequest(delivery)).await
 }
 
 /// `GET /v1/usage/limits` (Bearer): the user's stored usage limits verbatim, or the
@@ -134,36 +117,9 @@ pub async fn usage_limits(req: &Request, env: &Env, cfg: &Config) -> Result<Resp
 }
 
 /// `GET /v1/websocket/stats`: the user's stats, from its home in one call.
-pub async fn stats(
-    req: &Request,
-    env: &Env,
-    ctx: &Context,
-    cfg: &Config,
-) -> Result<Response, ApiError> {
+pub async fn stats(req: &Request, env: &Env, cfg: &Config) -> Result<Response, ApiError> {
     let user = identity::http_user(req, env, cfg).await?;
-    let started = runtime::now_ms();
-    let st = ask_home(env, &user, &StatsRequest {}).await?;
-    let took = runtime::now_ms().saturating_sub(started) as f64;
-    observe_latency(env, ctx, &user, Series::DoResponse, took);
-    ok_json(&st)
-}
-
-/// Records one of the caller's latencies in its home, after the answer.
-fn observe_latency(env: &Env, ctx: &Context, user: &str, series: Series, ms: f64) {
-    let cfg = runtime::config(env);
-    let tier = cfg
-        .map(|c| identity::placement_of(&c, user).tier)
-        .unwrap_or_default();
-    observe_later(
-        env,
-        ctx,
-        user,
-        Observed {
-            tier,
-            outcomes: Vec::new(),
-            latencies: vec![(series, ms)],
-        },
-    );
+    ok_json(&ask_home(env, &user, &StatsRequest {}).await?)
 }
 
 /// Whether `read` bytes plus the next `chunk` stay within `limit`.

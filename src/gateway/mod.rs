@@ -43,11 +43,11 @@ pub async fn handle(req: Request, env: Env, ctx: Context) -> worker::Result<Resp
         }
         (Method::Post, "/v1/websocket/ticket") => ticket::issue(&req, &env, &cfg).await,
         (Method::Post, "/v1/websocket/broadcast") => {
-            fanout::broadcast(req, &env, &ctx, &cfg).await
+            fanout::broadcast(req, &env, &cfg).await
         }
-        (Method::Get, "/v1/websocket/stats") => fanout::stats(&req, &env, &ctx, &cfg).await,
+        (Method::Get, "/v1/websocket/stats") => fanout::stats(&req, &env, &cfg).await,
         (Method::Get, "/v1/usage/limits") => fanout::usage_limits(&req, &env, &cfg).await,
-        (Method::Post, "/v1/backend/publish") => fanout::publish(req, &env, &ctx, &cfg).await,
+        (Method::Post, "/v1/backend/publish") => fanout::publish(req, &env, &cfg).await,
         (Method::Get, "/metrics") => admin::metrics(&req, &env, &cfg).await,
         (Method::Get, "/admin/stats") => admin::stats(&req, &env, &cfg).await,
         (Method::Get, "/admin/slo") => admin::slo(&req, &env, &cfg).await,
