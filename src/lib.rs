@@ -29,32 +29,21 @@
 //!   ending the revoked tokens' sockets.
 //! - `placement`: the bridge to the `shard-policies` crate; `runtime`: env, clock, calls.
 
-pub mod admission;
 pub mod auth;
 pub mod config;
-pub mod cors;
-pub mod exposition;
-pub mod ids;
-pub mod lease;
-pub mod metrics;
 pub mod object_api;
+pub mod placement;
 pub mod protocol;
 pub mod routing;
-pub mod slo;
-pub mod stats;
 pub mod upstream;
 
-mod connection_manager;
 mod gateway;
-mod outbox;
-mod placement;
-mod registry;
-mod revocations;
+mod objects;
 mod runtime;
 
-pub use connection_manager::ConnectionManager;
-pub use registry::Registry;
-pub use revocations::Revocations;
+pub use objects::registry::Registry;
+pub use objects::revocations::Revocations;
+pub use objects::shard::ConnectionManager;
 
 #[worker::event(fetch)]
 async fn fetch(

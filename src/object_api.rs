@@ -14,10 +14,10 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::auth::TokenRef;
-use crate::metrics::{GlobalMetrics, Observations, Outcome, Series, ShardGauges};
 use crate::protocol::{BroadcastResult, CredentialEnd, Delivery, SocketMeta};
 use crate::routing::view::{RoutingView, ShardPresence};
-use crate::stats::{ShardStats, UserStats};
+use observability::metrics::{GlobalMetrics, Observations, Outcome, Series, ShardGauges};
+use observability::stats::{ShardStats, UserStats};
 
 /// A message to a Durable Object: the path its router matches and the type it answers.
 pub trait Message: Serialize {
@@ -37,6 +37,19 @@ macro_rules! message {
 /// The empty answer of a message that only needs to arrive.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Done {}
+
+// ---------------------------------------------------------------------------------------------
+// Bindings and names
+
+/// `wrangler.toml` binding of the shard class.
+pub const SHARD_BINDING: &str = "CONNECTION_MANAGER";
+/// `wrangler.toml` binding of the metrics registry class.
+pub const REGISTRY_BINDING: &str = "REGISTRY";
+/// `wrangler.toml` binding of the revocation feed's class, and the feed object's name.
+pub const REVOCATIONS_BINDING: &str = "REVOCATIONS";
+pub const REVOCATIONS_NAME: &str = "revocations";
+/// The D1 binding of the platform's `RevokedToken` table (the platform's binding name).
+pub const REVOCATION_DB: &str = "DB";
 
 // ---------------------------------------------------------------------------------------------
 // Headers
@@ -355,7 +368,7 @@ pub struct Reclaim {}
 #[serde(rename_all = "camelCase")]
 pub struct Reclaimed {
     #[serde(flatten)]
-    pub lease: crate::lease::Returned,
+    pub lease: crate::placement::lease::Returned,
     #[serde(default)]
     pub report: Option<ShardReport>,
 }
@@ -433,7 +446,7 @@ pub enum Fault {
 /// by the home, so a retried push is applied once (`registry::book`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(transparent)]
-pub struct Ingest(pub crate::registry::book::Push);
+pub struct Ingest(pub observability::registry::Push);
 
 /// Registry -> home: the push was applied, or was one already applied (a retry).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -481,7 +494,7 @@ message! {
     SnapshotRequest => "/registry/snapshot", GlobalMetrics;
     RegistryStorage => "/registry/storage", serde_json::Value;
     Ensure => "/revocations/ensure", Done;
-    FeedStatus => "/revocations/status", crate::revocations::Feed;
+    FeedStatus => "/revocations/status", crate::auth::revocation::Feed;
 }
 
 #[cfg(test)]

@@ -166,6 +166,26 @@ pub async fn ask<M: crate::object_api::Message>(
     call(stub, M::PATH, shard, msg).await
 }
 
+/// Sends a message to the user's home shard; a failure is a 503 the client may retry.
+pub async fn ask_home<M: crate::object_api::Message>(
+    env: &Env,
+    user: &str,
+    msg: &M,
+) -> Result<M::Reply, ApiError> {
+    let unavailable = |e: worker::Error| {
+        worker::console_error!("home {} failed: {e}", M::PATH);
+        ApiError::new(
+            503,
+            "home_unavailable",
+            "the user's home shard did not answer; retry",
+        )
+        .retry_after(1)
+    };
+    let home = crate::placement::home_name(user);
+    let stub = stub(env, crate::object_api::SHARD_BINDING, &home).map_err(unavailable)?;
+    ask(&stub, Some(&home), msg).await.map_err(unavailable)
+}
+
 /// A message serialised once, for a fan-out that sends the same body to many objects.
 pub struct Encoded<M> {
     body: String,

@@ -4,7 +4,7 @@
 #![no_main]
 
 use edge_gateway::auth::{upgrade_credential, Credential};
-use edge_gateway::ids::validate_id;
+use edge_gateway::protocol::ids::validate_id;
 use edge_gateway::protocol::{parse_connect_query, ClientType, HeaderIds};
 use libfuzzer_sys::fuzz_target;
 

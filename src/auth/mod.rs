@@ -4,6 +4,9 @@
 
 pub mod b64;
 pub mod cache;
+pub mod revocation;
+pub mod secret;
+pub use secret::Secret;
 pub mod ticket;
 pub mod ticket_book;
 pub mod token;

@@ -13,7 +13,7 @@ use serde::Deserialize;
 use sha2::Sha256;
 
 use super::b64;
-use crate::ids::{validate_id, IdError};
+use crate::protocol::ids::{validate_id, IdError};
 
 type HmacSha256 = Hmac<Sha256>;
 

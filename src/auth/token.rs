@@ -14,7 +14,7 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use super::b64;
-use crate::ids::{validate_id, IdError};
+use crate::protocol::ids::{validate_id, IdError};
 
 /// Tokens longer than this are refused before any decoding work.
 pub const MAX_TOKEN_BYTES: usize = 4096;

@@ -3,44 +3,18 @@
 
 use worker::{Env, Headers, Method, Request, Response};
 
-use super::identity::{self, ask_home};
-use crate::auth;
+use super::caller::{self, authorize};
 use crate::config::Config;
-use crate::exposition::{self, ExpositionOptions};
-use crate::metrics::GlobalMetrics;
 use crate::object_api::{
     Disconnect, DisconnectUser, FeedStatus, Knob, SetTier, SnapshotRequest, TierGet, TierInfo,
 };
 use crate::placement;
 use crate::protocol::ApiError;
 use crate::runtime;
-use crate::slo;
-
-pub fn authorize(req: &Request, cfg: &Config) -> Result<(), ApiError> {
-    if cfg.admin_token.is_empty() {
-        return Err(ApiError::new(
-            403,
-            "admin_disabled",
-            "admin endpoints are disabled: set the ADMIN_TOKEN secret",
-        ));
-    }
-    let header = req.headers().get("authorization").ok().flatten();
-    let Some(given) = auth::bearer(header.as_deref()) else {
-        return Err(ApiError::new(
-            401,
-            "missing_admin_token",
-            "send `Authorization: Bearer <ADMIN_TOKEN>`",
-        ));
-    };
-    if !auth::admin_token_matches(given, cfg.admin_token.expose()) {
-        return Err(ApiError::new(
-            401,
-            "invalid_admin_token",
-            "this endpoint needs the ADMIN_TOKEN; user tokens are not accepted",
-        ));
-    }
-    Ok(())
-}
+use crate::runtime::ask_home;
+use observability::exposition::{self, ExpositionOptions};
+use observability::metrics::GlobalMetrics;
+use observability::slo;
 
 /// The user id of `/admin/users/{id}/tier`.
 pub fn user_tier_path(path: &str) -> Option<&str> {
@@ -55,7 +29,7 @@ pub async fn user_tier(mut req: Request, env: &Env, cfg: &Config) -> Result<Resp
     authorize(&req, cfg)?;
     let path = req.path();
     let user = user_tier_path(&path).unwrap_or_default().to_owned();
-    crate::ids::validate_id(&user)
+    crate::protocol::ids::validate_id(&user)
         .map_err(|e| ApiError::bad_request("invalid_id", format!("user id: {e}")))?;
     let info: TierInfo = match req.method() {
         Method::Get => ask_home(env, &user, &TierGet {}).await?,
@@ -95,7 +69,7 @@ pub async fn user_tier(mut req: Request, env: &Env, cfg: &Config) -> Result<Resp
             ))
         }
     };
-    identity::forget_placement(&user);
+    caller::forget_placement(&user);
     runtime::json(
         200,
         &serde_json::json!({"user": user, "tier": info.tier, "limit": info.limit, "override": info.overridden}),
@@ -131,7 +105,7 @@ pub async fn user_disconnect(
     }
     let path = req.path();
     let user = user_disconnect_path(&path).unwrap_or_default().to_owned();
-    crate::ids::validate_id(&user)
+    crate::protocol::ids::validate_id(&user)
         .map_err(|e| ApiError::bad_request("invalid_id", format!("user id: {e}")))?;
     let text = req
         .text()
@@ -157,13 +131,13 @@ pub async fn user_disconnect(
             ));
         }
         let lower = h.to_ascii_lowercase();
-        identity::forget_token_hash(&lower);
+        caller::forget_token_hash(&lower);
         d.token_hash = Some(lower);
         d.reason
             .get_or_insert(crate::protocol::CredentialEnd::Revoked);
     }
     for id in [&d.session_id, &d.machine_id].into_iter().flatten() {
-        crate::ids::validate_id(id)
+        crate::protocol::ids::validate_id(id)
             .map_err(|e| ApiError::bad_request("invalid_id", format!("{e}")))?;
     }
     let r = ask_home(env, &user, &DisconnectUser(d)).await?;
@@ -175,8 +149,12 @@ pub async fn user_disconnect(
 pub async fn revocations(req: &Request, env: &Env, cfg: &Config) -> Result<Response, ApiError> {
     authorize(req, cfg)?;
     let unavailable = |e: worker::Error| ApiError::new(503, "feed_unavailable", e.to_string());
-    let stub = runtime::stub(env, crate::revocations::BINDING, crate::revocations::NAME)
-        .map_err(unavailable)?;
+    let stub = runtime::stub(
+        env,
+        crate::object_api::REVOCATIONS_BINDING,
+        crate::object_api::REVOCATIONS_NAME,
+    )
+    .map_err(unavailable)?;
     let v = runtime::ask(&stub, None, &FeedStatus {})
         .await
         .map_err(unavailable)?;
@@ -211,7 +189,8 @@ pub async fn test_shard(mut req: Request, env: &Env, cfg: &Config) -> Result<Res
         ));
     }
     let internal = |e: worker::Error| ApiError::new(502, "shard_unavailable", e.to_string());
-    let stub = runtime::stub(env, placement::SHARD_BINDING, &body.shard).map_err(internal)?;
+    let stub =
+        runtime::stub(env, crate::object_api::SHARD_BINDING, &body.shard).map_err(internal)?;
     let knob = Knob {
         latency_ms: body.latency_ms,
         fault: body.fault,
@@ -295,9 +274,9 @@ pub async fn test_registry(
             let (mut ok, mut duplicates, mut failed) = (0u64, 0u64, Vec::new());
             for chunk in body.pushes.chunks(16) {
                 let calls = chunk.iter().map(|p| async move {
-                    let push: crate::registry::book::Push = serde_json::from_value(p.clone())?;
+                    let push: observability::registry::Push = serde_json::from_value(p.clone())?;
                     let name = placement::registry_name(&push.metrics.user_id, cfg.registry_shards);
-                    let stub = runtime::stub(env, placement::REGISTRY_BINDING, &name)?;
+                    let stub = runtime::stub(env, crate::object_api::REGISTRY_BINDING, &name)?;
                     runtime::ask(&stub, None, &crate::object_api::Ingest(push)).await
                 });
                 for r in futures::future::join_all(calls).await {
@@ -313,8 +292,8 @@ pub async fn test_registry(
         (Method::Get, "/admin/test/registry/storage") => {
             let mut shapes = Vec::new();
             for name in placement::registry_names(cfg.registry_shards) {
-                let stub =
-                    runtime::stub(env, placement::REGISTRY_BINDING, &name).map_err(internal)?;
+                let stub = runtime::stub(env, crate::object_api::REGISTRY_BINDING, &name)
+                    .map_err(internal)?;
                 let shape = runtime::ask(&stub, None, &crate::object_api::RegistryStorage {})
                     .await
                     .map_err(internal)?;
@@ -348,7 +327,7 @@ pub fn test_memory(req: &Request, cfg: &Config) -> Result<Response, ApiError> {
 async fn global(env: &Env, cfg: &Config) -> GlobalMetrics {
     let names = placement::registry_names(cfg.registry_shards);
     let calls = names.iter().map(|name| async move {
-        let stub = runtime::stub(env, placement::REGISTRY_BINDING, name).ok()?;
+        let stub = runtime::stub(env, crate::object_api::REGISTRY_BINDING, name).ok()?;
         let r = runtime::timeout(
             cfg.fanout_timeout_ms,
             runtime::ask(&stub, None, &SnapshotRequest {}),

@@ -1,10 +1,11 @@
 //! The stateless gateway Worker: routing, auth, placement and fan-out.
 
 mod admin;
-pub(crate) mod fanout;
-pub(crate) mod identity;
+pub(crate) mod caller;
+pub(crate) mod report;
 mod ticket;
 mod upgrade;
+pub(crate) mod user_api;
 
 use serde::Serialize;
 use worker::{Context, Env, Method, Request, Response};
@@ -29,7 +30,7 @@ pub async fn handle(req: Request, env: Env, ctx: Context) -> worker::Result<Resp
             ))
         }
     };
-    crate::revocations::ensure(&env, &ctx);
+    crate::objects::revocations::ensure(&env, &ctx);
     let origin = req.headers().get("origin").ok().flatten();
     // Browsers preflight the ticket, stats and broadcast calls (platform-protocol.md §7.5).
     if req.method() == Method::Options {
@@ -43,11 +44,11 @@ pub async fn handle(req: Request, env: Env, ctx: Context) -> worker::Result<Resp
         }
         (Method::Post, "/v1/websocket/ticket") => ticket::issue(&req, &env, &cfg).await,
         (Method::Post, "/v1/websocket/broadcast") => {
-            fanout::broadcast(req, &env, &cfg).await
+            user_api::broadcast(req, &env, &cfg).await
         }
-        (Method::Get, "/v1/websocket/stats") => fanout::stats(&req, &env, &cfg).await,
-        (Method::Get, "/v1/usage/limits") => fanout::usage_limits(&req, &env, &cfg).await,
-        (Method::Post, "/v1/backend/publish") => fanout::publish(req, &env, &cfg).await,
+        (Method::Get, "/v1/websocket/stats") => user_api::stats(&req, &env, &cfg).await,
+        (Method::Get, "/v1/usage/limits") => user_api::usage_limits(&req, &env, &cfg).await,
+        (Method::Post, "/v1/backend/publish") => user_api::publish(req, &env, &cfg).await,
         (Method::Get, "/metrics") => admin::metrics(&req, &env, &cfg).await,
         (Method::Get, "/admin/stats") => admin::stats(&req, &env, &cfg).await,
         (Method::Get, "/admin/slo") => admin::slo(&req, &env, &cfg).await,
@@ -132,7 +133,7 @@ fn health(
                 status: "ok",
                 policy: &c.policy_name,
                 version: env!("CARGO_PKG_VERSION"),
-                revocation: if identity::revocation_configured(env) {
+                revocation: if caller::revocation_configured(env) {
                     "d1"
                 } else {
                     "off"
@@ -150,53 +151,5 @@ fn health(
                 "version": env!("CARGO_PKG_VERSION"),
             }),
         ),
-    }
-}
-
-/// How long a gateway isolate gathers what it saw before telling the users' homes:
-/// one call per user per second instead of one per request (a stats poller or a broadcast
-/// storm costs a directory call per request otherwise).
-const OBSERVE_BATCH_MS: u32 = 1_000;
-
-thread_local! {
-    static OBSERVED: std::cell::RefCell<std::collections::BTreeMap<String, crate::object_api::Observed>> =
-        const { std::cell::RefCell::new(std::collections::BTreeMap::new()) };
-    static FLUSH_SCHEDULED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-}
-
-/// Records what the gateway saw for a user (connect outcomes it decided, broadcast and
-/// stats latencies); sent to the user's home with the next batch, after the answer
-/// (metrics never delay a client).
-pub fn observe_later(env: &Env, ctx: &Context, user: &str, o: crate::object_api::Observed) {
-    // Outcomes (refusals the gateway decided) are rare and counted at once; latencies, one
-    // per stats or broadcast call, are gathered.
-    if !o.outcomes.is_empty() {
-        let (env, user) = (env.clone(), user.to_owned());
-        runtime::wait_until(ctx, async move { send_observed(&env, &user, &o).await });
-        return;
-    }
-    OBSERVED.with(|b| {
-        let mut b = b.borrow_mut();
-        let e = b.entry(user.to_owned()).or_default();
-        e.tier = o.tier;
-        e.outcomes.extend(o.outcomes);
-        e.latencies.extend(o.latencies);
-    });
-    if FLUSH_SCHEDULED.with(|f| f.replace(true)) {
-        return;
-    }
-    let env = env.clone();
-    runtime::wait_until(ctx, async move {
-        runtime::sleep(OBSERVE_BATCH_MS).await;
-        FLUSH_SCHEDULED.with(|f| f.set(false));
-        let batch = OBSERVED.with(|b| std::mem::take(&mut *b.borrow_mut()));
-        let calls = batch.iter().map(|(user, o)| send_observed(&env, user, o));
-        futures::future::join_all(calls).await;
-    });
-}
-
-async fn send_observed(env: &Env, user: &str, o: &crate::object_api::Observed) {
-    if let Err(e) = identity::ask_home(env, user, o).await {
-        worker::console_error!("could not record observations: {}", e.message);
     }
 }

@@ -3,17 +3,18 @@
 
 use worker::{Env, Request, Response};
 
-use super::identity::{self, ask_home};
+use super::caller;
 use crate::auth::ticket;
 use crate::auth::ticket_book::{Issue, TICKETS_PER_MINUTE};
 use crate::config::Config;
 use crate::object_api::IssueTicket;
 use crate::protocol::ApiError;
 use crate::runtime;
+use crate::runtime::ask_home;
 
 pub async fn issue(req: &Request, env: &Env, cfg: &Config) -> Result<Response, ApiError> {
     // Authentication first, then the per-user limit (the platform's order).
-    let (user, token) = identity::http_caller(req, env, cfg).await?;
+    let (user, token) = caller::http_caller(req, env, cfg).await?;
     // The ticket's socket ends with the token it was issued for: the home keeps that
     // token's reference under the nonce until the ticket is redeemed.
     let nonce = ticket::uuid_v4(runtime::random16());

@@ -11,19 +11,19 @@
 
 use worker::{Context, Env, Headers, Method, Request, Response};
 
-use super::identity;
-use super::observe_later;
-use crate::admission::{self, Fallback, Health, TierRank};
+use super::caller;
+use super::report::observe_later;
 use crate::config::Config;
-use crate::ids;
-use crate::metrics::Outcome;
 use crate::object_api::{
     Connect, Observed, Placement, CONNECT_HEADER, CONNECT_PATH, HEALTH_HEADER, PLACEMENT_HEADER,
     SHARD_HEADER,
 };
 use crate::placement;
+use crate::placement::admission::{self, Fallback, Health, TierRank};
+use crate::protocol::ids;
 use crate::protocol::{self, ApiError, SocketMeta};
 use crate::runtime;
+use observability::metrics::Outcome;
 
 /// Most shards one connect tries before answering 503: bounds the
 /// subrequests a single connect can cost when a user's shards are all full.
@@ -62,7 +62,7 @@ pub async fn upgrade(
             machine_id: h_machine.as_deref(),
         },
     )?;
-    let caller = identity::upgrade_caller(req, &pairs, env, cfg).await?;
+    let caller = caller::upgrade_caller(req, &pairs, env, cfg).await?;
     let now = runtime::now_ms();
     let meta = SocketMeta {
         connection_id: ids::connection_id(runtime::random16()),
@@ -115,7 +115,7 @@ pub async fn upgrade(
             .flatten()
             .and_then(|h| Placement::parse(&h))
         {
-            identity::remember_placement(&caller.user, &p);
+            caller::remember_placement(&caller.user, &p);
             // The user spread (or shrank): the candidates change, the tried ones stay tried.
             attempt.learn(p);
         }
@@ -256,7 +256,7 @@ fn health_of(resp: &Response) -> Health {
 }
 
 async fn try_shard(env: &Env, connect: &Connect) -> worker::Result<Response> {
-    let stub = runtime::stub(env, placement::SHARD_BINDING, &connect.shard)?;
+    let stub = runtime::stub(env, crate::object_api::SHARD_BINDING, &connect.shard)?;
     let headers = Headers::new();
     headers.set("upgrade", "websocket")?;
     headers.set(SHARD_HEADER, &connect.shard)?;

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use crate::protocol::{ClientType, SocketMeta};
 use crate::routing::view::ShardPresence;
-use crate::stats::ByType;
+use observability::stats::ByType;
 
 /// The fixed per-socket cost in the memory estimate (runtime socket state), on top of the
 /// socket's attachment.

@@ -1,4 +1,4 @@
-//! The bookkeeping of an object's hook outbox, pure (the runtime side is `crate::outbox`):
+//! The bookkeeping of an object's hook outbox, pure (the runtime side is `crate::objects::outbox`):
 //! which hooks are stored, the bound, what supersedes what, which hooks go out next and what
 //! the end of an attempt means. Bodies stay in storage; this keeps ~100 bytes per hook.
 //!
@@ -20,7 +20,7 @@
 use std::collections::BTreeMap;
 
 use super::hooks::{retry_wait_ms, Hook, GIVE_UP_AFTER_MS};
-use crate::metrics::HookLoss;
+use observability::metrics::HookLoss;
 
 /// Default of `UPSTREAM_HOOKS_MAX`: hooks stored per object.
 pub const DEFAULT_MAX_HOOKS: u32 = 1_000;

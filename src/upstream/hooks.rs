@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::SenderInfo;
+use crate::protocol::{ClientType, SocketMeta};
 
 /// Storage keys of pending hooks start with this.
 pub const KEY_PREFIX: &str = "hook:";
@@ -93,6 +93,33 @@ pub fn machine(user: &str, machine_id: &str, online: bool, seq: u64, now_ms: u64
     let id = format!("{kind}:{user}:{machine_id}:{seq}");
     let body = serde_json::json!({"kind": kind, "id": id, "userId": user, "machineId": machine_id, "timestamp": now_ms});
     Hook::new(id, body, now_ms)
+}
+
+/// A socket as the upstream sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SenderInfo {
+    pub user_id: String,
+    pub tier: String,
+    pub connection_id: String,
+    pub client_type: ClientType,
+    pub session_id: Option<String>,
+    pub machine_id: Option<String>,
+    pub shard: String,
+}
+
+impl SenderInfo {
+    pub fn of(meta: &SocketMeta, shard: &str) -> Self {
+        Self {
+            user_id: meta.user_id.clone(),
+            tier: meta.tier.clone(),
+            connection_id: meta.connection_id.clone(),
+            client_type: meta.client_type,
+            session_id: meta.session_id.clone(),
+            machine_id: meta.machine_id.clone(),
+            shard: shard.to_owned(),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -7,6 +7,8 @@
 pub mod backlog;
 pub mod hooks;
 
+pub use hooks::SenderInfo;
+
 use std::collections::BTreeSet;
 
 use hmac::{Hmac, Mac};
@@ -15,8 +17,8 @@ use serde_json::value::RawValue;
 use sha2::Sha256;
 
 use crate::auth::b64;
-use crate::config::Secret;
-use crate::protocol::{self, ClientType, Delivery, Filter, SocketMeta};
+use crate::auth::Secret;
+use crate::protocol::{self, Delivery, Filter};
 
 /// The service binding's name in `wrangler.toml`.
 pub const BINDING: &str = "UPSTREAM_SERVICE";
@@ -179,31 +181,13 @@ impl UpstreamConfig {
     }
 }
 
-/// A socket as the upstream sees it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct SenderInfo {
-    pub user_id: String,
-    pub tier: String,
-    pub connection_id: String,
-    pub client_type: ClientType,
-    pub session_id: Option<String>,
-    pub machine_id: Option<String>,
-    pub shard: String,
-}
-
-impl SenderInfo {
-    pub fn of(meta: &SocketMeta, shard: &str) -> Self {
-        Self {
-            user_id: meta.user_id.clone(),
-            tier: meta.tier.clone(),
-            connection_id: meta.connection_id.clone(),
-            client_type: meta.client_type,
-            session_id: meta.session_id.clone(),
-            machine_id: meta.machine_id.clone(),
-            shard: shard.to_owned(),
-        }
-    }
+/// A business event waiting for its socket's earlier ones.
+pub struct QueuedEvent {
+    pub event: String,
+    /// Its metrics label (the event, or the `UPSTREAM_EVENTS` pattern it matched).
+    pub label: String,
+    pub data: Option<Box<RawValue>>,
+    pub ack_id: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -345,6 +329,7 @@ impl Failure {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::ClientType;
 
     #[test]
     fn upstream_urls_are_checked_on_the_parsed_host() {

@@ -386,7 +386,7 @@ async fn when_every_shard_is_slow_lower_tiers_are_shed_first() {
 /// One user's push as a directory sends it: a shard's gauges, three accepted connects and
 /// an hour of latency samples in every series (about 4 KB), numbered `(sender, seq)`.
 fn registry_push(user: &str, sender: u64, seq: u64, now_ms: u64) -> Value {
-    use edge_gateway::metrics::{Outcome, Series, ShardGauges, UserMetrics};
+    use observability::metrics::{Outcome, Series, ShardGauges, UserMetrics};
     let mut u = UserMetrics::new(user, "pro", "single");
     u.set_gauges(ShardGauges {
         shard: format!("cm:{user}"),

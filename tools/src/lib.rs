@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use edge_gateway::auth::{ticket, token, MintClaims, TokenKeys};
-use edge_gateway::ids::validate_id;
+use edge_gateway::protocol::ids::validate_id;
 
 /// The master secret: `HAPPY_MASTER_SECRET` (or the deprecated `HANDY_MASTER_SECRET`) from
 /// the environment, else from the `.dev.vars` file at `dev_vars`.

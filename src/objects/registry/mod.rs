@@ -1,0 +1,250 @@
+//! The metrics registry: `REGISTRY_SHARDS` objects (`reg:{k}`), each holding
+//! the metrics of the users whose id hashes to it. Users' home shards push their
+//! gauges and new observations here every few seconds; `/metrics`,
+//! `/admin/stats` and `/admin/slo` fan out over these objects instead of
+//! over every user.
+//!
+//! Each user is one storage value (`u:{user}`, see `book`): a push reads and
+//! writes that user only, and is applied once however often it is retried. A
+//! sweep alarm forgets quiet users without sockets.
+
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
+use std::rc::Rc;
+
+use serde::{Deserialize, Serialize};
+use worker::{
+    console_error, durable_object, DurableObject, Env, ListOptions, Request, Response, State,
+    Storage,
+};
+
+use crate::object_api::{
+    Ingest as IngestPush, Ingested, Message, RegistryStorage, SnapshotRequest,
+};
+use crate::protocol::ApiError;
+use crate::runtime;
+use observability::metrics::GlobalMetrics;
+use observability::registry::{self, Ingest, Push, UserRecord, LEGACY_KEY, USER_PREFIX};
+
+/// How often quiet users are looked for while the registry has users.
+const SWEEP_EVERY_MS: u64 = 600_000;
+/// Records read per page when loading.
+const LIST_PAGE: usize = 256;
+
+/// The layout before one value per user, read once to split it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+struct Legacy {
+    global: GlobalMetrics,
+    last_report_ms: BTreeMap<String, u64>,
+}
+
+#[durable_object]
+pub struct Registry {
+    state: State,
+    env: Env,
+    users: Rc<RefCell<BTreeMap<String, UserRecord>>>,
+    /// The sweep alarm is set (unknown after a wake: the first push sets it).
+    sweep_armed: Cell<bool>,
+}
+
+impl DurableObject for Registry {
+    fn new(state: State, env: Env) -> Self {
+        let users = Rc::new(RefCell::new(BTreeMap::new()));
+        let slot = users.clone();
+        let storage = state.storage();
+        let _load = state.block_concurrency_while(async move {
+            split_legacy(&storage).await;
+            *slot.borrow_mut() = load(&storage).await;
+            Ok(())
+        });
+        Self {
+            state,
+            env,
+            users,
+            sweep_armed: Cell::new(false),
+        }
+    }
+
+    async fn fetch(&self, mut req: Request) -> worker::Result<Response> {
+        let path = req.path();
+        match path.as_str() {
+            <IngestPush as Message>::PATH => {
+                let IngestPush(push) = runtime::body_json(&mut req).await?;
+                self.ingest(push).await
+            }
+            <SnapshotRequest as Message>::PATH => runtime::json(200, &self.snapshot()),
+            <RegistryStorage as Message>::PATH
+                if runtime::config(&self.env).is_ok_and(|c| c.test_knobs) =>
+            {
+                runtime::json(200, &storage_shape(&self.state.storage()).await?)
+            }
+            _ => runtime::error(&ApiError::new(404, "not_found", format!("no route {path}"))),
+        }
+    }
+
+    async fn alarm(&self) -> worker::Result<Response> {
+        let now = runtime::now_ms();
+        let stale: Vec<String> = self
+            .users
+            .borrow()
+            .iter()
+            .filter(|(_, r)| registry::is_stale(r, now))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for chunk in stale.chunks(128) {
+            let keys: Vec<String> = chunk.iter().map(|id| registry::key(id)).collect();
+            self.state.storage().delete_multiple(keys).await?;
+            let mut users = self.users.borrow_mut();
+            for id in chunk {
+                users.remove(id);
+            }
+        }
+        self.sweep_armed.set(false);
+        if !self.users.borrow().is_empty() {
+            self.arm_sweep(now).await?;
+        }
+        Response::ok("")
+    }
+
+    runtime::socketless_handlers!();
+}
+
+impl Registry {
+    /// A directory's push: the user's record, updated, is stored before it is kept, so a
+    /// failed write changes nothing and its retry applies once.
+    async fn ingest(&self, push: Push) -> worker::Result<Response> {
+        let user = push.metrics.user_id.clone();
+        if user.is_empty() {
+            return runtime::error(&ApiError::bad_request("invalid_body", "no userId"));
+        }
+        let now = runtime::now_ms();
+        let have = self.users.borrow().get(&user).cloned();
+        match registry::ingest(have.as_ref(), push, now) {
+            Ingest::Duplicate => runtime::json(200, &Ingested { duplicate: true }),
+            Ingest::Apply(rec) => {
+                let text = serde_json::to_string(&rec)?;
+                self.state
+                    .storage()
+                    .put(&registry::key(&user), text)
+                    .await?;
+                self.users.borrow_mut().insert(user, *rec);
+                if !self.sweep_armed.get() {
+                    self.arm_sweep(now).await?;
+                }
+                runtime::json(200, &Ingested::default())
+            }
+        }
+    }
+
+    async fn arm_sweep(&self, now: u64) -> worker::Result<()> {
+        self.sweep_armed.set(true);
+        self.state
+            .storage()
+            .set_alarm(runtime::scheduled(now.saturating_add(SWEEP_EVERY_MS)))
+            .await
+    }
+
+    /// Every user's metrics, windows pruned to now.
+    fn snapshot(&self) -> GlobalMetrics {
+        let now = runtime::now_ms();
+        let mut g = GlobalMetrics::default();
+        for (id, r) in self.users.borrow().iter() {
+            let mut m = r.metrics.clone();
+            m.observed.prune(now);
+            g.users.insert(id.clone(), m);
+        }
+        g
+    }
+}
+
+/// Every user record, read in pages. An unreadable one (an older shape) is skipped: it
+/// starts afresh with the user's next push.
+async fn load(storage: &Storage) -> BTreeMap<String, UserRecord> {
+    let mut users = BTreeMap::new();
+    let mut start = USER_PREFIX.to_owned();
+    loop {
+        let opts = ListOptions::new()
+            .prefix(USER_PREFIX)
+            .start(&start)
+            .limit(LIST_PAGE);
+        let page = match storage.list_with_options(opts).await {
+            Ok(m) => m,
+            Err(e) => {
+                console_error!("registry unreadable: {e}");
+                break;
+            }
+        };
+        let mut last = None;
+        page.for_each(&mut |value, key| {
+            if let Some(rec) = value
+                .as_string()
+                .and_then(|t| serde_json::from_str::<UserRecord>(&t).ok())
+            {
+                users.insert(rec.metrics.user_id.clone(), rec);
+            }
+            last = key.as_string();
+        });
+        match last {
+            Some(k) if page.size() as usize >= LIST_PAGE => start = format!("{k}\u{0}"),
+            _ => break,
+        }
+    }
+    users
+}
+
+/// Splits the one value of the older layout into one value per user, then deletes it.
+async fn split_legacy(storage: &Storage) {
+    let Ok(Some(old)) = storage.get::<Legacy>(LEGACY_KEY).await else {
+        return;
+    };
+    for (id, m) in old.global.users {
+        let rec = UserRecord {
+            last_report_ms: old.last_report_ms.get(&id).copied().unwrap_or(0),
+            metrics: m,
+            applied: None,
+        };
+        let Ok(text) = serde_json::to_string(&rec) else {
+            continue;
+        };
+        if let Err(e) = storage.put(&registry::key(&id), text).await {
+            // Keep the old value: the split is tried again on the next start.
+            console_error!("registry split failed: {e}");
+            return;
+        }
+    }
+    if let Err(e) = storage.delete(LEGACY_KEY).await {
+        console_error!("registry's old value not deleted: {e}");
+    }
+}
+
+/// What storage holds, for tests (`TEST_KNOBS=on`): keys, and the largest value's size.
+async fn storage_shape(storage: &Storage) -> worker::Result<serde_json::Value> {
+    let map = storage.list().await?;
+    let (mut keys, mut users, mut largest, mut total, mut legacy) =
+        (0u64, 0u64, 0usize, 0usize, false);
+    map.for_each(&mut |value, key| {
+        let k = key.as_string().unwrap_or_default();
+        let len = value.as_string().map_or_else(
+            || {
+                js_sys::JSON::stringify(&value)
+                    .ok()
+                    .and_then(|s| s.as_string())
+                    .map_or(0, |s| s.len())
+            },
+            |s| s.len(),
+        );
+        keys += 1;
+        users += u64::from(k.starts_with(USER_PREFIX));
+        legacy |= k == LEGACY_KEY;
+        largest = largest.max(len);
+        total += len;
+    });
+    Ok(serde_json::json!({
+        "keys": keys,
+        "userKeys": users,
+        "legacy": legacy,
+        "largestValueBytes": largest,
+        "totalValueBytes": total,
+    }))
+}
