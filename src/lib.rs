@@ -41,6 +41,7 @@ mod gateway;
 mod objects;
 mod runtime;
 
+pub use objects::control::Control;
 pub use objects::registry::Registry;
 pub use objects::revocations::Revocations;
 pub use objects::shard::ConnectionManager;

@@ -9,6 +9,8 @@
 //! | any shard | the upgrade ([`CONNECT_PATH`], with [`Connect`] in [`CONNECT_HEADER`]), [`Deliver`], [`DeliverBatch`], [`AckRelay`], [`Reclaim`], [`PushView`], [`Disconnect`], [`Knob`] |
 //! | a registry `reg:{k}` | [`Ingest`], [`SnapshotRequest`] |
 //! | the revocation feed | [`Ensure`], [`FeedStatus`] |
+//! | the policy control `control` | [`PolicyGet`], [`PolicySet`] |
+//! | a registry, a home, any shard: a run-time policy switch on its way | [`NoticeUsers`], [`PolicyNotice`], [`ApplyPolicy`] |
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -48,6 +50,9 @@ pub const REGISTRY_BINDING: &str = "REGISTRY";
 /// `wrangler.toml` binding of the revocation feed's class, and the feed object's name.
 pub const REVOCATIONS_BINDING: &str = "REVOCATIONS";
 pub const REVOCATIONS_NAME: &str = "revocations";
+/// `wrangler.toml` binding of the policy control's class, and its one object's name.
+pub const CONTROL_BINDING: &str = "CONTROL";
+pub const CONTROL_NAME: &str = "control";
 /// The D1 binding of the platform's `RevokedToken` table (the platform's binding name).
 pub const REVOCATION_DB: &str = "DB";
 
@@ -86,6 +91,10 @@ pub struct Connect {
     /// The spread level the gateway placed by (reported in the `connected` frame).
     #[serde(default)]
     pub spread: u32,
+    /// The policy the gateway placed by (canonical form), with the control's version and
+    /// drain window: a home that missed the switch's notice learns it here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<PolicyNotice>,
 }
 
 fn yes() -> bool {
@@ -468,6 +477,63 @@ pub struct Ensure {}
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FeedStatus {}
 
+// ---------------------------------------------------------------------------------------------
+// The run-time policy switch (`placement::switch`)
+
+/// Gateway -> control: the policies set at run time.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyGet {}
+
+/// Gateway (admin) -> control: set or clear (`switch: None`) the policy for everyone, or for
+/// `user`. Answers the new state; the control then tells the users' homes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicySet {
+    pub user: Option<String>,
+    pub switch: Option<crate::placement::switch::Switch>,
+    /// For a clear: the drain window back to the config's policy.
+    pub drain_ms: u64,
+}
+
+/// The state after a [`PolicySet`], or why it was refused (nothing changed then).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicySetReply {
+    pub state: crate::placement::switch::PolicyState,
+    pub refused: Option<String>,
+}
+
+/// A user's policy changed: what its shards must follow from now on. `version` orders
+/// notices (a shard applies only a newer one), so a switch and a switch back in quick
+/// succession settle on the last.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyNotice {
+    pub policy: String,
+    pub drain_ms: u64,
+    pub version: u64,
+}
+
+/// Control -> registry: tell the home of every user this registry holds with open sockets,
+/// except `except` (users with a policy of their own).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NoticeUsers {
+    pub notice: PolicyNotice,
+    pub except: Vec<String>,
+}
+
+/// Home -> each of the user's other shards.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApplyPolicy(pub PolicyNotice);
+
+/// What a notice did on one shard.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Applied {
+    /// The shard began draining: the policy no longer places sockets on it.
+    pub draining: bool,
+    /// Sockets it will move over the window.
+    pub sockets: u32,
+}
+
 message! {
     Acquire => "/home/acquire", Granted;
     Release => "/home/release", Done;
@@ -495,6 +561,11 @@ message! {
     RegistryStorage => "/registry/storage", serde_json::Value;
     Ensure => "/revocations/ensure", Done;
     FeedStatus => "/revocations/status", crate::auth::revocation::Feed;
+    PolicyGet => "/control/policy", crate::placement::switch::PolicyState;
+    PolicySet => "/control/policy/set", PolicySetReply;
+    NoticeUsers => "/registry/notice", Done;
+    PolicyNotice => "/home/policy", Applied;
+    ApplyPolicy => "/shard/policy", Applied;
 }
 
 #[cfg(test)]

@@ -536,6 +536,7 @@ mod tests {
                 recent_rejected: 1,
                 events: 3 * n,
                 peak_events_per_second: *n,
+                draining: false,
             });
         }
         let o = &mut u.observed;

@@ -951,6 +951,9 @@ pub struct ShardGauges {
     pub events: u64,
     #[serde(default)]
     pub peak_events_per_second: u64,
+    /// The shard drains (rotation or a policy switch): `edge_draining_shards`.
+    #[serde(default)]
+    pub draining: bool,
 }
 
 impl ShardGauges {

@@ -3,6 +3,7 @@
 use crate::candidate::Candidates;
 use crate::fanout::{fanout, KnownShard};
 use crate::hash::xxh64;
+use crate::name::ShardKey;
 use crate::rotation::Rotation;
 use crate::spread::{default_fill, SpreadPlan};
 use core::fmt;
@@ -280,6 +281,47 @@ impl PolicyConfig {
         })
     }
 
+    /// Whether this policy may place a socket on the shard `key`: the shards a run-time
+    /// switch to this policy leaves in place; the others drain. The home (`Base`) is placed
+    /// by `single`, `session:others=base` and every `shards=auto` policy but `rotate` (they
+    /// fill it first); a fixed `shards=N` places hash shards `0..N` only; `rotate` places
+    /// its own schedule's epochs (older ones drain by themselves).
+    pub fn places<S>(&self, key: &ShardKey<S>) -> bool {
+        let hash_fits = |count: &ShardCount, k: u32| count.as_fixed().is_none_or(|n| k < n);
+        match (self, key) {
+            (PolicyConfig::Single(_), ShardKey::Base) => true,
+            (PolicyConfig::Hash(HashPolicy { shards }), ShardKey::Base) => shards.is_auto(),
+            (PolicyConfig::Hash(HashPolicy { shards }), ShardKey::Hash { k }) => {
+                hash_fits(shards, *k)
+            }
+            (PolicyConfig::Session(_), ShardKey::Session(_)) => true,
+            (PolicyConfig::Session(SessionPolicy { others }), ShardKey::Base) => match others {
+                Others::Base => true,
+                Others::Hash(count) => count.is_auto(),
+            },
+            (
+                PolicyConfig::Session(SessionPolicy {
+                    others: Others::Hash(count),
+                }),
+                ShardKey::Hash { k },
+            ) => hash_fits(count, *k),
+            (
+                PolicyConfig::Rotate(RotatePolicy { rotation, shards }),
+                ShardKey::Epoch {
+                    rotation: r, hash, ..
+                },
+            ) => {
+                r == rotation
+                    && match (shards, hash) {
+                        (None, None) => true,
+                        (Some(count), Some(k)) => hash_fits(count, *k),
+                        _ => false,
+                    }
+            }
+            _ => false,
+        }
+    }
+
     /// The rotation schedule, for `rotate`.
     pub fn rotation(&self) -> Option<Rotation> {
         match self {
@@ -305,7 +347,61 @@ impl ShardPolicy for PolicyConfig {
 mod tests {
     use super::*;
     use crate::hash::shard_index;
-    use crate::name::ShardKey;
+
+    /// Every shard a policy's candidates name is one it places, for every client type,
+    /// spread level and a span of epochs; and what a switch drains is what it must.
+    #[test]
+    fn a_policy_places_every_candidate_it_names() {
+        let policies = [
+            "single",
+            "hash:shards=auto",
+            "hash:shards=4",
+            "session",
+            "session:others=hash",
+            "session:others=hash,shards=3",
+            "rotate:period=20s,drain=4s",
+            "rotate:period=20s,drain=4s,shards=auto",
+            "rotate:period=20s,drain=4s,shards=2",
+        ];
+        for text in policies {
+            let p: PolicyConfig = text.parse().unwrap();
+            for i in 0..200u32 {
+                let conn = format!("conn-{i}");
+                let ct = [
+                    ClientType::UserScoped,
+                    ClientType::SessionScoped,
+                    ClientType::MachineScoped,
+                ][i as usize % 3];
+                let mut r = req(ct, Some("sess-1"), &conn);
+                r.spread = i % 5;
+                r.now_ms = u64::from(i) * 7_000;
+                for key in p.candidates(&r) {
+                    assert!(p.places(&key), "{text} names {key:?} but does not place it");
+                }
+            }
+        }
+        let p = |t: &str| t.parse::<PolicyConfig>().unwrap();
+        let rot: Rotation = "rotate:period=20s,drain=4s"
+            .parse::<PolicyConfig>()
+            .unwrap()
+            .rotation()
+            .unwrap();
+        // single -> hash:shards=auto moves nothing; back drains the hash shards.
+        assert!(p("hash:shards=auto").places(&ShardKey::<&str>::Base));
+        assert!(!p("single").places(&ShardKey::<&str>::Hash { k: 0 }));
+        assert!(!p("hash:shards=4").places(&ShardKey::<&str>::Hash { k: 4 }));
+        assert!(!p("hash:shards=4").places(&ShardKey::<&str>::Base));
+        assert!(!p("single").places(&ShardKey::Session("s")));
+        let epoch = ShardKey::<&str>::Epoch {
+            rotation: rot,
+            epoch: 3,
+            hash: None,
+        };
+        assert!(p("rotate:period=20s,drain=4s").places(&epoch));
+        assert!(!p("rotate:period=30s,drain=4s").places(&epoch));
+        assert!(!p("rotate:period=20s,drain=4s").places(&ShardKey::<&str>::Base));
+        assert!(!p("hash:shards=auto").places(&epoch));
+    }
 
     fn req<'a>(
         client_type: ClientType,

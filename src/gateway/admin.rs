@@ -356,7 +356,20 @@ pub async fn metrics(req: &Request, env: &Env, cfg: &Config) -> Result<Response,
         max_users: cfg.metrics_max_user_series as usize,
         ..ExpositionOptions::default()
     };
-    let body = exposition::render(&g, &cfg.tiers, &opts);
+    let mut body = exposition::render(&g, &cfg.tiers, &opts);
+    let st = super::policy::state(env).await;
+    let draining = g
+        .users
+        .values()
+        .flat_map(|u| u.shards.iter())
+        .filter(|s| s.draining)
+        .count() as u64;
+    body.push_str(&crate::placement::switch::exposition(
+        &cfg.policy_name,
+        &st.effective("", &cfg.policy),
+        st.users.len(),
+        draining,
+    ));
     let internal = |e: worker::Error| ApiError::new(500, "internal", e.to_string());
     let headers = Headers::new();
     headers

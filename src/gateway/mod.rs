@@ -2,7 +2,9 @@
 
 mod admin;
 pub(crate) mod caller;
+pub(crate) mod policy;
 pub(crate) mod report;
+mod switch;
 mod ticket;
 mod upgrade;
 pub(crate) mod user_api;
@@ -18,7 +20,7 @@ pub async fn handle(req: Request, env: Env, ctx: Context) -> worker::Result<Resp
     let path = req.path();
     let cfg = runtime::config(&env);
     if path == "/health" {
-        return health(&cfg, &env);
+        return health(&cfg, &env).await;
     }
     let cfg = match cfg {
         Ok(c) => c,
@@ -54,6 +56,8 @@ pub async fn handle(req: Request, env: Env, ctx: Context) -> worker::Result<Resp
         (Method::Get, "/admin/slo") => admin::slo(&req, &env, &cfg).await,
         (Method::Get, "/admin/revocations") => admin::revocations(&req, &env, &cfg).await,
         (_, p) if admin::user_tier_path(p).is_some() => admin::user_tier(req, &env, &cfg).await,
+        (_, "/admin/policy") => switch::policy(req, &env, &cfg).await,
+        (_, p) if switch::user_policy_path(p).is_some() => switch::policy(req, &env, &cfg).await,
         (_, p) if admin::user_disconnect_path(p).is_some() => {
             admin::user_disconnect(req, &env, &cfg).await
         }
@@ -79,7 +83,7 @@ pub async fn handle(req: Request, env: Env, ctx: Context) -> worker::Result<Resp
             404,
             "not_found",
             format!(
-                "no route {}; see /health, /v1/updates, /v1/websocket/ticket, /v1/websocket/broadcast, /v1/websocket/stats, /v1/usage/limits, /v1/backend/publish, /metrics, /admin/stats, /admin/slo, /admin/users/{{id}}/tier, /admin/users/{{id}}/disconnect, /admin/revocations",
+                "no route {}; see /health, /v1/updates, /v1/websocket/ticket, /v1/websocket/broadcast, /v1/websocket/stats, /v1/usage/limits, /v1/backend/publish, /metrics, /admin/stats, /admin/slo, /admin/users/{{id}}/tier, /admin/users/{{id}}/policy, /admin/users/{{id}}/disconnect, /admin/policy, /admin/revocations",
                 crate::protocol::truncate(&path, 100)
             ),
         )),
@@ -112,35 +116,50 @@ fn method_not_allowed(allowed: &str) -> ApiError {
     )
 }
 
-fn health(
+async fn health(
     cfg: &Result<std::rc::Rc<Config>, crate::config::ConfigError>,
     env: &Env,
 ) -> worker::Result<Response> {
     #[derive(Serialize)]
+    #[serde(rename_all = "camelCase")]
     struct Ok<'a> {
         status: &'static str,
+        /// The policy new sockets follow (`activePolicy`), where it comes from, and
+        /// `SHARD_POLICY` as deployed.
         policy: &'a str,
+        active_policy: String,
+        policy_source: crate::placement::switch::Source,
+        policy_version: u64,
+        /// Users with a policy of their own (canaries).
+        user_policies: usize,
         version: &'static str,
         /// `d1` when tokens are checked against the platform's `RevokedToken` table.
         revocation: &'static str,
-        #[serde(rename = "defaultTier")]
         default_tier: &'a str,
     }
     match cfg {
-        Result::Ok(c) => runtime::json(
-            200,
-            &Ok {
-                status: "ok",
-                policy: &c.policy_name,
-                version: env!("CARGO_PKG_VERSION"),
-                revocation: if caller::revocation_configured(env) {
-                    "d1"
-                } else {
-                    "off"
+        Result::Ok(c) => {
+            let (active_policy, policy_source, policy_version, user_policies) =
+                switch::health_policy(env, c).await;
+            runtime::json(
+                200,
+                &Ok {
+                    status: "ok",
+                    policy: &c.policy_name,
+                    active_policy,
+                    policy_source,
+                    policy_version,
+                    user_policies,
+                    version: env!("CARGO_PKG_VERSION"),
+                    revocation: if caller::revocation_configured(env) {
+                        "d1"
+                    } else {
+                        "off"
+                    },
+                    default_tier: &c.default_tier,
                 },
-                default_tier: &c.default_tier,
-            },
-        ),
+            )
+        }
         Err(e) => runtime::json(
             503,
             &serde_json::json!({

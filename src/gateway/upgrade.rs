@@ -15,15 +15,17 @@ use super::caller;
 use super::report::observe_later;
 use crate::config::Config;
 use crate::object_api::{
-    Connect, Observed, Placement, CONNECT_HEADER, CONNECT_PATH, HEALTH_HEADER, PLACEMENT_HEADER,
-    SHARD_HEADER,
+    Connect, Observed, Placement, PolicyNotice, CONNECT_HEADER, CONNECT_PATH, HEALTH_HEADER,
+    PLACEMENT_HEADER, SHARD_HEADER,
 };
 use crate::placement;
 use crate::placement::admission::{self, Fallback, Health, TierRank};
+use crate::placement::switch::Effective;
 use crate::protocol::ids;
 use crate::protocol::{self, ApiError, SocketMeta};
 use crate::runtime;
 use observability::metrics::Outcome;
+use shard_policies::PolicyConfig;
 
 /// Most shards one connect tries before answering 503: bounds the
 /// subrequests a single connect can cost when a user's shards are all full.
@@ -76,7 +78,8 @@ pub async fn upgrade(
         expires_at: caller.token.as_ref().and_then(|t| t.expires_at),
         shard: String::new(),
     };
-    let mut attempt = Attempt::new(cfg, meta, caller.placement.clone(), now);
+    let effective = super::policy::effective(env, cfg, &caller.user).await;
+    let mut attempt = Attempt::new(cfg, effective, meta, caller.placement.clone(), now);
     let report = |outcome: Outcome, tier: String| {
         observe_later(
             env,
@@ -192,6 +195,9 @@ pub async fn upgrade(
 /// the user has spread, is tried last and asked to take the socket as a last resort.
 struct Attempt<'a> {
     cfg: &'a Config,
+    /// The policy this connect follows (the run-time one, if an operator set one).
+    policy: PolicyConfig,
+    notice: PolicyNotice,
     meta: SocketMeta,
     placement: Placement,
     now: u64,
@@ -199,10 +205,25 @@ struct Attempt<'a> {
 }
 
 impl<'a> Attempt<'a> {
-    fn new(cfg: &'a Config, meta: SocketMeta, placement: Placement, now: u64) -> Self {
-        let candidates = placement::candidates(cfg, placement.limit, placement.spread, &meta, now);
+    fn new(
+        cfg: &'a Config,
+        effective: Effective,
+        meta: SocketMeta,
+        placement: Placement,
+        now: u64,
+    ) -> Self {
+        let policy = effective.policy;
+        let notice = PolicyNotice {
+            policy: policy.to_string(),
+            drain_ms: effective.drain_ms,
+            version: effective.version,
+        };
+        let candidates =
+            placement::candidates(cfg, &policy, placement.limit, placement.spread, &meta, now);
         Self {
             cfg,
+            policy,
+            notice,
             meta,
             placement,
             now,
@@ -212,8 +233,14 @@ impl<'a> Attempt<'a> {
 
     fn learn(&mut self, p: Placement) {
         if p.spread != self.placement.spread || p.limit != self.placement.limit {
-            self.candidates =
-                placement::candidates(self.cfg, p.limit, p.spread, &self.meta, self.now);
+            self.candidates = placement::candidates(
+                self.cfg,
+                &self.policy,
+                p.limit,
+                p.spread,
+                &self.meta,
+                self.now,
+            );
         }
         self.meta.tier.clone_from(&p.tier);
         self.placement = p;
@@ -235,6 +262,7 @@ impl<'a> Attempt<'a> {
                 && self.candidates.len() > 1
                 && self.candidates.last().is_some_and(|c| c == shard),
             spread: self.placement.spread,
+            policy: Some(self.notice.clone()),
         }
     }
 }

@@ -6,8 +6,10 @@
 //!   authority (limit, shard set, presence, stats, tickets, usage, metrics).
 //! - [`registry`]: `REGISTRY_SHARDS` objects holding users' metrics for the global view.
 //! - [`revocations`]: one object reading `RevokedToken` and ending revoked tokens' sockets.
+//! - [`control`]: one object keeping the shard policies set at run time.
 //! - [`outbox`]: an object's lifecycle hooks on their way to the upstream.
 
+pub mod control;
 pub mod home;
 pub mod outbox;
 pub mod registry;

@@ -3,8 +3,11 @@
 
 pub mod admission;
 pub mod lease;
+pub mod switch;
 
-use shard_policies::{parse_object_name, ConnectionRequest, Rotation, ShardKey, ShardPolicy};
+use shard_policies::{
+    parse_object_name, ConnectionRequest, PolicyConfig, Rotation, ShardKey, ShardPolicy,
+};
 
 use crate::config::Config;
 use crate::protocol::{ClientType, SocketMeta};
@@ -24,6 +27,7 @@ pub fn registry_names(n: u32) -> Vec<String> {
 /// spread over `spread` hash shards (`shard_policies::spread`).
 pub fn candidates(
     cfg: &Config,
+    policy: &PolicyConfig,
     tier_limit: u32,
     spread: u32,
     meta: &SocketMeta,
@@ -40,7 +44,7 @@ pub fn candidates(
         now_ms,
         spread,
     };
-    cfg.policy
+    policy
         .candidates(&req)
         .map(|k| k.object_name(&meta.user_id))
         .collect()

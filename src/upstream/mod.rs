@@ -31,6 +31,33 @@ pub const REPLAY_WINDOW_MS: u64 = 300_000;
 /// `update-usage-limits`.
 pub const DEFAULT_EVENTS: &str = "update-metadata,update-state,session-alive,session-end,message,machine-alive,machine-update-metadata,machine-update-state,artifact-read,artifact-update,artifact-create,artifact-delete,access-key-get,usage-report,request-updates-since,acp-session-update,acp-permission-request,acp-permission-response,acp-session-command,acp-session-list-response";
 
+/// The answer a client gets at once when it asks for an ack on one of the platform's
+/// business events that nothing here will answer (no upstream, or the event is outside
+/// `UPSTREAM_EVENTS`), in that event's own error shape (platform-protocol.md §6.3), so the
+/// client falls back at once instead of after its 10-30 s timeout. `None` for any other
+/// event: routing events are answered (or not) by other clients, as on the platform.
+pub fn unanswered_ack(event: &str) -> Option<String> {
+    let why = format!("`{event}` is not handled here: no upstream serves it");
+    let shape = match event {
+        "update-metadata"
+        | "update-state"
+        | "machine-update-metadata"
+        | "machine-update-state"
+        | "artifact-read"
+        | "artifact-update"
+        | "artifact-create"
+        | "artifact-delete" => serde_json::json!({"result": "error", "message": why}),
+        "session-end" | "usage-report" | "request-updates-since" => {
+            serde_json::json!({"success": false, "error": why})
+        }
+        e if DEFAULT_EVENTS.split(',').any(|d| d == e) => {
+            serde_json::json!({"ok": false, "error": why})
+        }
+        _ => return None,
+    };
+    Some(shape.to_string())
+}
+
 /// Where the upstream is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {
@@ -330,6 +357,33 @@ impl Failure {
 mod tests {
     use super::*;
     use crate::protocol::ClientType;
+
+    #[test]
+    fn unanswered_business_events_get_their_own_error_shape() {
+        let v = |e: &str| -> serde_json::Value {
+            serde_json::from_str(&unanswered_ack(e).unwrap()).unwrap()
+        };
+        assert_eq!(v("update-metadata")["result"], "error");
+        assert_eq!(v("artifact-read")["result"], "error");
+        assert_eq!(v("request-updates-since")["success"], false);
+        assert_eq!(v("usage-report")["success"], false);
+        assert_eq!(v("access-key-get")["ok"], false);
+        assert_eq!(v("message")["ok"], false);
+        assert!(v("session-end")["error"]
+            .as_str()
+            .unwrap()
+            .contains("session-end"));
+        // Routing and unknown events are left to the other clients, as on the platform.
+        for e in [
+            "rpc-call",
+            "rpc-request",
+            "broadcast",
+            "ping",
+            "custom-thing",
+        ] {
+            assert_eq!(unanswered_ack(e), None, "{e}");
+        }
+    }
 
     #[test]
     fn upstream_urls_are_checked_on_the_parsed_host() {

@@ -13,6 +13,7 @@ mod basics;
 mod credentials;
 mod errors;
 mod lifecycle;
+mod moves;
 mod observability;
 mod reliability;
 mod routing;

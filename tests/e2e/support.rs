@@ -172,26 +172,38 @@ impl Gateway {
             .any(|(k, v)| k == "UPSTREAM" && v == "service")
     }
 
-    /// `wrangler d1 <args> DB --local` against this gateway's local database.
+    /// `wrangler d1 <args> DB --local` against this gateway's local database. The running
+    /// gateway reads the same SQLite file (the revocation feed polls it), so a write can meet
+    /// `SQLITE_BUSY`: retried a few times, as a client of a shared database would.
     fn wrangler_d1(&self, args: &[&str]) {
-        let out = Command::new(root().join("node_modules/.bin/wrangler"))
-            .arg("d1")
-            .args(args)
-            .args(["DB", "--local", "--config"])
-            .arg(self.state_dir.join("app/wrangler.toml"))
-            .arg("--persist-to")
-            .arg(&self.state_dir)
-            .current_dir(self.state_dir.join("app"))
-            .env("WRANGLER_SEND_METRICS", "false")
-            .env("CI", "1")
-            .output()
-            .expect("run wrangler d1");
-        assert!(
-            out.status.success(),
-            "wrangler d1 {args:?} failed: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let mut last = String::new();
+        for attempt in 0..5u64 {
+            let out = Command::new(root().join("node_modules/.bin/wrangler"))
+                .arg("d1")
+                .args(args)
+                .args(["DB", "--local", "--config"])
+                .arg(self.state_dir.join("app/wrangler.toml"))
+                .arg("--persist-to")
+                .arg(&self.state_dir)
+                .current_dir(self.state_dir.join("app"))
+                .env("WRANGLER_SEND_METRICS", "false")
+                .env("CI", "1")
+                .output()
+                .expect("run wrangler d1");
+            if out.status.success() {
+                return;
+            }
+            last = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            if !last.contains("SQLITE_BUSY") {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(200 * (attempt + 1)));
+        }
+        panic!("wrangler d1 {args:?} failed: {last}");
     }
 
     /// Applies the D1 migrations to this gateway's local database (idempotent).
@@ -415,6 +427,23 @@ impl Gateway {
     }
 
     /// POSTs JSON with a bearer token; returns the status and the JSON answer.
+    /// An admin call: `method path` with the admin token and an optional JSON body.
+    pub async fn admin(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut r = reqwest::Client::new()
+            .request(method, format!("{}{path}", self.http()))
+            .bearer_auth(ADMIN);
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        let r = r.send().await.unwrap();
+        (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+    }
+
     pub async fn post_json(&self, path: &str, bearer: &str, body: &Value) -> (u16, Value) {
         let r = reqwest::Client::new()
             .post(format!("{}{path}", self.http()))

@@ -19,7 +19,7 @@ impl Home {
             let ctx = UserContext {
                 tier: tier.tier,
                 limit: tier.limit,
-                policy: cfg.policy_name.clone(),
+                policy: self.policy_name(cfg),
                 rejected_tier_limit: s.rejected_tier_limit,
                 rejected_unavailable: s.rejected_unavailable,
             };

@@ -39,8 +39,8 @@ impl Home {
 
     /// Recomputes the spread level from the user's total (hysteresis in the plan).
     pub fn update_spread(&self, cfg: &Config, tier: &TierInfo, own_open: u32) -> u32 {
-        let level = match cfg
-            .policy
+        let level = match self
+            .policy(cfg)
             .spread_plan(tier.limit, cfg.shard_max_connections)
         {
             Some(plan) => plan.level(self.total(own_open), self.spread.get()),
@@ -67,8 +67,8 @@ impl Home {
         let tier = self.tier_info(cfg);
         self.saved.borrow_mut().ledger.limit = tier.limit;
         let level = self.update_spread(cfg, &tier, own_open);
-        let home_holds = cfg
-            .policy
+        let home_holds = self
+            .policy(cfg)
             .spread_plan(tier.limit, cfg.shard_max_connections)
             .is_none_or(|p| p.home_holds);
         if (level > 0 || !home_holds) && !last_resort {

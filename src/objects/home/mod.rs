@@ -22,6 +22,7 @@ mod book;
 mod front;
 mod ledger;
 mod pending;
+mod policy;
 mod report;
 mod stored;
 
@@ -69,6 +70,8 @@ pub(crate) struct Saved {
     pub reconcile_at: Option<u64>,
     /// What shards that left the user's set had counted, so the user's totals outlive them.
     pub retired: observability::stats::Retired,
+    /// The latest run-time policy notice (`policy`); `None`: the config's policy.
+    pub policy: Option<crate::object_api::PolicyNotice>,
 }
 
 pub(crate) struct Home {

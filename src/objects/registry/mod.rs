@@ -19,7 +19,7 @@ use worker::{
 };
 
 use crate::object_api::{
-    Ingest as IngestPush, Ingested, Message, RegistryStorage, SnapshotRequest,
+    Done, Ingest as IngestPush, Ingested, Message, NoticeUsers, RegistryStorage, SnapshotRequest,
 };
 use crate::protocol::ApiError;
 use crate::runtime;
@@ -74,6 +74,11 @@ impl DurableObject for Registry {
                 self.ingest(push).await
             }
             <SnapshotRequest as Message>::PATH => runtime::json(200, &self.snapshot()),
+            <NoticeUsers as Message>::PATH => {
+                let n: NoticeUsers = runtime::body_json(&mut req).await?;
+                self.notice_users(n);
+                runtime::json(200, &Done {})
+            }
             <RegistryStorage as Message>::PATH
                 if runtime::config(&self.env).is_ok_and(|c| c.test_knobs) =>
             {
@@ -84,6 +89,53 @@ impl DurableObject for Registry {
     }
 
     async fn alarm(&self) -> worker::Result<Response> {
+        self.sweep().await
+    }
+
+    runtime::socketless_handlers!();
+}
+
+/// Homes told of a policy switch at once, per registry.
+const NOTICE_CONCURRENCY: usize = 16;
+/// How long a registry waits for each home it tells.
+const NOTICE_TIMEOUT_MS: u32 = 5_000;
+
+impl Registry {
+    /// Tells the home of every user here with open sockets (but `except`) of a policy
+    /// switch, in the background, `NOTICE_CONCURRENCY` at a time.
+    fn notice_users(&self, n: NoticeUsers) {
+        let users: Vec<String> = self
+            .users
+            .borrow()
+            .iter()
+            .filter(|(id, r)| r.metrics.connections() > 0 && !n.except.contains(id))
+            .map(|(id, _)| id.clone())
+            .collect();
+        let env = self.env.clone();
+        runtime::object_wait_until(&self.state, async move {
+            let mut failed = 0usize;
+            for chunk in users.chunks(NOTICE_CONCURRENCY) {
+                let calls = chunk.iter().map(|user| {
+                    let (env, notice) = (&env, &n.notice);
+                    async move {
+                        runtime::timeout(NOTICE_TIMEOUT_MS, runtime::ask_home(env, user, notice))
+                            .await
+                            .is_some_and(|r| r.is_ok())
+                    }
+                });
+                failed += futures::future::join_all(calls)
+                    .await
+                    .iter()
+                    .filter(|ok| !**ok)
+                    .count();
+            }
+            if failed > 0 {
+                console_error!("policy notice: {failed} of {} homes failed", users.len());
+            }
+        });
+    }
+
+    async fn sweep(&self) -> worker::Result<Response> {
         let now = runtime::now_ms();
         let stale: Vec<String> = self
             .users
@@ -107,11 +159,7 @@ impl DurableObject for Registry {
         Response::ok("")
     }
 
-    runtime::socketless_handlers!();
-}
-
-impl Registry {
-    /// A directory's push: the user's record, updated, is stored before it is kept, so a
+    /// A home's push: the user's record, updated, is stored before it is kept, so a
     /// failed write changes nothing and its retry applies once.
     async fn ingest(&self, push: Push) -> worker::Result<Response> {
         let user = push.metrics.user_id.clone();

@@ -71,11 +71,20 @@ impl ConnectionManager {
         };
         self.learn_name(&connect.shard);
         connect.meta.shard.clone_from(&connect.shard);
+        if self.is_home() {
+            if let Some(n) = &connect.policy {
+                // A switch this home has not heard of (its user was not in a registry when
+                // it was made): rare, once per switch, so the connect may wait for it.
+                if let Err(e) = self.policy_notice(n).await {
+                    console_error!("policy from a connect failed: {e}");
+                }
+            }
+        }
         if self.saved.borrow().draining {
             let e = ApiError::new(
                 503,
                 "shard_draining",
-                "this shard is draining for rotation; reconnect",
+                "this shard is draining (rotation or a policy switch); reconnect",
             );
             return self.refuse(Refusal::Capacity, e).await;
         }
@@ -259,9 +268,12 @@ impl ConnectionManager {
         // `connected` is the first frame (the web clients wait for it): sent before any
         // await lets a delivery reach the new socket.
         let now = runtime::now_ms();
-        let policy = runtime::config(&self.env)
-            .map(|cfg| cfg.policy_name.clone())
-            .unwrap_or_default();
+        let policy = match &c.policy {
+            Some(n) if n.version > 0 => n.policy.clone(),
+            _ => runtime::config(&self.env)
+                .map(|cfg| cfg.policy_name.clone())
+                .unwrap_or_default(),
+        };
         pair.server.send_with_str(protocol::connected_frame(
             &c.meta, &c.shard, &policy, c.spread, now,
         ))?;

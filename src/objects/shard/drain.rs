@@ -1,55 +1,40 @@
-//! Rotation drain: an old epoch's shard tells its sockets to reconnect, each
-//! at its own moment of the drain window, driven by alarms.
+//! Drains: an old rotation epoch's shard, or a shard a run-time policy switch no longer
+//! places sockets on (`policy`), tells its sockets to reconnect, each at its own moment of
+//! the drain window, driven by alarms.
+
+use shard_policies::DrainPlan;
 
 use super::{attachment, close, ConnectionManager};
 use crate::placement;
 use crate::protocol;
 use crate::runtime;
 
+/// Why a shard drains, as the `reconnect` frame and the close reason say it.
+const ROTATION: &str = "rotation";
+const POLICY: &str = "policy";
+
 impl ConnectionManager {
-    /// One step of a rotation drain, run by the alarm: tell each socket whose
-    /// slot has come to reconnect, close it with 1012, and arm the next step.
+    /// One step of a drain, run by the alarm: tell each socket whose slot has come to
+    /// reconnect, close it with 1012, and arm the next step.
     pub(super) async fn drain_step(&self) -> worker::Result<()> {
-        let name = self.saved.borrow().name.clone();
-        let Some((rotation, epoch)) = placement::rotation_of(&name) else {
+        let now = runtime::now_ms();
+        let Some((plan, reason)) = self.drain_plan(now).await? else {
             return Ok(());
         };
-        let now = runtime::now_ms();
-        let end = rotation.epoch_end_ms(epoch);
-        if now < end {
-            // Woken early (clock skew): come back at the epoch's end.
-            self.saved.borrow_mut().drain_at = Some(end);
-            return self.save().await;
-        }
         let sockets = self.open_sockets();
-        let (planned, started) = {
-            let mut s = self.saved.borrow_mut();
-            let started = !s.draining;
-            if started {
-                s.draining = true;
-                s.drain_sockets = u32::try_from(sockets.len()).unwrap_or(u32::MAX).max(1);
-            }
-            (s.drain_sockets, started)
-        };
-        self.save().await?;
-        if started {
-            // The user's stats show the shard draining.
-            self.report_soon(false);
-        }
-        let plan = rotation.drain_plan(epoch, planned);
+        let planned = self.saved.borrow().drain_sockets.max(1);
         let mut next: Option<u64> = None;
         for ws in &sockets {
             let Some(m) = attachment(ws) else {
-                close(ws, 1012, "rotation");
+                close(ws, 1012, reason);
                 continue;
             };
             // A per-socket hash keeps each socket's slot stable across steps.
             let h = placement::socket_hash(&m.connection_id);
             let slot = plan.slot((h % u64::from(planned)) as u32, h.rotate_left(17));
             if slot.notify_at_ms <= now || now >= plan.end_ms() {
-                let _ =
-                    ws.send_with_str(protocol::reconnect_frame("rotation", slot.retry_after_ms));
-                self.end_socket(ws, &m, 1012, "rotation").await;
+                let _ = ws.send_with_str(protocol::reconnect_frame(reason, slot.retry_after_ms));
+                self.end_socket(ws, &m, 1012, reason).await;
             } else {
                 next = Some(next.map_or(slot.notify_at_ms, |n| n.min(slot.notify_at_ms)));
             }
@@ -58,5 +43,47 @@ impl ConnectionManager {
         self.settle().await?;
         self.saved.borrow_mut().drain_at = next.map(|at| at.min(plan.end_ms()));
         self.save().await
+    }
+
+    /// The drain in force and its reason: a switch's window, or the rotation epoch's once it
+    /// has ended (woken early, the step comes back at the epoch's end). Starts the drain's
+    /// bookkeeping on its first step.
+    async fn drain_plan(&self, now: u64) -> worker::Result<Option<(DrainPlan, &'static str)>> {
+        let (name, switch) = {
+            let s = self.saved.borrow();
+            (s.name.clone(), s.switch_drain)
+        };
+        if let Some(sw) = switch {
+            let planned = self.saved.borrow().drain_sockets;
+            return Ok(Some((
+                DrainPlan::new(sw.start_ms, sw.window_ms, planned),
+                POLICY,
+            )));
+        }
+        let Some((rotation, epoch)) = placement::rotation_of(&name) else {
+            return Ok(None);
+        };
+        let end = rotation.epoch_end_ms(epoch);
+        if now < end {
+            self.saved.borrow_mut().drain_at = Some(end);
+            self.save().await?;
+            return Ok(None);
+        }
+        let started = {
+            let mut s = self.saved.borrow_mut();
+            let started = !s.draining;
+            if started {
+                s.draining = true;
+                s.drain_sockets = self.open_count().max(1);
+            }
+            started
+        };
+        self.save().await?;
+        if started {
+            // The user's stats show the shard draining.
+            self.report_soon(false);
+        }
+        let planned = self.saved.borrow().drain_sockets;
+        Ok(Some((rotation.drain_plan(epoch, planned), ROTATION)))
     }
 }

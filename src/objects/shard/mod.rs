@@ -24,6 +24,7 @@ mod drain;
 mod end;
 mod observe;
 mod observer;
+mod policy;
 mod presence;
 mod reporter;
 mod route;
@@ -44,10 +45,10 @@ use worker::{
 use crate::auth::cache::BoundedMap;
 use crate::config::Config;
 use crate::object_api::{
-    AckRelay, Acquire, BroadcastRequest, Deliver, DeliverBatch, Delivered, Disconnect,
-    DisconnectUser, Done, Fault, IssueTicket, Knob, Message, Observed, Placement, PushView,
-    Reclaim, Redeem, Release, RouteLookup, SetTier, ShardReport, StatsRequest, TierGet, UsageGet,
-    UsageSet, CONNECT_PATH,
+    AckRelay, Acquire, ApplyPolicy, BroadcastRequest, Deliver, DeliverBatch, Delivered, Disconnect,
+    DisconnectUser, Done, Fault, IssueTicket, Knob, Message, Observed, Placement, PolicyNotice,
+    PushView, Reclaim, Redeem, Release, RouteLookup, SetTier, ShardReport, StatsRequest, TierGet,
+    UsageGet, UsageSet, CONNECT_PATH,
 };
 use crate::objects::home::Home;
 use crate::objects::outbox::Outbox;
@@ -381,6 +382,13 @@ impl ConnectionManager {
                 )
                 .await
             }
+            <ApplyPolicy as Message>::PATH => {
+                answer(
+                    req,
+                    |ApplyPolicy(n)| async move { self.apply_policy(&n).await },
+                )
+                .await
+            }
             <Knob as Message>::PATH if cfg.test_knobs => {
                 answer(req, |k: Knob| async move {
                     self.saved.borrow_mut().knob = k.clone();
@@ -479,6 +487,12 @@ impl ConnectionManager {
             <DisconnectUser as Message>::PATH => {
                 answer(req, |DisconnectUser(d)| async move {
                     self.disconnect_user(&d).await
+                })
+                .await
+            }
+            <PolicyNotice as Message>::PATH => {
+                answer(req, |n: PolicyNotice| async move {
+                    self.policy_notice(&n).await
                 })
                 .await
             }

@@ -134,6 +134,7 @@ impl ConnectionManager {
             memory_bytes: stats.memory_usage,
             events: stats.events,
             peak_events_per_second: stats.peak_events_per_second,
+            draining: stats.draining,
             ..Default::default()
         }
         .with_recent(&self.observer.borrow().full, now);

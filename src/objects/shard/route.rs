@@ -94,6 +94,13 @@ impl ConnectionManager {
             self.observe_latency(Series::MessageLatency, started).await;
             return Ok(());
         }
+        if let Some(ack_id) = frame.ack_id.as_deref() {
+            // A business event no upstream will answer: say so now, not after a timeout. It
+            // is still routed below as the platform's fallthrough routes it.
+            if let Some(ack) = crate::upstream::unanswered_ack(&frame.event) {
+                let _ = ws.send_with_str(envelope::ack_frame(ack_id, &ack));
+            }
+        }
         let sender = Sender {
             connection_id: &meta.connection_id,
             client_type: meta.client_type,

@@ -29,4 +29,17 @@ pub struct Persisted {
     pub drain_at: Option<u64>,
     /// Test-only injection, honoured only while `TEST_KNOBS=on`.
     pub knob: Knob,
+    /// The last run-time policy notice applied (`placement::switch`).
+    pub policy_version: u64,
+    /// A drain because the policy no longer places sockets here: its window (the drain
+    /// plan's), which a switch back cancels. `None`: a rotation drain, or none.
+    pub switch_drain: Option<SwitchDrain>,
+}
+
+/// The window of a drain a policy switch started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SwitchDrain {
+    pub start_ms: u64,
+    pub window_ms: u64,
 }

@@ -1,0 +1,217 @@
+//! Moves that lose nothing (issue 21): the shard policy switched at run time, for one user
+//! (a canary) and for everyone, a switch back in the middle of its drain, and business events
+//! that nothing here answers acked at once.
+
+use std::time::{Duration, Instant};
+
+use reqwest::Method;
+use serde_json::{json, Value};
+
+use crate::support::{connect_many, user, Client, Gateway};
+
+/// `hash:shards=4` with 3 sockets per shard: six sockets of a user sit on several shards,
+/// none on the home (a fixed N never places there), so `single` moves every one of them.
+fn gw() -> &'static Gateway {
+    Gateway::shared(
+        "switch",
+        &[
+            ("SHARD_POLICY", "hash:shards=4"),
+            ("SHARD_MAX_CONNECTIONS", "3"),
+            ("METRICS_PUSH_MS", "500"),
+        ],
+    )
+}
+
+fn shard(c: &Client) -> String {
+    c.connected["data"]["shard"].as_str().unwrap().to_owned()
+}
+
+/// Waits up to `wait` for a socket's `reconnect` frame and its close; `None` if it stays.
+async fn told(c: &mut Client, wait: Duration) -> Option<(Value, Option<u16>)> {
+    let deadline = Instant::now() + wait;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let ev = c.next_json(left).await?;
+        if ev["event"] == "reconnect" {
+            let code = c.expect_close(Duration::from_secs(3)).await;
+            return Some((ev, code));
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_canary_switch_moves_its_user_only_and_a_global_switch_back_mid_drain_stops_it() {
+    let g = gw();
+    let (canary, other) = (user("canary"), user("bystander"));
+    let (tc, to) = (g.token(&canary, "pro").await, g.token(&other, "pro").await);
+    let mut cs: Vec<Client> = connect_many(g, &tc, 6, 6, |_| String::new())
+        .await
+        .into_iter()
+        .map(|r| r.unwrap())
+        .collect();
+    let mut os: Vec<Client> = connect_many(g, &to, 6, 6, |_| String::new())
+        .await
+        .into_iter()
+        .map(|r| r.unwrap())
+        .collect();
+    assert!(
+        cs.iter().all(|c| shard(c).contains(":h")),
+        "hash shards only"
+    );
+
+    // A bad policy or window is refused with the grammar's own words.
+    let (s, v) = g
+        .admin(
+            Method::PUT,
+            &format!("/admin/users/{canary}/policy"),
+            Some(json!({"policy": "hash:shards=0"})),
+        )
+        .await;
+    assert_eq!(
+        (s, v["error"].as_str()),
+        (400, Some("invalid_policy")),
+        "{v}"
+    );
+    let (s, v) = g
+        .admin(
+            Method::PUT,
+            "/admin/policy",
+            Some(json!({"policy": "single", "drainMs": 5})),
+        )
+        .await;
+    assert_eq!(s, 400, "{v}");
+
+    // The canary: its user's sockets move to `single` over 2 s; the other user's stay.
+    let (s, v) = g
+        .admin(
+            Method::PUT,
+            &format!("/admin/users/{canary}/policy"),
+            Some(json!({"policy": "single", "drainMs": 2000})),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        (v["active"].as_str(), v["source"].as_str()),
+        (Some("single"), Some("user"))
+    );
+    for c in &mut cs {
+        let (ev, code) = told(c, Duration::from_secs(8)).await.expect("told to move");
+        assert_eq!(ev["data"]["reason"], "policy", "{ev}");
+        assert_eq!(code, Some(1012));
+    }
+    for c in &mut os {
+        c.expect_silence(Duration::from_millis(200)).await;
+    }
+    let moved = g.connect(&tc, "").await;
+    assert_eq!(shard(&moved), format!("cm:{canary}"));
+    assert_eq!(moved.connected["data"]["policy"], "single");
+    let stayed = g.connect(&to, "").await;
+    assert!(shard(&stayed).contains(":h"), "{}", shard(&stayed));
+
+    let health = crate::support::http_get_blocking(g.port, "/health")
+        .unwrap()
+        .1;
+    let health: Value = serde_json::from_str(&health).unwrap();
+    assert_eq!(health["policySource"], "config", "{health}");
+    assert_eq!(health["userPolicies"], 1, "{health}");
+
+    // Everyone to `single` over 8 s; back to the config after about 2 s: the sockets not
+    // told yet stay where they are, the canary (a policy of its own) is not touched.
+    tokio::time::sleep(Duration::from_millis(1_200)).await; // the registry knows the user
+    let (s, v) = g
+        .admin(
+            Method::PUT,
+            "/admin/policy",
+            Some(json!({"policy": "single", "drainMs": 8000})),
+        )
+        .await;
+    assert_eq!((s, v["source"].as_str()), (200, Some("runtime")), "{v}");
+    let started = Instant::now();
+    let mut first_told = 0;
+    for c in &mut os {
+        // Collect what arrives in the first ~2 s only.
+        let left = Duration::from_millis(2_000).saturating_sub(started.elapsed());
+        if told(c, left).await.is_some() {
+            first_told += 1;
+        }
+    }
+    let (s, v) = g
+        .admin(Method::DELETE, "/admin/policy?drainMs=1000", None)
+        .await;
+    assert_eq!((s, v["source"].as_str()), (200, Some("config")), "{v}");
+    assert!(
+        first_told < 6,
+        "the whole window passed before the switch back"
+    );
+    let mut later = 0;
+    for c in &mut os {
+        if told(c, Duration::from_millis(1_500)).await.is_some() {
+            later += 1;
+        }
+    }
+    // A notice on its way when the switch back landed may still tell one or two.
+    assert!(
+        first_told + later < 6,
+        "the drain went on after the switch back: {first_told} + {later} of 6 told"
+    );
+    let st = g.stats(&to).await;
+    assert!(
+        st["shards"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["draining"] == false),
+        "{st}"
+    );
+    let metrics = reqwest::Client::new()
+        .get(format!("{}/metrics", g.http()))
+        .bearer_auth(crate::support::ADMIN)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("edge_policy_info{policy=\"hash:shards=4\",source=\"config\""),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("edge_policy_user_overrides 1"),
+        "{metrics}"
+    );
+    // The canary kept its own policy through both global changes.
+    let canary_again = g.connect(&tc, "").await;
+    assert_eq!(shard(&canary_again), format!("cm:{canary}"));
+    drop(moved);
+}
+
+#[tokio::test]
+async fn a_business_event_nothing_answers_is_acked_at_once_in_its_own_shape() {
+    let g = gw();
+    let t = g.token(&user("noupstream"), "pro").await;
+    let mut cli = g
+        .connect(&t, "clientType=session-scoped&sessionId=s-ack")
+        .await;
+    let mut app = g.connect(&t, "").await;
+    let asked = Instant::now();
+    app.send(r#"{"event":"request-updates-since","data":{"sessions":{},"machines":{},"artifacts":{}},"ackId":"sync-1"}"#)
+        .await;
+    let ack = app.expect_event("ack").await;
+    assert!(asked.elapsed() < Duration::from_secs(2), "answered late");
+    assert_eq!(ack["ackId"], "sync-1", "{ack}");
+    assert_eq!(ack["ack"]["success"], false, "{ack}");
+    cli.send(r#"{"event":"update-metadata","data":{"sid":"s-ack","metadata":"x","expectedVersion":0},"ackId":"m-1"}"#)
+        .await;
+    let ack = cli.expect_event("ack").await;
+    assert_eq!(ack["ack"]["result"], "error", "{ack}");
+    // Routing events are not answered for the other clients.
+    app.send(r#"{"event":"rpc-call","data":{"method":"nobody:x","params":"p"},"ackId":"r-1"}"#)
+        .await;
+    cli.send(r#"{"event":"custom","data":{},"ackId":"c-1"}"#)
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    while let Some(v) = cli.next_json(Duration::from_millis(100)).await {
+        assert_ne!(v["event"], "ack", "{v}");
+    }
+}
