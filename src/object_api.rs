@@ -524,6 +524,14 @@ pub struct NoticeUsers {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ApplyPolicy(pub PolicyNotice);
 
+/// A shard -> the user's home: identities it told to move (`routing::moves`), and
+/// deliveries it got for them after they left.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hold {
+    pub identities: Vec<crate::routing::moves::Identity>,
+    pub deliveries: Vec<Delivery>,
+}
+
 /// What a notice did on one shard.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -564,6 +572,7 @@ message! {
     PolicyGet => "/control/policy", crate::placement::switch::PolicyState;
     PolicySet => "/control/policy/set", PolicySetReply;
     NoticeUsers => "/registry/notice", Done;
+    Hold => "/home/hold", Done;
     PolicyNotice => "/home/policy", Applied;
     ApplyPolicy => "/shard/policy", Applied;
 }

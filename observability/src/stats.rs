@@ -214,6 +214,21 @@ pub struct UserStats {
     pub failed_shards: Vec<String>,
     /// How the user's work spreads over its objects.
     pub load: Load,
+    /// What the home held for sockets the edge moved (rotation, a policy switch's drain).
+    #[serde(default)]
+    pub moves: MoveStats,
+}
+
+/// Moves the edge started for a user, and what was held for the moved sockets' identities
+/// (`routing::moves` in the gateway). `shed` and `expired` count frames lost to a bound or
+/// to an identity that did not come back in time.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct MoveStats {
+    pub moves: u64,
+    pub handed: u64,
+    pub shed: u64,
+    pub expired: u64,
 }
 
 /// What shards that left a user's set had counted: the user's totals keep it.
@@ -322,6 +337,7 @@ pub fn aggregate(ctx: UserContext, shards: &[ShardStats], failed: Vec<String>) -
         max as f64 / (total as f64 / active as f64)
     };
     UserStats {
+        moves: MoveStats::default(),
         total_connections: total,
         by_type,
         active_sessions: sessions.len() as u64,

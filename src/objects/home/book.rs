@@ -66,9 +66,10 @@ impl Home {
             seq: r.seq,
             presence: r.presence.clone(),
         });
-        let Some(transitions) = applied else {
+        let Some(mut transitions) = applied else {
             return Vec::new();
         };
+        transitions.extend(self.arrived(&r.shard, &r.presence));
         if let Some(m) = r.metrics {
             self.pending.borrow_mut().take(&r.shard, m);
         }
@@ -119,12 +120,17 @@ impl Home {
     /// The home's own presence changed (its own sockets): applied directly, no call.
     pub async fn own_presence(&self, presence: ShardPresence) -> Vec<Transition> {
         let me = self.name();
-        let (adds, t) = {
+        *self.own_base.borrow_mut() = presence.clone();
+        // Identities back on the home itself get what was held for them.
+        let mut t = self.arrived(&me, &presence);
+        let listed =
+            crate::routing::moves::union(presence.clone(), &self.moves.borrow().presence());
+        let adds = {
             let mut b = self.book.borrow_mut();
-            let adds = adds(b.view.shards.get(&me), &presence);
+            let adds = adds(b.view.shards.get(&me), &listed);
             let before = b.view.version;
-            let t = b.set(&me, presence.clone());
-            (adds && b.view.version != before, t)
+            t.extend(b.set(&me, listed));
+            adds && b.view.version != before
         };
         self.remember_own_machines(&presence).await;
         if adds {

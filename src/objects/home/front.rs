@@ -42,6 +42,7 @@ impl Home {
         }
         let mut st = stats::aggregate(ctx, &rows, Vec::new());
         st.add_retired(&self.saved.borrow().retired);
+        st.moves = self.move_counters();
         st
     }
 

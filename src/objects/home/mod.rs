@@ -21,6 +21,7 @@
 mod book;
 mod front;
 mod ledger;
+mod moves;
 mod pending;
 mod policy;
 mod report;
@@ -117,6 +118,13 @@ pub(crate) struct Home {
     /// The other shards' entries were read back from storage after a wake and not yet
     /// confirmed by the shards themselves (a workerd restart leaves them stale).
     unconfirmed: Cell<bool>,
+    /// What is held for identities the edge moves (`routing::moves`), memory only: a move
+    /// lasts seconds, and a restart drops every socket anyway.
+    pub moves: RefCell<crate::routing::moves::MoveBook>,
+    /// Frames for identities that are back, for the shard role to send.
+    pub handoffs: RefCell<Vec<crate::routing::moves::Handoff>>,
+    /// The home's own sockets' presence, before the moving identities are added.
+    pub own_base: RefCell<ShardPresence>,
 }
 
 /// After a wake with machines known online, the first look at them follows this soon: a
@@ -203,6 +211,9 @@ impl Home {
             check_at: Cell::new(None),
             check_armed: Cell::new(false),
             unconfirmed: Cell::new(false),
+            moves: RefCell::new(crate::routing::moves::MoveBook::default()),
+            handoffs: RefCell::new(Vec::new()),
+            own_base: RefCell::new(ShardPresence::default()),
         }
     }
 
@@ -271,6 +282,7 @@ impl Home {
             self.saved.borrow().reconcile_at,
             self.push_at.get(),
             self.check_at.get(),
+            self.moves_due(),
         ]
         .into_iter()
         .flatten()
@@ -301,6 +313,8 @@ impl Home {
         if self.saved.borrow().reconcile_at.is_some_and(|at| at <= now) {
             self.reconcile(now).await?;
         }
+        let t = self.expire_moves(now);
+        self.emit(t);
         Ok(())
     }
 

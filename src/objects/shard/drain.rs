@@ -7,6 +7,7 @@ use shard_policies::DrainPlan;
 use super::{attachment, close, ConnectionManager};
 use crate::placement;
 use crate::protocol;
+use crate::routing::moves::Identity;
 use crate::runtime;
 
 /// Why a shard drains, as the `reconnect` frame and the close reason say it.
@@ -24,6 +25,7 @@ impl ConnectionManager {
         let sockets = self.open_sockets();
         let planned = self.saved.borrow().drain_sockets.max(1);
         let mut next: Option<u64> = None;
+        let mut told = Vec::new();
         for ws in &sockets {
             let Some(m) = attachment(ws) else {
                 close(ws, 1012, reason);
@@ -34,10 +36,19 @@ impl ConnectionManager {
             let slot = plan.slot((h % u64::from(planned)) as u32, h.rotate_left(17));
             if slot.notify_at_ms <= now || now >= plan.end_ms() {
                 let _ = ws.send_with_str(protocol::reconnect_frame(reason, slot.retry_after_ms));
-                self.end_socket(ws, &m, 1012, reason).await;
+                // Closed at once: nothing more reaches this socket, so nothing is sent twice.
+                close(ws, 1012, reason);
+                told.push(m);
             } else {
                 next = Some(next.map_or(slot.notify_at_ms, |n| n.min(slot.notify_at_ms)));
             }
+        }
+        // Held at the home before they are uncounted here: no moment where a delivery for
+        // them finds neither.
+        self.moving(told.iter().filter_map(Identity::of).collect())
+            .await;
+        for m in &told {
+            self.count_close(m, 1012).await;
         }
         // Closed by us, these sockets may never get a close handler: settle now.
         self.settle().await?;

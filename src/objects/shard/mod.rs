@@ -22,6 +22,7 @@ mod admit;
 mod business;
 mod drain;
 mod end;
+mod moves;
 mod observe;
 mod observer;
 mod policy;
@@ -46,9 +47,9 @@ use crate::auth::cache::BoundedMap;
 use crate::config::Config;
 use crate::object_api::{
     AckRelay, Acquire, ApplyPolicy, BroadcastRequest, Deliver, DeliverBatch, Delivered, Disconnect,
-    DisconnectUser, Done, Fault, IssueTicket, Knob, Message, Observed, Placement, PolicyNotice,
-    PushView, Reclaim, Redeem, Release, RouteLookup, SetTier, ShardReport, StatsRequest, TierGet,
-    UsageGet, UsageSet, CONNECT_PATH,
+    DisconnectUser, Done, Fault, Hold, IssueTicket, Knob, Message, Observed, Placement,
+    PolicyNotice, PushView, Reclaim, Redeem, Release, RouteLookup, SetTier, ShardReport,
+    StatsRequest, TierGet, UsageGet, UsageSet, CONNECT_PATH,
 };
 use crate::objects::home::Home;
 use crate::objects::outbox::Outbox;
@@ -106,6 +107,9 @@ pub struct ConnectionManager {
     placement: Rc<RefCell<Placement>>,
     /// Business events waiting per socket (a socket's entry exists while its queue drains).
     upstream_queues: RefCell<HashMap<String, VecDeque<crate::upstream::QueuedEvent>>>,
+    /// Identities this shard told to move, until when: what still reaches it for them goes
+    /// to the home (`moves`).
+    moved: RefCell<std::collections::BTreeMap<crate::routing::moves::Identity, u64>>,
     /// Business events accepted and not yet answered on this shard.
     upstream_pending: Cell<u32>,
     /// Lifecycle hooks on their way to the upstream (the home's machine hooks too).
@@ -178,6 +182,7 @@ impl DurableObject for ConnectionManager {
             outbox,
             clock,
             retire_at: Cell::new(None),
+            moved: RefCell::new(std::collections::BTreeMap::new()),
         }
     }
 
@@ -197,7 +202,9 @@ impl DurableObject for ConnectionManager {
             runtime::sleep(self.knob(&cfg).latency_ms).await;
             return self.open_socket(&req, &cfg, started).await;
         }
-        self.route_message(req, &path, &cfg).await
+        let resp = self.route_message(req, &path, &cfg).await;
+        self.hand_off().await;
+        resp
     }
 
     async fn websocket_message(
@@ -207,7 +214,9 @@ impl DurableObject for ConnectionManager {
     ) -> worker::Result<()> {
         self.event(Some(&ws));
         self.after_wake().await?;
-        self.on_frame(ws, message).await
+        let r = self.on_frame(ws, message).await;
+        self.hand_off().await;
+        r
     }
 
     async fn websocket_close(
@@ -260,6 +269,7 @@ impl DurableObject for ConnectionManager {
             self.report_soon(false);
         }
         if self.is_home() {
+            self.fresh_own_base();
             let own = self.with_index(|ix| ix.presence());
             self.home.alarm(now, own).await?;
             if self.home.take_push(now) {
@@ -279,6 +289,7 @@ impl DurableObject for ConnectionManager {
                 return Response::ok("");
             }
         }
+        self.hand_off().await;
         self.rearm().await?;
         Response::ok("")
     }
@@ -423,6 +434,7 @@ impl ConnectionManager {
             }
             <ShardReport as Message>::PATH => {
                 answer(req, |r: ShardReport| async move {
+                    self.fresh_own_base();
                     let t = h.take_report(r, false).await;
                     h.emit(t);
                     h.update_spread(cfg, &h.tier_info(cfg), self.open_count());
@@ -487,6 +499,16 @@ impl ConnectionManager {
             <DisconnectUser as Message>::PATH => {
                 answer(req, |DisconnectUser(d)| async move {
                     self.disconnect_user(&d).await
+                })
+                .await
+            }
+            <Hold as Message>::PATH => {
+                answer(req, |hold: Hold| async move {
+                    self.fresh_own_base();
+                    let t = h.hold(&hold);
+                    h.emit(t);
+                    self.rearm().await?;
+                    Ok(Done {})
                 })
                 .await
             }
@@ -581,8 +603,18 @@ impl ConnectionManager {
         }
     }
 
-    /// Sends `d.frame` to the sockets its filter selects on this shard.
+    /// Sends `d.frame` to the sockets its filter selects on this shard, and keeps it for the
+    /// identities the edge is moving that it reaches (`moves`).
     fn deliver(&self, d: &Delivery) -> Delivered {
+        let mut r = self.send_here(d);
+        if self.keep_for_moves(d) {
+            r.primary += 1;
+        }
+        r
+    }
+
+    /// Sends `d.frame` to the sockets its filter selects on this shard.
+    fn send_here(&self, d: &Delivery) -> Delivered {
         let scoped = |tag: String, t: ClientType| -> Vec<WebSocket> {
             self.sockets_with(Some(&tag))
                 .into_iter()

@@ -298,7 +298,9 @@ impl ConnectionManager {
             },
         };
         loop {
-            let here = self.with_index(|ix| ix.has_scoped_machine(target));
+            // Listed here without a socket: the home holds it for a machine that moves.
+            let here = self.with_index(|ix| ix.has_scoped_machine(target))
+                || view.machine_shards(target).iter().any(|n| *n == me);
             let there: Vec<String> = view
                 .machine_shards(target)
                 .into_iter()
