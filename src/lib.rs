@@ -5,29 +5,36 @@
 //!
 //! # Layout
 //!
-//! Pure modules, tested natively, never touching `worker::*`:
-//! - [`protocol`]: the wire protocol: connect query, frames, broadcast bodies, errors.
-//! - [`auth`]: the platform's credentials: Ed25519 tokens, tickets, the ticket book, the
-//!   verified-token cache, credential precedence, the admin token compare.
-//! - [`cors`]: CORS for the browser calls.
-//! - [`config`]: every var and secret, parsed and validated through [`config::VarSource`].
-//! - [`ids`]: the id rule and connection ids.
-//! - [`lease`]: exact tier limits across shards (directory ledger, shard leases).
-//! - [`stats`]: per-shard reports and their aggregation.
-//! - [`object_api`]: what each Durable Object is asked and answers, one type per message.
-//! - [`metrics`]: mergeable latency histograms, outcome counters, time-windowed rings.
-//! - [`exposition`]: Prometheus text exposition of the global metrics.
-//! - [`slo`]: the per-tier SLO report and the admin stats.
-//! - [`admission`]: SLO-aware admission: shard health and tier shedding.
+//! One folder per concern, each layer importing only those below it (no circles):
 //!
-//! The runtime layer, thin: it converts between JS and the pure types and does I/O:
-//! - `gateway`: the stateless Worker: routing, auth, placement, fan-out.
-//! - [`ConnectionManager`]: the shard Durable Object (hibernating sockets); a user's home
-//!   shard `cm:{user}` is also the user's authority (tier limit, shard set, presence, stats).
-//! - [`Registry`]: `REGISTRY_SHARDS` objects holding users' metrics for the global view.
-//! - [`Revocations`]: one object reading the platform's `RevokedToken` table for new rows and
-//!   ending the revoked tokens' sockets.
-//! - `placement`: the bridge to the `shard-policies` crate; `runtime`: env, clock, calls.
+//! ```text
+//! gateway/     the stateless Worker: upgrade, ticket, user API (stats, broadcast, publish),
+//!              admin (tiers, disconnect, metrics, SLO), the run-time policy switch, its
+//!              caller identity and per-isolate caches, what it reports to homes
+//! objects/     the Durable Objects: shard/ (ConnectionManager: admit, route, presence,
+//!              reporter, drain, moves, policy, business events, end), home/ (the role a
+//!              user's home shard plays: ledger, book, moves, policy, stats, registry push),
+//!              registry/, revocations/, control/ (run-time policies), the hook outbox
+//! runtime      the thin layer to workers-rs: env, clock, typed calls, alarms
+//! object_api   what each object is asked and answers: one type per message (`Message`)
+//! placement/   the bridge to `shard-policies`, leases (exact limits), SLO admission, the
+//!              run-time switch's state (`switch`)
+//! config/      every var and secret, validated (`Config::from_vars`)
+//! routing/     envelope, the platform's rules, the routing view, the socket index, the
+//!              frame guard, sealed RPC references, moves (what is held while a socket moves)
+//! upstream/    the business-event and hook contract with the platform's backend
+//! auth/        tokens, tickets, the ticket book, the token cache, secrets, the revocation feed
+//! protocol/    connect query, frames, broadcast bodies, ids, CORS, errors
+//! ```
+//!
+//! Beside it, two pure crates the compiler keeps free of `worker`: `shard-policies`
+//! (placement, names, rotation, spread) and `observability` (histograms, windows, stats, the
+//! SLO report, the Prometheus exposition, registry records).
+//!
+//! Following one connect: `gateway::upgrade` -> `placement::candidates` -> a shard's
+//! `objects::shard::admit` (the home admits itself; another shard leases from the home).
+//! Following one client frame: `objects::shard::route::on_frame` -> `routing::envelope` ->
+//! `routing::rules` -> delivery here and on the shards `routing::view` names.
 
 pub mod auth;
 pub mod config;

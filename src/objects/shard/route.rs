@@ -300,7 +300,7 @@ impl ConnectionManager {
         loop {
             // Listed here without a socket: the home holds it for a machine that moves.
             let here = self.with_index(|ix| ix.has_scoped_machine(target))
-                || view.machine_shards(target).iter().any(|n| *n == me);
+                || view.machine_shards(target).contains(&me);
             let there: Vec<String> = view
                 .machine_shards(target)
                 .into_iter()
