@@ -22,6 +22,18 @@ fn gw() -> &'static Gateway {
     )
 }
 
+/// The same, alone: its test switches everyone's policy, which the other tests must not see.
+fn gw_global() -> &'static Gateway {
+    Gateway::shared(
+        "switch-global",
+        &[
+            ("SHARD_POLICY", "hash:shards=4"),
+            ("SHARD_MAX_CONNECTIONS", "3"),
+            ("METRICS_PUSH_MS", "500"),
+        ],
+    )
+}
+
 fn shard(c: &Client) -> String {
     c.connected["data"]["shard"].as_str().unwrap().to_owned()
 }
@@ -41,7 +53,7 @@ async fn told(c: &mut Client, wait: Duration) -> Option<(Value, Option<u16>)> {
 
 #[tokio::test]
 async fn a_canary_switch_moves_its_user_only_and_a_global_switch_back_mid_drain_stops_it() {
-    let g = gw();
+    let g = gw_global();
     let (canary, other) = (user("canary"), user("bystander"));
     let (tc, to) = (g.token(&canary, "pro").await, g.token(&other, "pro").await);
     let mut cs: Vec<Client> = connect_many(g, &tc, 6, 6, |_| String::new())
