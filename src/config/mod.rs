@@ -164,7 +164,7 @@ impl Config {
         let cors = CorsPolicy::parse(&cors_value).map_err(|allowed| ConfigError {
             var: "CORS_ORIGINS",
             value: crate::protocol::truncate(&cors_value, 200),
-            allowed,
+            allowed: allowed.to_string(),
         })?;
         let admin_token = get(src, "ADMIN_TOKEN");
         // An unset ADMIN_TOKEN disables the admin endpoints instead of the
@@ -290,7 +290,7 @@ fn parse_upstream(src: &(impl VarSource + ?Sized)) -> Result<UpstreamConfig, Con
     let events = EventSet::parse(&events_value).map_err(|allowed| ConfigError {
         var: "UPSTREAM_EVENTS",
         value: crate::protocol::truncate(&events_value, 200),
-        allowed,
+        allowed: allowed.to_string(),
     })?;
     Ok(UpstreamConfig {
         target,

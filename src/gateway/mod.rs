@@ -40,36 +40,55 @@ pub async fn handle(req: Request, env: Env, ctx: Context) -> worker::Result<Resp
         cors(&cfg, origin.as_deref(), true, &mut resp);
         return Ok(resp);
     }
-    let result = match (req.method(), path.as_str()) {
+    let result = route(req, &env, &ctx, &cfg, &path).await;
+    let mut resp = match result {
+        Ok(resp) => resp,
+        Err(e) => runtime::error(&e)?,
+    };
+    if resp.status_code() != 101 {
+        cors(&cfg, origin.as_deref(), false, &mut resp);
+    }
+    Ok(resp)
+}
+
+/// The endpoint for a request, by method and path.
+async fn route(
+    req: Request,
+    env: &Env,
+    ctx: &Context,
+    cfg: &Config,
+    path: &str,
+) -> Result<Response, ApiError> {
+    match (req.method(), path) {
         (Method::Get, "/v1/updates" | "/v1/websocket") => {
-            upgrade::upgrade(&req, &env, &ctx, &cfg).await
+            upgrade::upgrade(&req, env, ctx, cfg).await
         }
-        (Method::Post, "/v1/websocket/ticket") => ticket::issue(&req, &env, &cfg).await,
+        (Method::Post, "/v1/websocket/ticket") => ticket::issue(&req, env, cfg).await,
         (Method::Post, "/v1/websocket/broadcast") => {
-            user_api::broadcast(req, &env, &cfg).await
+            user_api::broadcast(req, env, cfg).await
         }
-        (Method::Get, "/v1/websocket/stats") => user_api::stats(&req, &env, &cfg).await,
-        (Method::Get, "/v1/usage/limits") => user_api::usage_limits(&req, &env, &cfg).await,
-        (Method::Post, "/v1/backend/publish") => user_api::publish(req, &env, &cfg).await,
-        (Method::Get, "/metrics") => admin::metrics(&req, &env, &cfg).await,
-        (Method::Get, "/admin/stats") => admin::stats(&req, &env, &cfg).await,
-        (Method::Get, "/admin/slo") => admin::slo(&req, &env, &cfg).await,
-        (Method::Get, "/admin/revocations") => admin::revocations(&req, &env, &cfg).await,
-        (_, p) if admin::user_tier_path(p).is_some() => admin::user_tier(req, &env, &cfg).await,
-        (_, "/admin/policy") => switch::policy(req, &env, &cfg).await,
-        (_, p) if switch::user_policy_path(p).is_some() => switch::policy(req, &env, &cfg).await,
+        (Method::Get, "/v1/websocket/stats") => user_api::stats(&req, env, cfg).await,
+        (Method::Get, "/v1/usage/limits") => user_api::usage_limits(&req, env, cfg).await,
+        (Method::Post, "/v1/backend/publish") => user_api::publish(req, env, cfg).await,
+        (Method::Get, "/metrics") => admin::metrics(&req, env, cfg).await,
+        (Method::Get, "/admin/stats") => admin::stats(&req, env, cfg).await,
+        (Method::Get, "/admin/slo") => admin::slo(&req, env, cfg).await,
+        (Method::Get, "/admin/revocations") => admin::revocations(&req, env, cfg).await,
+        (_, p) if admin::user_tier_path(p).is_some() => admin::user_tier(req, env, cfg).await,
+        (_, "/admin/policy") => switch::policy(req, env, cfg).await,
+        (_, p) if switch::user_policy_path(p).is_some() => switch::policy(req, env, cfg).await,
         (_, p) if admin::user_disconnect_path(p).is_some() => {
-            admin::user_disconnect(req, &env, &cfg).await
+            admin::user_disconnect(req, env, cfg).await
         }
         (Method::Post, "/admin/test/shard") if cfg.test_knobs => {
-            admin::test_shard(req, &env, &cfg).await
+            admin::test_shard(req, env, cfg).await
         }
         (_, p) if cfg.test_knobs && p.starts_with("/admin/test/registry/") => {
-            admin::test_registry(req, &env, &cfg).await
+            admin::test_registry(req, env, cfg).await
         }
-        (Method::Get, "/admin/test/memory") if cfg.test_knobs => admin::test_memory(&req, &cfg),
+        (Method::Get, "/admin/test/memory") if cfg.test_knobs => admin::test_memory(&req, cfg),
         (_, p) if cfg.test_knobs && p.starts_with("/admin/test/upstream/") => {
-            admin::test_upstream(req, &env, &cfg).await
+            admin::test_upstream(req, env, cfg).await
         }
         (_, "/v1/updates" | "/v1/websocket" | "/v1/websocket/stats") => {
             Err(method_not_allowed("GET"))
@@ -84,18 +103,10 @@ pub async fn handle(req: Request, env: Env, ctx: Context) -> worker::Result<Resp
             "not_found",
             format!(
                 "no route {}; see /health, /v1/updates, /v1/websocket/ticket, /v1/websocket/broadcast, /v1/websocket/stats, /v1/usage/limits, /v1/backend/publish, /metrics, /admin/stats, /admin/slo, /admin/users/{{id}}/tier, /admin/users/{{id}}/policy, /admin/users/{{id}}/disconnect, /admin/policy, /admin/revocations",
-                crate::protocol::truncate(&path, 100)
+                crate::protocol::truncate(path, 100)
             ),
         )),
-    };
-    let mut resp = match result {
-        Ok(resp) => resp,
-        Err(e) => runtime::error(&e)?,
-    };
-    if resp.status_code() != 101 {
-        cors(&cfg, origin.as_deref(), false, &mut resp);
     }
-    Ok(resp)
 }
 
 /// Adds the CORS headers for `origin`. Headers of an answer relayed from a shard may be

@@ -37,47 +37,16 @@ pub async fn upgrade(
     ctx: &Context,
     cfg: &Config,
 ) -> Result<Response, ApiError> {
-    let upgrade = req.headers().get("upgrade").ok().flatten();
-    if !upgrade.is_some_and(|u| u.eq_ignore_ascii_case("websocket")) {
-        return Err(ApiError::new(
-            426,
-            "upgrade_required",
-            "Expected WebSocket upgrade: send `Upgrade: websocket`",
-        ));
-    }
+    require_websocket(req)?;
     let url = req
         .url()
         .map_err(|_| ApiError::bad_request("bad_url", "request URL does not parse"))?;
     let pairs: Vec<(String, String)> = url.query_pairs().into_owned().collect();
-    // Parameters before credentials: a bad query costs no token check or directory call.
-    let header = |name: &str| req.headers().get(name).ok().flatten();
-    let (h_type, h_session, h_machine) = (
-        header("x-client-type"),
-        header("x-session-id"),
-        header("x-machine-id"),
-    );
-    let query = protocol::parse_connect_query(
-        pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())),
-        protocol::HeaderIds {
-            client_type: h_type.as_deref(),
-            session_id: h_session.as_deref(),
-            machine_id: h_machine.as_deref(),
-        },
-    )?;
+    // Parameters before credentials: a bad query costs no token check or home call.
+    let query = connect_query(req, &pairs)?;
     let caller = caller::upgrade_caller(req, &pairs, env, cfg).await?;
     let now = runtime::now_ms();
-    let meta = SocketMeta {
-        connection_id: ids::connection_id(runtime::random16()),
-        user_id: caller.user.clone(),
-        client_type: query.client_type,
-        session_id: query.session_id,
-        machine_id: query.machine_id,
-        tier: caller.placement.tier.clone(),
-        connected_at: now,
-        token_hash: caller.token.as_ref().map(|t| t.token_hash.clone()),
-        expires_at: caller.token.as_ref().and_then(|t| t.expires_at),
-        shard: String::new(),
-    };
+    let meta = socket_meta(&caller, query, now);
     let effective = super::policy::effective(env, cfg, &caller.user).await;
     let mut attempt = Attempt::new(cfg, effective, meta, caller.placement.clone(), now);
     let report = |outcome: Outcome, tier: String| {
@@ -92,22 +61,117 @@ pub async fn upgrade(
             },
         )
     };
+    let first = match first_pass(env, &caller.user, &mut attempt).await {
+        Pass::Done(resp) => return Ok(resp),
+        Pass::Refused(r) => r,
+    };
+    // Pass 2, only when some candidate was merely over its latency objective.
+    if let Some(resp) = second_pass(env, cfg, &attempt, &first.healths, &report).await? {
+        return Ok(resp);
+    }
+    report(
+        if first.errored && first.last.is_none() {
+            Outcome::Failure
+        } else {
+            Outcome::Unavailable
+        },
+        attempt.placement.tier.clone(),
+    );
+    match first.last {
+        // With one candidate its own answer (e.g. `shard_full`) is the most precise.
+        Some(resp) if first.tried == 1 => Ok(resp),
+        _ => Err(ApiError::new(
+            503,
+            "no_shard_available",
+            "every candidate shard for this user is full or unavailable; retry shortly",
+        )
+        .retry_after(1)),
+    }
+}
 
-    let mut healths = Vec::new();
+fn require_websocket(req: &Request) -> Result<(), ApiError> {
+    let upgrade = req.headers().get("upgrade").ok().flatten();
+    if upgrade.is_some_and(|u| u.eq_ignore_ascii_case("websocket")) {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        426,
+        "upgrade_required",
+        "Expected WebSocket upgrade: send `Upgrade: websocket`",
+    ))
+}
+
+/// The socket's type and ids, from the query and the header fallbacks.
+fn connect_query(
+    req: &Request,
+    pairs: &[(String, String)],
+) -> Result<protocol::ConnectQuery, ApiError> {
+    let header = |name: &str| req.headers().get(name).ok().flatten();
+    let (h_type, h_session, h_machine) = (
+        header("x-client-type"),
+        header("x-session-id"),
+        header("x-machine-id"),
+    );
+    protocol::parse_connect_query(
+        pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+        protocol::HeaderIds {
+            client_type: h_type.as_deref(),
+            session_id: h_session.as_deref(),
+            machine_id: h_machine.as_deref(),
+        },
+    )
+}
+
+fn socket_meta(caller: &caller::Caller, query: protocol::ConnectQuery, now: u64) -> SocketMeta {
+    SocketMeta {
+        connection_id: ids::connection_id(runtime::random16()),
+        user_id: caller.user.clone(),
+        client_type: query.client_type,
+        session_id: query.session_id,
+        machine_id: query.machine_id,
+        tier: caller.placement.tier.clone(),
+        connected_at: now,
+        token_hash: caller.token.as_ref().map(|t| t.token_hash.clone()),
+        expires_at: caller.token.as_ref().and_then(|t| t.expires_at),
+        shard: String::new(),
+    }
+}
+
+/// What the first pass over the candidates came to.
+enum Pass {
+    /// A final answer: 101, 429 or another 4xx.
+    Done(Response),
+    Refused(Refusals),
+}
+
+/// Every candidate refused: their healths, the last refusal, how many were tried.
+struct Refusals {
+    healths: Vec<(String, Health)>,
+    last: Option<Response>,
+    tried: usize,
+    errored: bool,
+}
+
+/// Pass 1: the candidates in the policy's order, each answer's placement reordering the rest.
+async fn first_pass(env: &Env, user: &str, attempt: &mut Attempt<'_>) -> Pass {
+    let mut r = Refusals {
+        healths: Vec::new(),
+        last: None,
+        tried: 0,
+        errored: false,
+    };
     let mut tried: Vec<String> = Vec::new();
-    let mut last: Option<Response> = None;
-    let mut errored = false;
     while let Some(shard) = attempt.next(&tried) {
         if tried.len() >= MAX_ATTEMPTS {
             break;
         }
         tried.push(shard.clone());
         let resp = match try_shard(env, &attempt.connect(&shard)).await {
-            Ok(r) => r,
+            Ok(resp) => resp,
             Err(e) => {
                 worker::console_error!("connect to {shard} failed: {e}");
-                errored = true;
-                healths.push((shard, Health::Full));
+                r.errored = true;
+                r.healths.push((shard, Health::Full));
                 continue;
             }
         };
@@ -118,75 +182,68 @@ pub async fn upgrade(
             .flatten()
             .and_then(|h| Placement::parse(&h))
         {
-            caller::remember_placement(&caller.user, &p);
+            caller::remember_placement(user, &p);
             // The user spread (or shrank): the candidates change, the tried ones stay tried.
             attempt.learn(p);
         }
         if resp.status_code() != 503 {
-            // 101, 429 (the tier limit: no other shard may help), 4xx: final.
-            return Ok(resp);
+            return Pass::Done(resp);
         }
-        healths.push((shard, health_of(&resp)));
-        last = Some(resp);
+        r.healths.push((shard, health_of(&resp)));
+        r.last = Some(resp);
     }
+    r.tried = tried.len();
+    Pass::Refused(r)
+}
 
-    // Pass 2, only when some candidate was merely over its latency objective.
-    if healths
+/// Pass 2, when some candidate was only over its latency objective: the SLO rules admit on
+/// the least-bad shard, or shed the tier (lower tiers first).
+async fn second_pass(
+    env: &Env,
+    cfg: &Config,
+    attempt: &Attempt<'_>,
+    healths: &[(String, Health)],
+    report: &impl Fn(Outcome, String),
+) -> Result<Option<Response>, ApiError> {
+    if !healths
         .iter()
         .any(|(_, h)| matches!(h, Health::OverLatency { .. }))
     {
-        let only: Vec<Health> = healths.iter().map(|(_, h)| *h).collect();
-        if let Some(rank) = TierRank::of(&cfg.tiers, &attempt.placement.tier) {
-            let jitter = runtime::random16()[0];
-            match admission::fallback(&only, rank, jitter) {
-                Fallback::AdmitOn { index, .. } => {
-                    if let Some((shard, _)) = healths.get(index) {
-                        let mut c = attempt.connect(shard);
-                        c.strict = false;
-                        if let Ok(resp) = try_shard(env, &c).await {
-                            if resp.status_code() != 503 {
-                                return Ok(resp);
-                            }
-                        }
-                    }
-                }
-                Fallback::Shed {
-                    retry_after_secs,
-                    severity,
-                } => {
-                    report(Outcome::Unavailable, attempt.placement.tier.clone());
-                    return Err(ApiError::new(
-                        503,
-                        "shed",
-                        format!(
-                            "every shard for this user is {severity:.1}x over tier `{}`'s latency objective; lower tiers are shed first, retry later",
-                            attempt.placement.tier
-                        ),
-                    )
-                    .retry_after(retry_after_secs));
-                }
-                Fallback::AllFull { .. } => {}
-            }
-        }
+        return Ok(None);
     }
-
-    report(
-        if errored && last.is_none() {
-            Outcome::Failure
-        } else {
-            Outcome::Unavailable
-        },
-        attempt.placement.tier.clone(),
-    );
-    match last {
-        // With one candidate its own answer (e.g. `shard_full`) is the most precise.
-        Some(resp) if tried.len() == 1 => Ok(resp),
-        _ => Err(ApiError::new(
-            503,
-            "no_shard_available",
-            "every candidate shard for this user is full or unavailable; retry shortly",
-        )
-        .retry_after(1)),
+    let only: Vec<Health> = healths.iter().map(|(_, h)| *h).collect();
+    let Some(rank) = TierRank::of(&cfg.tiers, &attempt.placement.tier) else {
+        return Ok(None);
+    };
+    let jitter = runtime::random16()[0];
+    match admission::fallback(&only, rank, jitter) {
+        Fallback::AdmitOn { index, .. } => {
+            let Some((shard, _)) = healths.get(index) else {
+                return Ok(None);
+            };
+            let mut c = attempt.connect(shard);
+            c.strict = false;
+            Ok(try_shard(env, &c)
+                .await
+                .ok()
+                .filter(|resp| resp.status_code() != 503))
+        }
+        Fallback::Shed {
+            retry_after_secs,
+            severity,
+        } => {
+            report(Outcome::Unavailable, attempt.placement.tier.clone());
+            Err(ApiError::new(
+                503,
+                "shed",
+                format!(
+                    "every shard for this user is {severity:.1}x over tier `{}`'s latency objective; lower tiers are shed first, retry later",
+                    attempt.placement.tier
+                ),
+            )
+            .retry_after(retry_after_secs))
+        }
+        Fallback::AllFull { .. } => Ok(None),
     }
 }
 

@@ -67,9 +67,14 @@ impl Origin {
     }
 }
 
+/// A `CORS_ORIGINS` entry that is not an origin.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{0}` is not an origin; entries are `*`, `localhost` or http(s)://host[:port] with no path, query or user")]
+pub struct CorsError(pub String);
+
 impl CorsPolicy {
     /// Parses `CORS_ORIGINS`; the error says which entry is wrong and what is allowed.
-    pub fn parse(value: &str) -> Result<Self, String> {
+    pub fn parse(value: &str) -> Result<Self, CorsError> {
         let mut p = CorsPolicy::default();
         for entry in value.split(',').map(str::trim).filter(|e| !e.is_empty()) {
             match entry {
@@ -77,12 +82,7 @@ impl CorsPolicy {
                 "localhost" => p.localhost = true,
                 o => match Origin::parse(o) {
                     Some(origin) => p.exact.push(origin),
-                    None => {
-                        return Err(format!(
-                            "`{}` is not an origin; entries are `*`, `localhost` or http(s)://host[:port] with no path, query or user",
-                            crate::protocol::truncate(o, 80)
-                        ))
-                    }
+                    None => return Err(CorsError(crate::protocol::truncate(o, 80))),
                 },
             }
         }
@@ -245,7 +245,7 @@ mod tests {
     #[test]
     fn bad_entries_are_named() {
         let e = CorsPolicy::parse("https://ok.example,happy.app").unwrap_err();
-        assert!(e.contains("`happy.app`"), "{e}");
+        assert!(e.to_string().contains("`happy.app`"), "{e}");
         assert!(CorsPolicy::parse("https://a.example/path").is_err());
         for bad in [
             "https://user@a.example",

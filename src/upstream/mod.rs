@@ -131,25 +131,46 @@ pub struct EventSet {
     prefixes: Vec<String>,
 }
 
+/// Why `UPSTREAM_EVENTS` was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EventSetError {
+    #[error("an empty event name")]
+    Empty,
+    #[error("`{0}` is not an event name (letters, digits, - _ . :, optionally ending in *)")]
+    Name(String),
+    #[error("update-usage-limits is built in and cannot go upstream")]
+    BuiltIn,
+}
+
+/// Why an upstream's answer was refused (the sender hears it in its error ack).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AnswerError {
+    #[error("the answer is not a JSON object")]
+    NotObject,
+    #[error("the answer is not {{ack?, deliveries?}}: {0}")]
+    Shape(String),
+    #[error("deliveries[{0}].frame must be a JSON object")]
+    Frame(usize),
+    #[error("deliveries[{0}].filter: {1}")]
+    Filter(usize, String),
+}
+
 impl EventSet {
-    pub fn parse(value: &str) -> Result<Self, String> {
+    pub fn parse(value: &str) -> Result<Self, EventSetError> {
         let mut s = EventSet::default();
         for e in value.split(',').map(str::trim).filter(|e| !e.is_empty()) {
             let name = e.strip_suffix('*').unwrap_or(e);
             if name.is_empty() && e != "*" {
-                return Err("an empty event name".into());
+                return Err(EventSetError::Empty);
             }
             if !name
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'))
             {
-                return Err(format!(
-                    "`{}` is not an event name (letters, digits, - _ . :, optionally ending in *)",
-                    protocol::truncate(e, 64)
-                ));
+                return Err(EventSetError::Name(protocol::truncate(e, 64).into()));
             }
             if name == "update-usage-limits" {
-                return Err("update-usage-limits is built in and cannot go upstream".into());
+                return Err(EventSetError::BuiltIn);
             }
             if e.ends_with('*') {
                 s.prefixes.push(name.to_owned());
@@ -279,22 +300,21 @@ struct RawDelivery {
 /// Reads an answer: `{"ack"?: any, "deliveries"?: [{"frame": object, "filter"?: filter}]}`.
 /// Anything else is an error the sender hears about; a bad delivery spoils the whole answer,
 /// so a half-understood answer is never half delivered.
-pub fn parse_answer(body: &str) -> Result<Answer, String> {
+pub fn parse_answer(body: &str) -> Result<Answer, AnswerError> {
     // serde would read a struct from an array too.
     if !body.trim_start().starts_with('{') {
-        return Err("the answer is not a JSON object".into());
+        return Err(AnswerError::NotObject);
     }
-    let raw: RawAnswer = serde_json::from_str(body)
-        .map_err(|e| format!("the answer is not {{ack?, deliveries?}}: {e}"))?;
+    let raw: RawAnswer =
+        serde_json::from_str(body).map_err(|e| AnswerError::Shape(e.to_string()))?;
     let mut deliveries = Vec::with_capacity(raw.deliveries.len());
     for (i, d) in raw.deliveries.into_iter().enumerate() {
         if !d.frame.get().starts_with('{') {
-            return Err(format!("deliveries[{i}].frame must be a JSON object"));
+            return Err(AnswerError::Frame(i));
         }
         let filter = match &d.filter {
             None | Some(serde_json::Value::Null) => Filter::All,
-            Some(f) => protocol::parse_filter(f)
-                .map_err(|e| format!("deliveries[{i}].filter: {}", e.message))?,
+            Some(f) => protocol::parse_filter(f).map_err(|e| AnswerError::Filter(i, e.message))?,
         };
         deliveries.push(Delivery {
             frame: d.frame.get().to_owned(),
@@ -439,7 +459,10 @@ mod tests {
         assert!(!s.matches("artifac"));
         assert!(EventSet::parse("*").unwrap().matches("anything"));
         assert!(!EventSet::parse("*").unwrap().matches("update-usage-limits"));
-        assert!(EventSet::parse("a b").unwrap_err().contains("`a b`"));
+        assert!(EventSet::parse("a b")
+            .unwrap_err()
+            .to_string()
+            .contains("`a b`"));
         assert!(EventSet::parse("update-usage-limits").is_err());
         assert_eq!(EventSet::parse("").unwrap(), EventSet::default());
     }

@@ -66,84 +66,46 @@ impl Control {
         let cfg =
             runtime::config(&self.env).map_err(|e| worker::Error::RustError(e.to_string()))?;
         let mut next = self.policies.borrow().clone();
-        match &set.user {
-            Some(user) => {
-                if let Err(e) = next.set_user(user, set.switch.clone()) {
-                    return runtime::json(
-                        200,
-                        &PolicySetReply {
-                            state: next,
-                            refused: Some(e.to_string()),
-                        },
-                    );
-                }
+        let applied = match &set.user {
+            Some(user) => next.set_user(user, set.switch.clone()),
+            None => {
+                next.set_global(set.switch.clone());
+                Ok(())
             }
-            None => next.set_global(set.switch.clone()),
+        };
+        if let Err(e) = applied {
+            let refused = PolicySetReply {
+                state: next,
+                refused: Some(e.to_string()),
+            };
+            return runtime::json(200, &refused);
         }
         // Stored before anyone is told: a notice never runs ahead of what isolates read.
         self.state.storage().put(KEY, &next).await?;
         *self.policies.borrow_mut() = next.clone();
         let drain_ms = set.switch.as_ref().map_or(set.drain_ms, |s| s.drain_ms);
-        let notice_for = |user: &str| {
-            let e = next.effective(user, &cfg.policy);
-            PolicyNotice {
-                policy: e.policy.to_string(),
-                drain_ms,
-                version: next.version,
-            }
-        };
-        let env = self.env.clone();
         match set.user {
             Some(user) => {
-                let notice = notice_for(&user);
-                runtime::object_wait_until(&self.state, async move {
-                    let r = runtime::timeout(
-                        NOTICE_TIMEOUT_MS,
-                        runtime::ask_home(&env, &user, &notice),
-                    )
-                    .await;
-                    if !matches!(r, Some(Ok(_))) {
-                        console_error!("policy notice to {user}'s home failed");
-                    }
-                });
+                let e = next.effective(&user, &cfg.policy);
+                let notice = PolicyNotice {
+                    policy: e.policy.to_string(),
+                    drain_ms,
+                    version: next.version,
+                };
+                self.tell_home(user, notice);
             }
             None => {
                 // Everyone without a policy of their own follows the global one (or the
                 // config's once it is cleared).
+                let policy = next.global.as_ref().and_then(Switch::parsed);
                 let notice = PolicyNotice {
-                    policy: next
-                        .global
-                        .as_ref()
-                        .and_then(Switch::parsed)
-                        .unwrap_or(cfg.policy)
-                        .to_string(),
+                    policy: policy.unwrap_or(cfg.policy).to_string(),
                     drain_ms,
                     version: next.version,
                 };
                 let except: Vec<String> = next.users.keys().cloned().collect();
                 let registries = crate::placement::registry_names(cfg.registry_shards);
-                runtime::object_wait_until(&self.state, async move {
-                    let msg = NoticeUsers { notice, except };
-                    let calls = registries.iter().map(|name| {
-                        let (env, msg) = (&env, &msg);
-                        async move {
-                            let stub =
-                                runtime::stub(env, crate::object_api::REGISTRY_BINDING, name)
-                                    .ok()?;
-                            runtime::timeout(NOTICE_TIMEOUT_MS, runtime::ask(&stub, None, msg))
-                                .await?
-                                .ok()
-                        }
-                    });
-                    for (name, r) in registries
-                        .iter()
-                        .zip(futures::future::join_all(calls).await)
-                    {
-                        if r.is_none() {
-                            console_error!("policy notice to {name} failed");
-                        }
-                    }
-                });
+                self.tell_registries(registries, NoticeUsers { notice, except });
             }
         }
         runtime::json(
@@ -153,5 +115,43 @@ impl Control {
                 refused: None,
             },
         )
+    }
+
+    /// One user's policy changed: its home tells its shards (in the background).
+    fn tell_home(&self, user: String, notice: PolicyNotice) {
+        let env = self.env.clone();
+        runtime::object_wait_until(&self.state, async move {
+            let r =
+                runtime::timeout(NOTICE_TIMEOUT_MS, runtime::ask_home(&env, &user, &notice)).await;
+            if !matches!(r, Some(Ok(_))) {
+                console_error!("policy notice to {user}'s home failed");
+            }
+        });
+    }
+
+    /// Everyone's policy changed: each registry tells the homes of its users (in the
+    /// background).
+    fn tell_registries(&self, registries: Vec<String>, msg: NoticeUsers) {
+        let env = self.env.clone();
+        runtime::object_wait_until(&self.state, async move {
+            let calls = registries.iter().map(|name| {
+                let (env, msg) = (&env, &msg);
+                async move {
+                    let stub =
+                        runtime::stub(env, crate::object_api::REGISTRY_BINDING, name).ok()?;
+                    runtime::timeout(NOTICE_TIMEOUT_MS, runtime::ask(&stub, None, msg))
+                        .await?
+                        .ok()
+                }
+            });
+            for (name, r) in registries
+                .iter()
+                .zip(futures::future::join_all(calls).await)
+            {
+                if r.is_none() {
+                    console_error!("policy notice to {name} failed");
+                }
+            }
+        });
     }
 }

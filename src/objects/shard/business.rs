@@ -93,7 +93,7 @@ impl ConnectionManager {
         let started = runtime::now_ms();
         let answered = match runtime::upstream_post(&self.env, &cfg.upstream, &body).await {
             Ok((s, text)) if (200..300).contains(&s) => {
-                upstream::parse_answer(&text).map_err(Failure::Error)
+                upstream::parse_answer(&text).map_err(|e| Failure::Error(e.to_string()))
             }
             Ok((s, text)) => Err(Failure::Error(format!(
                 "status {s}: {}",

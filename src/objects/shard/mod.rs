@@ -475,6 +475,20 @@ impl ConnectionManager {
                 })
                 .await
             }
+            _ => self.route_user_api(req, path, cfg).await,
+        }
+    }
+
+    /// What the gateway and the edge's own objects ask of the user as a whole, at its home:
+    /// stats, broadcasts, disconnects, moves and policy notices.
+    async fn route_user_api(
+        &self,
+        req: Request,
+        path: &str,
+        cfg: &Config,
+    ) -> worker::Result<Response> {
+        let h = &self.home;
+        match path {
             <StatsRequest as Message>::PATH => {
                 let started = runtime::now_ms();
                 let resp = answer(req, |_: StatsRequest| async move {

@@ -27,6 +27,8 @@ use crate::upstream::QueuedEvent;
 use observability::metrics::Series;
 
 impl ConnectionManager {
+    /// One client frame: admitted by the guard, read, parsed into a typed step, then applied
+    /// (the platform's built-in and business events first, then its routing rules).
     pub(super) async fn on_frame(
         &self,
         ws: WebSocket,
@@ -42,28 +44,10 @@ impl ConnectionManager {
         if !self.admit_frame(&cfg, &ws) {
             return Ok(());
         }
-        let max = cfg.max_message_bytes;
-        // Binary frames are read as UTF-8 text, as the platform does.
-        let text = match message {
-            WebSocketIncomingMessage::String(t) => t,
-            WebSocketIncomingMessage::Binary(b) if b.len() > max => {
-                return close_too_big(&ws, b.len(), max);
-            }
-            WebSocketIncomingMessage::Binary(b) => match String::from_utf8(b) {
-                Ok(t) => t,
-                Err(_) => {
-                    return self.bad_frame(
-                        &cfg,
-                        &ws,
-                        PROTOCOL_ERROR,
-                        envelope::Invalid::Json.message(),
-                    )
-                }
-            },
+        let text = match self.frame_text(&cfg, &ws, message) {
+            Ok(t) => t,
+            Err(done) => return done,
         };
-        if text.len() > max {
-            return close_too_big(&ws, text.len(), max);
-        }
         let frame = match envelope::parse(&text) {
             Parsed::Frame(f) => f,
             Parsed::ClientAck => return Ok(()),
@@ -72,11 +56,60 @@ impl ConnectionManager {
         let Some(meta) = attachment(&ws) else {
             return Ok(());
         };
-        // Built in, and business events for the upstream, before the routing rules.
-        if frame.event == "update-usage-limits" {
-            self.usage_limits(&ws, &meta, frame.data, frame.ack_id.as_deref())
-                .await;
+        let Some(frame) = self.business(&cfg, &ws, &meta, frame, started).await else {
             return Ok(());
+        };
+        let sender = Sender {
+            connection_id: &meta.connection_id,
+            client_type: meta.client_type,
+        };
+        self.frames.set(self.frames.get() + 1);
+        self.apply(&cfg, &ws, &meta, rules::route(sender, frame), started)
+            .await?;
+        self.observe_latency(Series::MessageLatency, started).await;
+        Ok(())
+    }
+
+    /// The frame's text (binary frames are read as UTF-8, as the platform does), or the
+    /// answer already given: a close for an oversized frame, an error frame for bad UTF-8.
+    fn frame_text(
+        &self,
+        cfg: &Config,
+        ws: &WebSocket,
+        message: WebSocketIncomingMessage,
+    ) -> Result<String, worker::Result<()>> {
+        let max = cfg.max_message_bytes;
+        let text = match message {
+            WebSocketIncomingMessage::String(t) => t,
+            WebSocketIncomingMessage::Binary(b) if b.len() > max => {
+                return Err(close_too_big(ws, b.len(), max));
+            }
+            WebSocketIncomingMessage::Binary(b) => String::from_utf8(b).map_err(|_| {
+                self.bad_frame(cfg, ws, PROTOCOL_ERROR, envelope::Invalid::Json.message())
+            })?,
+        };
+        if text.len() > max {
+            return Err(close_too_big(ws, text.len(), max));
+        }
+        Ok(text)
+    }
+
+    /// The built-in `update-usage-limits` and the business events for the upstream, before
+    /// the routing rules: `None` when handled here. A business event with an `ackId` that no
+    /// upstream will answer gets its error ack now (not after the client's timeout), and is
+    /// still routed as the platform's fallthrough routes it.
+    async fn business<'a>(
+        &self,
+        cfg: &Config,
+        ws: &WebSocket,
+        meta: &SocketMeta,
+        frame: envelope::Inbound<'a>,
+        started: u64,
+    ) -> Option<envelope::Inbound<'a>> {
+        if frame.event == "update-usage-limits" {
+            self.usage_limits(ws, meta, frame.data, frame.ack_id.as_deref())
+                .await;
+            return None;
         }
         if let Some(label) = cfg
             .upstream
@@ -90,23 +123,28 @@ impl ConnectionManager {
                 data: frame.data.map(ToOwned::to_owned),
                 ack_id: frame.ack_id.map(Cow::into_owned),
             };
-            self.to_upstream(&cfg, &ws, &meta, b).await;
+            self.to_upstream(cfg, ws, meta, b).await;
             self.observe_latency(Series::MessageLatency, started).await;
-            return Ok(());
+            return None;
         }
         if let Some(ack_id) = frame.ack_id.as_deref() {
-            // A business event no upstream will answer: say so now, not after a timeout. It
-            // is still routed below as the platform's fallthrough routes it.
             if let Some(ack) = crate::upstream::unanswered_ack(&frame.event) {
                 let _ = ws.send_with_str(envelope::ack_frame(ack_id, &ack));
             }
         }
-        let sender = Sender {
-            connection_id: &meta.connection_id,
-            client_type: meta.client_type,
-        };
-        self.frames.set(self.frames.get() + 1);
-        match rules::route(sender, frame) {
+        Some(frame)
+    }
+
+    /// Applies what the routing rules decided for a frame.
+    async fn apply(
+        &self,
+        cfg: &Config,
+        ws: &WebSocket,
+        meta: &SocketMeta,
+        action: Action<'_>,
+        started: u64,
+    ) -> worker::Result<()> {
+        match action {
             Action::Pong => {
                 ws.send_with_str(protocol::pong_frame(runtime::now_ms()))?;
             }
@@ -122,24 +160,17 @@ impl ConnectionManager {
                 target,
                 data,
                 ack_id,
-            } => {
-                self.rpc_to_id(&cfg, &ws, &meta, &target, data, ack_id)
-                    .await
-            }
+            } => self.rpc_to_id(cfg, ws, meta, &target, data, ack_id).await,
             Action::RpcToApps {
                 event,
                 data,
                 ack_id,
-            } => {
-                self.rpc_to_apps(&cfg, &ws, &meta, &event, data, ack_id)
-                    .await
-            }
+            } => self.rpc_to_apps(cfg, ws, meta, &event, data, ack_id).await,
             Action::RpcResponse { ack_id, ack } => {
-                self.rpc_response(&cfg, &meta, &ack_id, &ack).await
+                self.rpc_response(cfg, meta, &ack_id, &ack).await
             }
             Action::Drop(_) => {}
         }
-        self.observe_latency(Series::MessageLatency, started).await;
         Ok(())
     }
 
