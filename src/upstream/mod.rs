@@ -167,7 +167,7 @@ impl EventSet {
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'))
             {
-                return Err(EventSetError::Name(protocol::truncate(e, 64).into()));
+                return Err(EventSetError::Name(protocol::truncate(e, 64)));
             }
             if name == "update-usage-limits" {
                 return Err(EventSetError::BuiltIn);
