@@ -221,7 +221,9 @@ pub struct UserStats {
 
 /// Moves the edge started for a user, and what was held for the moved sockets' identities
 /// (`routing::moves` in the gateway). `shed` and `expired` count frames lost to a bound or
-/// to an identity that did not come back in time.
+/// to an identity that did not come back in time. `graceHidden` counts machine drops the
+/// presence grace window hid (back in time); `graceOverflowed` offline notices announced at
+/// once because the window's book was full.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
 pub struct MoveStats {
@@ -229,6 +231,8 @@ pub struct MoveStats {
     pub handed: u64,
     pub shed: u64,
     pub expired: u64,
+    pub grace_hidden: u64,
+    pub grace_overflowed: u64,
 }
 
 /// What shards that left a user's set had counted: the user's totals keep it.

@@ -50,6 +50,7 @@ pub const VARS: &[(&str, Option<&str>)] = &[
     ("FRAME_BURST", Some("200")),
     ("REVOCATION_POLL_MS", Some("5000")),
     ("METRICS_PUSH_MS", Some("10000")),
+    ("PRESENCE_GRACE_MS", Some("0")),
     ("TEST_KNOBS", Some("off")),
     ("REGISTRY_SHARDS", Some("8")),
     ("METRICS_MAX_USER_SERIES", Some("50")),
@@ -95,6 +96,9 @@ pub struct Config {
     pub revocation_poll_ms: u64,
     /// How often at most a user's home pushes its metrics to the registry.
     pub metrics_push_ms: u64,
+    /// How long a machine that drops may take to come back before it is announced offline
+    /// (`routing::grace`); 0, the platform's timing, announces at once.
+    pub presence_grace_ms: u64,
     /// Fault and latency injection for tests (`POST /admin/test/shard`).
     /// Off unless the config says `on`; never enable it in production.
     pub test_knobs: bool,
@@ -191,6 +195,7 @@ impl Config {
             },
             revocation_poll_ms: u64::from(int(src, "REVOCATION_POLL_MS", 500, 300_000)?),
             metrics_push_ms: u64::from(int(src, "METRICS_PUSH_MS", 500, 300_000)?),
+            presence_grace_ms: u64::from(int(src, "PRESENCE_GRACE_MS", 0, 60_000)?),
             test_knobs: switch(src, "TEST_KNOBS")?,
             registry_shards: int(src, "REGISTRY_SHARDS", 1, 256)?,
             metrics_max_user_series: int(src, "METRICS_MAX_USER_SERIES", 1, 10_000)?,

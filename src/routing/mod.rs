@@ -5,7 +5,9 @@
 //! Pure: the shard object (`objects::shard`) does the delivering.
 
 pub mod ack_id;
+pub mod calls;
 pub mod envelope;
+pub mod grace;
 pub mod guard;
 pub mod index;
 pub mod moves;

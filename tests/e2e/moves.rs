@@ -242,14 +242,7 @@ async fn an_rpc_to_a_machine_between_its_sockets_waits_for_the_new_one() {
     let machine_q = "clientType=machine-scoped&machineId=m-move";
     let mut daemon = g.connect(&t, machine_q).await;
     assert!(shard(&daemon).contains(":h"));
-    let (s, v) = g
-        .admin(
-            Method::PUT,
-            &format!("/admin/users/{u}/policy"),
-            Some(json!({"policy": "single", "drainMs": 3000})),
-        )
-        .await;
-    assert_eq!(s, 200, "{v}");
+    switch_user(g, &u, "single", 3000).await;
     // The daemon is told; it stays away for a while, as a client with a backoff would.
     let (ev, _) = told(&mut daemon, Duration::from_secs(8))
         .await
@@ -272,29 +265,17 @@ async fn an_rpc_to_a_machine_between_its_sockets_waits_for_the_new_one() {
     }
     let mut daemon = g.connect(&t, machine_q).await;
     assert_eq!(shard(&daemon), format!("cm:{u}"));
-    let req = loop {
-        let v = daemon
-            .next_json(Duration::from_secs(5))
-            .await
-            .expect("the held rpc-request");
-        if v["event"] == "rpc-request" {
-            break v;
-        }
-    };
+    let req = next_event(&mut daemon, "rpc-request", Duration::from_secs(5))
+        .await
+        .expect("the held rpc-request");
     assert_eq!(req["data"]["method"], "m-move:ping", "{req}");
     let ack_id = req["ackId"].as_str().unwrap().to_owned();
     daemon
         .send(&json!({"event": "rpc-response", "ackId": ack_id, "ack": "pong"}).to_string())
         .await;
-    let ack = loop {
-        let v = app
-            .next_json(Duration::from_secs(5))
-            .await
-            .expect("the rpc's answer");
-        if v["event"] == "ack" {
-            break v;
-        }
-    };
+    let ack = next_event(&mut app, "ack", Duration::from_secs(5))
+        .await
+        .expect("the rpc's answer");
     assert_eq!(ack["ackId"], "call-1", "{ack}");
     assert_eq!(ack["ack"]["result"], "pong", "{ack}");
     // Once: nothing held is handed twice.
@@ -308,4 +289,134 @@ async fn an_rpc_to_a_machine_between_its_sockets_waits_for_the_new_one() {
     let st = g.stats(&t).await;
     assert!(st["moves"]["moves"].as_u64().unwrap() >= 1, "{st}");
     assert!(st["moves"]["handed"].as_u64().unwrap() >= 1, "{st}");
+}
+
+/// `PRESENCE_GRACE_MS`: a machine that drops and comes back within the window is announced
+/// neither offline nor online again; one that stays away is announced offline once the window
+/// has passed.
+#[tokio::test]
+async fn a_machine_back_within_the_grace_window_does_not_flicker() {
+    let g = Gateway::shared(
+        "grace",
+        &[
+            ("SHARD_POLICY", "hash:shards=4"),
+            ("SHARD_MAX_CONNECTIONS", "3"),
+            ("PRESENCE_GRACE_MS", "1500"),
+        ],
+    );
+    let t = g.token(&user("grace"), "pro").await;
+    let mut app = g.connect(&t, "").await;
+    let q = "clientType=machine-scoped&machineId=m-grace";
+    let daemon = g.connect(&t, q).await;
+    let on = next_status(&mut app, Duration::from_secs(3))
+        .await
+        .expect("online");
+    assert_eq!(on["data"]["online"], true, "{on}");
+    // Drop and back within the window: nothing announced.
+    daemon.close().await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let daemon = g.connect(&t, q).await;
+    assert!(
+        next_status(&mut app, Duration::from_millis(2_500))
+            .await
+            .is_none(),
+        "a drop within the window was announced"
+    );
+    // Away for good: offline once the window has passed.
+    daemon.close().await;
+    let gone = Instant::now();
+    let off = next_status(&mut app, Duration::from_secs(6))
+        .await
+        .expect("offline after the window");
+    assert_eq!(off["data"]["online"], false, "{off}");
+    assert!(
+        gone.elapsed() >= Duration::from_millis(1_200),
+        "announced before the window passed"
+    );
+    let st = g.stats(&t).await;
+    assert_eq!(st["moves"]["graceHidden"], 1, "{st}");
+}
+
+/// The next `machine-status` notice within `wait`.
+async fn next_status(app: &mut Client, wait: Duration) -> Option<Value> {
+    let deadline = Instant::now() + wait;
+    while let Some(v) = app
+        .next_json(deadline.saturating_duration_since(Instant::now()))
+        .await
+    {
+        if v["event"] == "ephemeral" && v["data"]["type"] == "machine-status" {
+            return Some(v);
+        }
+    }
+    None
+}
+
+/// A drain closes a socket between its calls, not during one: an app that waits for an
+/// answer when its slot comes is kept open until the answer has reached it, then told.
+#[tokio::test]
+async fn a_drain_waits_for_the_answer_a_socket_is_waiting_for() {
+    let g = gw();
+    let u = user("quiet-close");
+    let t = g.token(&u, "pro").await;
+    let mut app = g.connect(&t, "").await;
+    assert!(shard(&app).contains(":h"));
+    switch_user(g, &u, "single", 1000).await;
+    // The machine arrives under the new policy; the app, still on its old shard, calls it.
+    let mut daemon = g
+        .connect(&t, "clientType=machine-scoped&machineId=m-quiet")
+        .await;
+    assert_eq!(shard(&daemon), format!("cm:{u}"));
+    app.send(
+        r#"{"event":"rpc-call","data":{"method":"m-quiet:ping","params":"p"},"ackId":"call-q"}"#,
+    )
+    .await;
+    let req = next_event(&mut daemon, "rpc-request", Duration::from_secs(5))
+        .await
+        .expect("the rpc-request");
+    // The machine answers after the whole drain window has passed.
+    tokio::time::sleep(Duration::from_millis(2_000)).await;
+    let ack_id = req["ackId"].as_str().unwrap().to_owned();
+    daemon
+        .send(&json!({"event": "rpc-response", "ackId": ack_id, "ack": "late"}).to_string())
+        .await;
+    let mut got_ack = false;
+    let (ev, code) = loop {
+        let v = app
+            .next_json(Duration::from_secs(5))
+            .await
+            .expect("the answer, then the reconnect");
+        if v["event"] == "ack" {
+            assert_eq!(v["ackId"], "call-q", "{v}");
+            assert_eq!(v["ack"]["result"], "late", "{v}");
+            got_ack = true;
+        } else if v["event"] == "reconnect" {
+            break (v, app.expect_close(Duration::from_secs(3)).await);
+        }
+    };
+    assert!(got_ack, "told to move before its answer came");
+    assert_eq!(ev["data"]["reason"], "policy", "{ev}");
+    assert_eq!(code, Some(1012));
+}
+
+/// The next frame of `event` within `wait`, skipping others.
+async fn next_event(c: &mut Client, event: &str, wait: Duration) -> Option<Value> {
+    let deadline = Instant::now() + wait;
+    while let Some(v) = c
+        .next_json(deadline.saturating_duration_since(Instant::now()))
+        .await
+    {
+        if v["event"] == event {
+            return Some(v);
+        }
+    }
+    None
+}
+
+/// Sets `u`'s own policy at run time, draining over `drain_ms`.
+async fn switch_user(g: &Gateway, u: &str, policy: &str, drain_ms: u64) {
+    let body = json!({"policy": policy, "drainMs": drain_ms});
+    let (s, v) = g
+        .admin(Method::PUT, &format!("/admin/users/{u}/policy"), Some(body))
+        .await;
+    assert_eq!(s, 200, "{v}");
 }

@@ -172,6 +172,41 @@ impl Home {
         if transitions.is_empty() {
             return;
         }
+        let grace_ms = runtime::config(&self.env).map_or(0, |c| c.presence_grace_ms);
+        let transitions = self.within_grace(transitions, grace_ms);
+        self.announce(transitions);
+    }
+
+    /// Offline transitions wait out the grace window (`routing::grace`); the alarm announces
+    /// them when it has passed.
+    fn within_grace(&self, transitions: Vec<Transition>, grace_ms: u64) -> Vec<Transition> {
+        if grace_ms == 0 {
+            return transitions;
+        }
+        let now = runtime::now_ms();
+        let out = self.grace.borrow_mut().filter(transitions, now, grace_ms);
+        if let Some(at) = self.grace.borrow().next_due() {
+            let (state, clock) = (self.state.clone(), self.clock.clone());
+            runtime::object_wait_until(&self.state, async move {
+                if let Err(e) = clock.arm(&state, at).await {
+                    console_error!("could not schedule a grace window's end: {e}");
+                }
+            });
+        }
+        out
+    }
+
+    /// Announces the offline transitions whose grace window has passed (the machine did not
+    /// come back).
+    pub fn grace_due(&self, now: u64) {
+        let due = self.grace.borrow_mut().due(now);
+        self.announce(due);
+    }
+
+    fn announce(&self, transitions: Vec<Transition>) {
+        if transitions.is_empty() {
+            return;
+        }
         self.machine_hooks(&transitions);
         let now = runtime::now_ms();
         let notices: Vec<Delivery> = transitions

@@ -43,6 +43,9 @@ impl Home {
         let mut st = stats::aggregate(ctx, &rows, Vec::new());
         st.add_retired(&self.saved.borrow().retired);
         st.moves = self.move_counters();
+        let grace = self.grace.borrow();
+        st.moves.grace_hidden = grace.hidden;
+        st.moves.grace_overflowed = grace.overflowed;
         st
     }
 

@@ -125,6 +125,8 @@ pub(crate) struct Home {
     pub handoffs: RefCell<Vec<crate::routing::moves::Handoff>>,
     /// The home's own sockets' presence, before the moving identities are added.
     pub own_base: RefCell<ShardPresence>,
+    /// Offline notices waiting out `PRESENCE_GRACE_MS`.
+    pub grace: RefCell<crate::routing::grace::Grace>,
 }
 
 /// After a wake with machines known online, the first look at them follows this soon: a
@@ -214,6 +216,7 @@ impl Home {
             moves: RefCell::new(crate::routing::moves::MoveBook::default()),
             handoffs: RefCell::new(Vec::new()),
             own_base: RefCell::new(ShardPresence::default()),
+            grace: RefCell::new(crate::routing::grace::Grace::default()),
         }
     }
 
@@ -283,6 +286,7 @@ impl Home {
             self.push_at.get(),
             self.check_at.get(),
             self.moves_due(),
+            self.grace.borrow().next_due(),
         ]
         .into_iter()
         .flatten()
@@ -315,6 +319,7 @@ impl Home {
         }
         let t = self.expire_moves(now);
         self.emit(t);
+        self.grace_due(now);
         Ok(())
     }
 

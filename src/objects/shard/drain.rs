@@ -7,12 +7,15 @@ use shard_policies::DrainPlan;
 use super::{attachment, close, ConnectionManager};
 use crate::placement;
 use crate::protocol;
+use crate::routing::calls;
 use crate::routing::moves::Identity;
 use crate::runtime;
 
 /// Why a shard drains, as the `reconnect` frame and the close reason say it.
 const ROTATION: &str = "rotation";
 const POLICY: &str = "policy";
+/// How soon a drain looks again at a socket it kept open for its calls' answers.
+const QUIET_RECHECK_MS: u64 = 100;
 
 impl ConnectionManager {
     /// One step of a drain, run by the alarm: tell each socket whose slot has come to
@@ -34,13 +37,22 @@ impl ConnectionManager {
             // A per-socket hash keeps each socket's slot stable across steps.
             let h = placement::socket_hash(&m.connection_id);
             let slot = plan.slot((h % u64::from(planned)) as u32, h.rotate_left(17));
-            if slot.notify_at_ms <= now || now >= plan.end_ms() {
+            let due = slot.notify_at_ms <= now || now >= plan.end_ms();
+            // Between its calls, not during one: the answers it waits for reach it first
+            // (bounded by `calls::QUIET_WAIT_MS` past the window).
+            let waits = self.calls.borrow().busy(&m.connection_id, now)
+                && now < plan.end_ms() + calls::QUIET_WAIT_MS;
+            if due && waits {
+                let soon = now + QUIET_RECHECK_MS;
+                next = Some(next.map_or(soon, |n| n.min(soon)));
+            } else if due {
                 let _ = ws.send_with_str(protocol::reconnect_frame(reason, slot.retry_after_ms));
                 // Closed at once: nothing more reaches this socket, so nothing is sent twice.
                 close(ws, 1012, reason);
                 told.push(m);
             } else {
-                next = Some(next.map_or(slot.notify_at_ms, |n| n.min(slot.notify_at_ms)));
+                let at = slot.notify_at_ms.min(plan.end_ms());
+                next = Some(next.map_or(at, |n| n.min(at)));
             }
         }
         // Held at the home before they are uncounted here: no moment where a delivery for
@@ -52,7 +64,7 @@ impl ConnectionManager {
         }
         // Closed by us, these sockets may never get a close handler: settle now.
         self.settle().await?;
-        self.saved.borrow_mut().drain_at = next.map(|at| at.min(plan.end_ms()));
+        self.saved.borrow_mut().drain_at = next;
         self.save().await
     }
 

@@ -15,6 +15,7 @@ impl ConnectionManager {
     /// A second call for the same socket changes nothing.
     pub(super) async fn count_close(&self, m: &SocketMeta, code: u16) {
         self.guards.borrow_mut().remove(&m.connection_id);
+        self.calls.borrow_mut().closed(&m.connection_id);
         let was_open = self.with_index(|ix| ix.contains(&m.connection_id));
         self.forget_socket(&m.connection_id).await;
         if was_open {

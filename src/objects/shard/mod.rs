@@ -98,6 +98,8 @@ pub struct ConnectionManager {
     incarnation: u64,
     /// Sealed call references already answered -> their expiry.
     answered: RefCell<BoundedMap<u64>>,
+    /// Calls each socket waits an answer for: a drain closes a socket between its calls.
+    calls: RefCell<crate::routing::calls::InFlight>,
     /// Frames routed and the subrequests their routing cost, for stats.
     frames: Cell<u64>,
     frame_subrequests: Cell<u64>,
@@ -173,6 +175,7 @@ impl DurableObject for ConnectionManager {
             reporter: Rc::new(RefCell::new(reporter::Reporter::default())),
             incarnation,
             answered: RefCell::new(BoundedMap::new(ANSWERED_CAPACITY)),
+            calls: RefCell::new(crate::routing::calls::InFlight::default()),
             frames: Cell::new(0),
             frame_subrequests: Cell::new(0),
             load: RefCell::new(ObjectLoad::default()),

@@ -287,8 +287,11 @@ impl ConnectionManager {
     }
 
     /// The caller's `ackId`, sealed with where to bring the answer.
+    /// The call is remembered as in flight until its answer (`routing::calls`).
     fn seal(&self, cfg: &Config, caller: &SocketMeta, ack_id: Option<&str>) -> Option<String> {
         let a = ack_id?;
+        let now = runtime::now_ms();
+        self.calls.borrow_mut().sent(&caller.connection_id, a, now);
         Some(ack_id::seal(
             &cfg.ack_key,
             &CallRef {
@@ -296,7 +299,7 @@ impl ConnectionManager {
                 shard: self.name(),
                 connection: caller.connection_id.clone(),
                 ack_id: a.to_owned(),
-                expires_ms: runtime::now_ms() + ack_id::TTL_MS,
+                expires_ms: now + ack_id::TTL_MS,
             },
         ))
     }
@@ -406,6 +409,9 @@ impl ConnectionManager {
 
     fn not_available(&self, ws: &WebSocket, ack_id: Option<&str>) {
         if let Some(a) = ack_id {
+            if let Some(m) = attachment(ws) {
+                self.calls.borrow_mut().answered(&m.connection_id, a);
+            }
             let _ = ws.send_with_str(envelope::ack_frame(a, envelope::RPC_NOT_AVAILABLE));
         }
     }
@@ -458,6 +464,9 @@ impl ConnectionManager {
             }
             answered.insert(sealed, call.expires_ms);
         }
+        self.calls
+            .borrow_mut()
+            .answered(&call.connection, &call.ack_id);
         let frame = envelope::ack_frame(&call.ack_id, ack);
         self.sockets_with(Some(&protocol::conn_tag(&call.connection)))
             .iter()
