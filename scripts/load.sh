@@ -146,14 +146,22 @@ echo "load: summary -> $summary, log -> $log"
 # k6 reads AUTH_TOKEN / AUTH_SECRET and the tuning knobs from the environment (--include-system-env-vars).
 # In the background so a TERM to this script can stop k6 (bash defers traps while a
 # foreground child runs); tee through process substitution keeps k6's exit code in $!.
+# The platform's traffic keeps every sample: the moves report reads them (reconnects per second).
+k6_out=()
+if [ "$mode" = platform ]; then k6_out=(--out "csv=${summary%.json}.k6.csv.gz"); fi
 set +e
-"$K6" run --include-system-env-vars --summary-export "$summary" "${k6_env[@]}" "$@" "$SCENARIO" \
+"$K6" run --include-system-env-vars --summary-export "$summary" "${k6_out[@]}" "${k6_env[@]}" "$@" "$SCENARIO" \
   > >(tee "$log") 2>&1 &
 K6_PID=$!
 wait "$K6_PID"
 rc=$?
 K6_PID=""
 set -e
+if [ "$mode" = platform ] && [ -s "${summary%.json}.k6.csv.gz" ]; then
+  python3 load-tests/report/moves_report.py "${summary%.json}.k6.csv.gz" "$policy_label${SWITCH:+, SWITCH=$SWITCH}" \
+    ${SWITCH:+"${SWITCH_DRAIN:-20}"} \
+    | tee "${summary%.json}.moves.md" || echo "load: the moves report failed" >&2
+fi
 if [ "$capture" = 1 ]; then
   admin=$(sed -n 's/^ADMIN_TOKEN=//p' .dev.vars 2>/dev/null | tail -n 1)
   # Shards report every 5 s and directories push every 5 s: let the last reports land.

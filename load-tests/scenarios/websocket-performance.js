@@ -25,13 +25,13 @@ import exec from 'k6/execution';
 import {
   ADMIN_TOKEN, ARRIVAL, BASE_URL, BROADCAST_S, FLEET, HTTP_VUS, IS_FLEET, IS_PLATFORM, MODE, MODE_NAME,
   OPEN_VUS, PEAK_VUS, PING_S, PLATFORM, SHAPE, SOCKETS_PER_USER, STAGES, STATS_S, TIER_MIX_RAW, TOTAL_S,
-  USER_COUNT, thresholds, userAt,
+  SWITCHES, USER_COUNT, thresholds, userAt,
 } from './lib/config.js';
 import { RAMP_DOWN_GRACE_MS } from './lib/socket.js';
 
 export { steadySockets, broadcaster, statsPoller } from './lib/steady.js';
 export { churnIteration, httpIteration } from './lib/churn.js';
-export { platformClient } from './lib/platform.js';
+export { platformClient, policySwitcher } from './lib/platform.js';
 export { fleetClosed, fleetOpen, fleetStats, fleetBroadcast } from './lib/fleet.js';
 
 // ---------------------------------------------------------------------------
@@ -89,7 +89,13 @@ function fleetScenarios() {
 }
 
 function scenarios() {
-  if (IS_PLATFORM) return { platform: socketScenario('platformClient'), stats: sideScenario('statsPoller', 1) };
+  if (IS_PLATFORM) {
+    const out = { platform: socketScenario('platformClient'), stats: sideScenario('statsPoller', 1) };
+    if (SWITCHES.length) {
+      out.switcher = { executor: 'per-vu-iterations', exec: 'policySwitcher', vus: 1, iterations: 1, maxDuration: `${TOTAL_S}s` };
+    }
+    return out;
+  }
   if (IS_FLEET) return fleetScenarios();
   if (SHAPE === 'churn') return { churn: socketScenario('churnIteration') };
   if (SHAPE === 'http') {

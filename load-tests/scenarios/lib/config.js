@@ -205,6 +205,22 @@ export const PLATFORM = {
 };
 export const SOCKETS_PER_USER = 1 + PLATFORM.sessions + PLATFORM.apps;
 
+// Platform mode: SWITCH="hash:shards=auto@30;single@75" switches the shard policy at run
+// time (PUT /admin/policy with ADMIN_TOKEN) at those seconds of the run, each draining over
+// SWITCH_DRAIN seconds (20). `default@S` goes back to the config's policy (DELETE).
+export const SWITCH_DRAIN_S = num('SWITCH_DRAIN', 20, 1, 3600, true);
+export const SWITCHES = (__ENV.SWITCH || '').split(';').map((x) => x.trim()).filter(Boolean).map((x) => {
+  const at = x.lastIndexOf('@');
+  const policy = at > 0 ? x.slice(0, at).trim() : '';
+  const s = at > 0 ? Number(x.slice(at + 1)) : NaN;
+  if (!policy || !Number.isFinite(s) || s < 0) {
+    throw new Error(`SWITCH entry "${x}" is not <policy>@<seconds> (entries separated by ";")`);
+  }
+  return { policy, atS: s };
+});
+if (SWITCHES.length && !IS_PLATFORM) throw new Error('SWITCH applies to TEST_MODE=platform only');
+if (SWITCHES.length && !(__ENV.ADMIN_TOKEN || '')) throw new Error('SWITCH needs ADMIN_TOKEN');
+
 // The users' [id, token] rows in numeric order of their ids ("load-u-0", "load-u-1", ...),
 // the first USERS of the file: parsed once and shared by every VU (k6's SharedArray), so a
 // thousand users cost a VU only the users it touches (userAt caches those).
@@ -394,6 +410,7 @@ function platformThresholds(t) {
     'forward_delivery_time{kind:machine}': fwd,
     frames_dropped: ['count==0'],
     frames_misdelivered: ['count==0'],
+    presence_flicker: ['count==0'],
     rpc_acks: ['count>0'],
     forwards_received: ['count>0'],
   });

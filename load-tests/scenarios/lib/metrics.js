@@ -55,3 +55,9 @@ export const framesSent = new Counter('frames_sent'); // tag role
 export const framesReceived = new Counter('frames_received'); // tag role
 export const framesDropped = new Counter('frames_dropped'); // no ack within 10 s; tag kind
 export const framesMisdelivered = new Counter('frames_misdelivered'); // tag reason
+// An app told its own machine is offline while the machine's VU held it (a move the edge
+// made must not show as one).
+export const presenceFlicker = new Counter('presence_flicker');
+// SWITCH: each run-time policy switch (tag policy) and the time until /health shows it.
+export const policySwitches = new Counter('policy_switches');
+export const policySwitchApplied = new Trend('policy_switch_applied_ms', true);

@@ -9,7 +9,11 @@
 // frames_misdelivered; an ack that does not come within 10 s is counted in frames_dropped.
 
 import exec from 'k6/execution';
-import { PLATFORM, SOCKETS_PER_USER, USER_COUNT, socketUrl, userAt } from './config.js';
+import http from 'k6/http';
+import { sleep } from 'k6';
+import {
+  ADMIN_TOKEN, BASE_URL, PLATFORM, SOCKETS_PER_USER, SWITCHES, SWITCH_DRAIN_S, USER_COUNT, socketUrl, userAt,
+} from './config.js';
 import * as m from './metrics.js';
 import { holdSocket } from './socket.js';
 
@@ -155,11 +159,14 @@ function appClient(me) {
     return undefined;
   }
 
-  function onEphemeral(d, now) {
+  function onEphemeral(c, d, now) {
     if (d.type === 'activity') return forwarded('session', d.sid, d.activeAt, 'activity', now);
     if (d.type === 'machine-activity') return forwarded('machine', d.machineId, d.activeAt, 'activity', now);
-    // Presence (machine-status) is not timed, but it must be about our own machine.
-    if (d.type === 'machine-status' && d.machineId !== me.own.machine) return misdelivered('presence_other_user');
+    if (d.type !== 'machine-status') return undefined;
+    // Presence must be about our own machine, and that machine's VU holds it until the end:
+    // an offline notice before then is a flicker (a move the edge made showing as a drop).
+    if (d.machineId !== me.own.machine) return misdelivered('presence_other_user');
+    if (d.online === false && now < c.deadline - ACK_TIMEOUT_MS) m.presenceFlicker.add(1);
     return undefined;
   }
 
@@ -189,7 +196,7 @@ function appClient(me) {
         case 'rpc-request': return onRequest(d);
         case 'session-alive': return forwarded('session', d.sid, d.time, 'forwarded', now);
         case 'machine-alive': return forwarded('machine', d.machineId, d.time, 'forwarded', now);
-        case 'ephemeral': return onEphemeral(d, now);
+        case 'ephemeral': return onEphemeral(c, d, now);
         default: return undefined;
       }
     },
@@ -209,4 +216,34 @@ export function platformClient() {
   const me = platformRole(exec.scenario.iterationInTest);
   if (me.role === 'app') holdSocket(me, () => appClient(me));
   else holdSocket(me, () => responderClient(me));
+}
+
+// SWITCH: the operator's run-time policy switches, at their second of the run, each timed
+// until /health shows the new policy active (the bound every isolate follows within).
+export function policySwitcher() {
+  const start = exec.scenario.startTime;
+  const headers = { Authorization: `Bearer ${ADMIN_TOKEN}`, 'Content-Type': 'application/json' };
+  for (const sw of SWITCHES) {
+    sleep(Math.max(0, start + sw.atS * 1000 - Date.now()) / 1000);
+    const back = sw.policy === 'default';
+    const drainMs = SWITCH_DRAIN_S * 1000;
+    const r = back
+      ? http.del(`${BASE_URL}/admin/policy?drainMs=${drainMs}`, null, { headers })
+      : http.put(`${BASE_URL}/admin/policy`, JSON.stringify({ policy: sw.policy, drainMs }), { headers });
+    if (r.status !== 200) {
+      console.error(`switch to ${sw.policy} answered ${r.status}: ${String(r.body).slice(0, 200)}`);
+      continue;
+    }
+    const want = JSON.parse(r.body).active;
+    const put = Date.now();
+    let applied = false;
+    while (!applied && Date.now() - put < 30000) {
+      const h = http.get(`${BASE_URL}/health`, { timeout: '5s' });
+      try { applied = JSON.parse(h.body).activePolicy === want; } catch (e) { applied = false; }
+      if (!applied) sleep(0.1);
+    }
+    m.policySwitches.add(1, { policy: want });
+    if (applied) m.policySwitchApplied.add(Date.now() - put, { policy: want });
+    console.log(`switch: ${want} at ${((put - start) / 1000).toFixed(1)} s (drain ${SWITCH_DRAIN_S} s)${applied ? '' : ': /health did not show it within 30 s'}`);
+  }
 }
