@@ -420,3 +420,41 @@ async fn switch_user(g: &Gateway, u: &str, policy: &str, drain_ms: u64) {
         .await;
     assert_eq!(s, 200, "{v}");
 }
+
+/// The same for a CLI session (session-scoped): the app calling it sits on the home, where
+/// the moving session is listed without a socket; the call waits for the session's new
+/// socket instead of "RPC method not available".
+#[tokio::test]
+async fn an_rpc_to_a_session_between_its_sockets_waits_for_the_new_one() {
+    let g = gw();
+    let u = user("moving-session");
+    let t = g.token(&u, "pro").await;
+    let session_q = "clientType=session-scoped&sessionId=s-move";
+    let mut cli = g.connect(&t, session_q).await;
+    assert!(shard(&cli).contains(":h"));
+    switch_user(g, &u, "single", 3000).await;
+    told(&mut cli, Duration::from_secs(8))
+        .await
+        .expect("the session is told to move");
+    let mut app = g.connect(&t, "").await;
+    assert_eq!(shard(&app), format!("cm:{u}"));
+    app.send(
+        r#"{"event":"rpc-call","data":{"method":"s-move:permission","params":"p"},"ackId":"call-s"}"#,
+    )
+    .await;
+    if let Some(v) = next_event(&mut app, "ack", Duration::from_millis(800)).await {
+        panic!("answered before the session was back: {v}");
+    }
+    let mut cli = g.connect(&t, session_q).await;
+    let req = next_event(&mut cli, "rpc-request", Duration::from_secs(5))
+        .await
+        .expect("the held rpc-request");
+    let ack_id = req["ackId"].as_str().unwrap().to_owned();
+    cli.send(&json!({"event": "rpc-response", "ackId": ack_id, "ack": "ok"}).to_string())
+        .await;
+    let ack = next_event(&mut app, "ack", Duration::from_secs(5))
+        .await
+        .expect("the rpc's answer");
+    assert_eq!(ack["ackId"], "call-s", "{ack}");
+    assert_eq!(ack["ack"]["result"], "ok", "{ack}");
+}

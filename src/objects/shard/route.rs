@@ -356,9 +356,10 @@ impl ConnectionManager {
             view = self.current_view(Want::Target(target)).await;
             refreshed = true;
         }
+        // Listed here without a socket counts too: the home holds it for a session that moves.
         let session_known = |v: &RoutingView| {
             self.with_index(|ix| ix.has_scoped_session(target))
-                || v.session_shards(target).iter().any(|n| *n != me)
+                || !v.session_shards(target).is_empty()
         };
         if session_known(&view) {
             let d = Delivery {
