@@ -66,6 +66,7 @@ export function runSocket(me, deadline, pending, client) {
           st.ended = 'reconnect';
           st.hintAt = now;
           st.retryAfterMs = (f.data && Number(f.data.retryAfterMs)) || 0;
+          st.moveReason = (f.data && f.data.reason) || 'rotation'; // rotation or policy
         } else if (f.event === 'error') {
           m.serverErrorFrames.add(1, { code: (f.data && f.data.code) || 'unknown' });
         } else if (client.onFrame) {
@@ -133,7 +134,10 @@ function ended(st) {
   if (st.closeCode === 1001 && inRampDown(st.closedAt || Date.now())) return { ended: 'deadline' };
   if (st.ended === 'reconnect' || st.closeCode === 1012) {
     // A 1012 without the hint frame (end of the drain window) is still a rotation.
-    return { ended: 'reconnect', since: st.hintAt || st.closedAt || Date.now(), retryAfterMs: st.retryAfterMs };
+    return {
+      ended: 'reconnect', since: st.hintAt || st.closedAt || Date.now(), retryAfterMs: st.retryAfterMs,
+      reason: st.moveReason || 'rotation',
+    };
   }
   // The server (or the network) closed a socket nobody asked to close.
   m.connectionErrors.add(1, { kind: 'dropped', status: String(st.closeCode || 0) });
@@ -179,7 +183,7 @@ export function holdSocket(me, makeClient) {
     if (r.ended === 'deadline') break;
     if (r.ended === 'reconnect' || r.ended === 'dropped') {
       failures = 0;
-      pending = { since: r.since, reason: r.ended === 'reconnect' ? 'rotation' : 'drop' };
+      pending = { since: r.since, reason: r.ended === 'reconnect' ? r.reason : 'drop' };
       sleepUntil(deadline, r.retryAfterMs);
       continue;
     }
