@@ -36,6 +36,7 @@ COUNTS = [
     ("ws_reconnects", "reconnects"),
     ("policy_switches", "run-time policy switches"),
 ]
+COUNTED = {name for name, _ in COUNTS}
 
 
 def read(path: str):
@@ -53,7 +54,7 @@ def read(path: str):
             if name == "policy_switch_applied_ms":
                 applied.append(v)
                 continue
-            if name not in dict(COUNTS):
+            if name not in COUNTED:
                 continue
             totals[name] += v
             tags = dict(kv.split("=", 1) for kv in row.get("extra_tags", "").split("&") if "=" in kv)

@@ -237,25 +237,15 @@ async fn a_business_event_nothing_answers_is_acked_at_once_in_its_own_shape() {
 #[tokio::test]
 async fn an_rpc_to_a_machine_between_its_sockets_waits_for_the_new_one() {
     let g = gw();
-    let u = user("moving-rpc");
-    let t = g.token(&u, "pro").await;
     let machine_q = "clientType=machine-scoped&machineId=m-move";
-    let mut daemon = g.connect(&t, machine_q).await;
-    assert!(shard(&daemon).contains(":h"));
-    switch_user(g, &u, "single", 3000).await;
     // The daemon is told; it stays away for a while, as a client with a backoff would.
-    let (ev, _) = told(&mut daemon, Duration::from_secs(8))
-        .await
-        .expect("the daemon is told to move");
+    let (u, t, ev) = moved_to_single(g, "moving-rpc", machine_q).await;
     assert_eq!(ev["data"]["reason"], "policy");
     // The app is on the new policy's shard already (an app carries no id a move could
     // match, docs/policies.md).
     let mut app = g.connect(&t, "").await;
     assert_eq!(shard(&app), format!("cm:{u}"));
-    app.send(
-        r#"{"event":"rpc-call","data":{"method":"m-move:ping","params":"p"},"ackId":"call-1"}"#,
-    )
-    .await;
+    call(&mut app, "m-move:ping", "call-1").await;
     // No "not available" while the machine moves.
     if let Some(v) = app.next_json(Duration::from_millis(800)).await {
         assert_ne!(
@@ -269,10 +259,7 @@ async fn an_rpc_to_a_machine_between_its_sockets_waits_for_the_new_one() {
         .await
         .expect("the held rpc-request");
     assert_eq!(req["data"]["method"], "m-move:ping", "{req}");
-    let ack_id = req["ackId"].as_str().unwrap().to_owned();
-    daemon
-        .send(&json!({"event": "rpc-response", "ackId": ack_id, "ack": "pong"}).to_string())
-        .await;
+    respond(&mut daemon, &req, "pong").await;
     let ack = next_event(&mut app, "ack", Duration::from_secs(5))
         .await
         .expect("the rpc's answer");
@@ -366,19 +353,13 @@ async fn a_drain_waits_for_the_answer_a_socket_is_waiting_for() {
         .connect(&t, "clientType=machine-scoped&machineId=m-quiet")
         .await;
     assert_eq!(shard(&daemon), format!("cm:{u}"));
-    app.send(
-        r#"{"event":"rpc-call","data":{"method":"m-quiet:ping","params":"p"},"ackId":"call-q"}"#,
-    )
-    .await;
+    call(&mut app, "m-quiet:ping", "call-q").await;
     let req = next_event(&mut daemon, "rpc-request", Duration::from_secs(5))
         .await
         .expect("the rpc-request");
     // The machine answers after the whole drain window has passed.
     tokio::time::sleep(Duration::from_millis(2_000)).await;
-    let ack_id = req["ackId"].as_str().unwrap().to_owned();
-    daemon
-        .send(&json!({"event": "rpc-response", "ackId": ack_id, "ack": "late"}).to_string())
-        .await;
+    respond(&mut daemon, &req, "late").await;
     let mut got_ack = false;
     let (ev, code) = loop {
         let v = app
@@ -427,21 +408,11 @@ async fn switch_user(g: &Gateway, u: &str, policy: &str, drain_ms: u64) {
 #[tokio::test]
 async fn an_rpc_to_a_session_between_its_sockets_waits_for_the_new_one() {
     let g = gw();
-    let u = user("moving-session");
-    let t = g.token(&u, "pro").await;
     let session_q = "clientType=session-scoped&sessionId=s-move";
-    let mut cli = g.connect(&t, session_q).await;
-    assert!(shard(&cli).contains(":h"));
-    switch_user(g, &u, "single", 3000).await;
-    told(&mut cli, Duration::from_secs(8))
-        .await
-        .expect("the session is told to move");
+    let (u, t, _) = moved_to_single(g, "moving-session", session_q).await;
     let mut app = g.connect(&t, "").await;
     assert_eq!(shard(&app), format!("cm:{u}"));
-    app.send(
-        r#"{"event":"rpc-call","data":{"method":"s-move:permission","params":"p"},"ackId":"call-s"}"#,
-    )
-    .await;
+    call(&mut app, "s-move:permission", "call-s").await;
     if let Some(v) = next_event(&mut app, "ack", Duration::from_millis(800)).await {
         panic!("answered before the session was back: {v}");
     }
@@ -449,12 +420,37 @@ async fn an_rpc_to_a_session_between_its_sockets_waits_for_the_new_one() {
     let req = next_event(&mut cli, "rpc-request", Duration::from_secs(5))
         .await
         .expect("the held rpc-request");
-    let ack_id = req["ackId"].as_str().unwrap().to_owned();
-    cli.send(&json!({"event": "rpc-response", "ackId": ack_id, "ack": "ok"}).to_string())
-        .await;
+    respond(&mut cli, &req, "ok").await;
     let ack = next_event(&mut app, "ack", Duration::from_secs(5))
         .await
         .expect("the rpc's answer");
     assert_eq!(ack["ackId"], "call-s", "{ack}");
     assert_eq!(ack["ack"]["result"], "ok", "{ack}");
+}
+
+/// The app calls `method` (`<id>:<name>`) under `ack_id`.
+async fn call(app: &mut Client, method: &str, ack_id: &str) {
+    let frame =
+        json!({"event": "rpc-call", "data": {"method": method, "params": "p"}, "ackId": ack_id});
+    app.send(&frame.to_string()).await;
+}
+
+/// Answers an `rpc-request` that reached `c` with `result`.
+async fn respond(c: &mut Client, req: &Value, result: &str) {
+    let frame = json!({"event": "rpc-response", "ackId": req["ackId"], "ack": result});
+    c.send(&frame.to_string()).await;
+}
+
+/// A new user's socket (`query`) on a hash shard, then the user switched to `single` over
+/// 3 s: answers the user, its token and the socket's `reconnect` frame (the socket is gone).
+async fn moved_to_single(g: &Gateway, name: &str, query: &str) -> (String, String, Value) {
+    let u = user(name);
+    let t = g.token(&u, "pro").await;
+    let mut c = g.connect(&t, query).await;
+    assert!(shard(&c).contains(":h"));
+    switch_user(g, &u, "single", 3000).await;
+    let (ev, _) = told(&mut c, Duration::from_secs(8))
+        .await
+        .expect("the socket is told to move");
+    (u, t, ev)
 }

@@ -40,20 +40,22 @@ impl ConnectionManager {
             let due = slot.notify_at_ms <= now || now >= plan.end_ms();
             // Between its calls, not during one: the answers it waits for reach it first
             // (bounded by `calls::QUIET_WAIT_MS` past the window).
-            let waits = self.calls.borrow().busy(&m.connection_id, now)
-                && now < plan.end_ms() + calls::QUIET_WAIT_MS;
-            if due && waits {
-                let soon = now + QUIET_RECHECK_MS;
-                next = Some(next.map_or(soon, |n| n.min(soon)));
-            } else if due {
+            let waits = || {
+                now < plan.end_ms() + calls::QUIET_WAIT_MS
+                    && self.calls.borrow().busy(&m.connection_id, now)
+            };
+            let look_again = if !due {
+                slot.notify_at_ms.min(plan.end_ms())
+            } else if waits() {
+                now + QUIET_RECHECK_MS
+            } else {
                 let _ = ws.send_with_str(protocol::reconnect_frame(reason, slot.retry_after_ms));
                 // Closed at once: nothing more reaches this socket, so nothing is sent twice.
                 close(ws, 1012, reason);
                 told.push(m);
-            } else {
-                let at = slot.notify_at_ms.min(plan.end_ms());
-                next = Some(next.map_or(at, |n| n.min(at)));
-            }
+                continue;
+            };
+            next = Some(next.map_or(look_again, |n| n.min(look_again)));
         }
         // Held at the home before they are uncounted here: no moment where a delivery for
         // them finds neither.

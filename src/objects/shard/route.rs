@@ -372,7 +372,7 @@ impl ConnectionManager {
                 return;
             }
         }
-        self.not_available(ws, ack_id.as_deref());
+        self.not_available(ws, caller, ack_id.as_deref());
     }
 
     /// The CLI calls the apps: every user-scoped socket, under the event's own name.
@@ -404,15 +404,13 @@ impl ConnectionManager {
             got = got.sum(self.deliver_on(&new, &d).await.0);
         }
         if got.primary == 0 {
-            self.not_available(ws, ack_id.as_deref());
+            self.not_available(ws, caller, ack_id.as_deref());
         }
     }
 
-    fn not_available(&self, ws: &WebSocket, ack_id: Option<&str>) {
+    fn not_available(&self, ws: &WebSocket, caller: &SocketMeta, ack_id: Option<&str>) {
         if let Some(a) = ack_id {
-            if let Some(m) = attachment(ws) {
-                self.calls.borrow_mut().answered(&m.connection_id, a);
-            }
+            self.calls.borrow_mut().answered(&caller.connection_id, a);
             let _ = ws.send_with_str(envelope::ack_frame(a, envelope::RPC_NOT_AVAILABLE));
         }
     }
