@@ -341,11 +341,23 @@ pub use crate::object_api::SHARD_HEADER;
 #[derive(Debug, Default)]
 pub struct AlarmClock {
     armed_at: std::cell::Cell<Option<u64>>,
+    /// Whether `armed_at` is known. A woken object does not know the alarm its previous
+    /// life set: it reads it before moving it, or a later time would replace an earlier one
+    /// (a drain's step delayed to a report's retry).
+    known: std::cell::Cell<bool>,
 }
 
 impl AlarmClock {
     /// Makes sure the alarm fires no later than `at`.
     pub async fn arm(&self, state: &worker::State, at: u64) -> worker::Result<()> {
+        if !self.known.get() {
+            let stored = state.storage().get_alarm().await?;
+            // Another arm may have run while this one read.
+            if !self.known.replace(true) {
+                self.armed_at
+                    .set(stored.and_then(|ms| u64::try_from(ms).ok()));
+            }
+        }
         if self.armed_at.get().is_some_and(|armed| armed <= at) {
             return Ok(());
         }
@@ -355,6 +367,7 @@ impl AlarmClock {
 
     /// The alarm fired (or was deleted): nothing is set any more.
     pub fn fired(&self) {
+        self.known.set(true);
         self.armed_at.set(None);
     }
 }
