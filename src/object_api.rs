@@ -6,7 +6,7 @@
 //! | object | messages |
 //! |---|---|
 //! | a user's home shard `cm:{user}` (the user's authority) | [`Acquire`], [`Release`], [`ShardReport`], [`RouteLookup`], [`TierGet`], [`SetTier`], [`IssueTicket`], [`Redeem`], [`UsageGet`], [`UsageSet`], [`Observed`], [`StatsRequest`], [`BroadcastRequest`], [`DisconnectUser`] |
-//! | any shard | the upgrade ([`CONNECT_PATH`], with [`Connect`] in [`CONNECT_HEADER`]), [`Deliver`], [`DeliverBatch`], [`AckRelay`], [`Reclaim`], [`PushView`], [`Disconnect`], [`Knob`] |
+//! | any shard | the upgrade ([`CONNECT_PATH`], with [`Connect`] in [`CONNECT_HEADER`]), [`Deliver`], [`DeliverBatch`], [`Handoff`], [`AckRelay`], [`Reclaim`], [`PushView`], [`Disconnect`], [`Knob`] |
 //! | a registry `reg:{k}` | [`Ingest`], [`SnapshotRequest`] |
 //! | the revocation feed | [`Ensure`], [`FeedStatus`] |
 //! | the policy control `control` | [`PolicyGet`], [`PolicySet`] |
@@ -335,6 +335,12 @@ pub struct Deliver(pub Delivery);
 #[serde(transparent)]
 pub struct DeliverBatch(pub Vec<Delivery>);
 
+/// What the home held for a moved identity, handed to the shard it is back on: sent to its
+/// sockets there, except the frames each got directly meanwhile.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Handoff(pub Vec<Delivery>);
+
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Delivered {
     pub delivered: u64,
@@ -527,9 +533,15 @@ pub struct ApplyPolicy(pub PolicyNotice);
 /// A shard -> the user's home: identities it told to move (`routing::moves`), and
 /// deliveries it got for them after they left.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Hold {
     pub identities: Vec<crate::routing::moves::Identity>,
     pub deliveries: Vec<Delivery>,
+    /// The shard that sends it: where the identities moved from, or came back to.
+    pub from: String,
+    /// Identities that moved from `from` and came back to it (its reports cannot say so: a
+    /// report taken before the move still lists them there).
+    pub back: Vec<crate::routing::moves::Identity>,
 }
 
 /// What a notice did on one shard.
@@ -559,6 +571,7 @@ message! {
     DisconnectUser => "/home/disconnect", Disconnected;
     Deliver => "/shard/deliver", Delivered;
     DeliverBatch => "/shard/deliver-batch", Delivered;
+    Handoff => "/shard/handoff", Delivered;
     AckRelay => "/shard/ack", Delivered;
     Reclaim => "/shard/reclaim", Reclaimed;
     PushView => "/shard/view", Done;
@@ -600,6 +613,7 @@ mod tests {
             DisconnectUser::PATH,
             Deliver::PATH,
             DeliverBatch::PATH,
+            Handoff::PATH,
             AckRelay::PATH,
             Reclaim::PATH,
             PushView::PATH,

@@ -6,7 +6,8 @@ read for issue 21's counts.
 
 Prints, per kind where k6 tags one: calls, answers, calls with no answer in 10 s (lost),
 "RPC method not available", other errors, calls in flight when the caller's own socket was
-closed, late and repeated acks (duplicates), presence flickers (an app told its machine is
+closed, late and repeated acks (duplicates), the alive frames apps got and the ones they
+never got (by app kind: mobile sends a correlationId, web none), presence flickers (an app told its machine is
 offline while the machine's VU held it), and the reconnects: each burst (reconnects no more
 than BURST_GAP_S apart) with its span, its peak per second and its mean per second over the
 drain window (WINDOW_S, else a rotation's `drain=` from POLICY) and over the burst itself.
@@ -29,10 +30,12 @@ COUNTS = [
     ("frames_dropped", "lost: no answer within 10 s"),
     ("rpc_unavailable", "failed: `RPC method not available`"),
     ("rpc_errors", "failed: other error answers"),
-    ("rpc_interrupted", "in flight when the caller's own socket closed"),
+    ("rpc_interrupted", "in flight when a web app's own socket closed (its calls end with it)"),
     ("rpc_late_acks", "answered after 10 s"),
     ("frames_misdelivered", "misdelivered or repeated (duplicates)"),
     ("presence_flicker", "presence flickers (machine offline while held)"),
+    ("deliveries_checked", "alive frames apps got from their user's sessions and machine"),
+    ("deliveries_lost", "lost: never got, between two the app got from the same sender socket"),
     ("ws_reconnects", "reconnects"),
     ("policy_switches", "run-time policy switches"),
 ]

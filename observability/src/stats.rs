@@ -70,6 +70,15 @@ pub struct ShardStats {
     pub frames_sent: u64,
     #[serde(default)]
     pub peak_events_per_second: u64,
+    /// Frames of a move's handoff not sent because the returned socket had got them
+    /// directly, and deliveries forgotten early by the bound on what it remembers.
+    #[serde(default)]
+    pub handoff_skipped: u64,
+    #[serde(default)]
+    pub recent_shed: u64,
+    /// Sockets told to move whose identity was not remembered (a bound).
+    #[serde(default)]
+    pub moved_shed: u64,
 }
 
 /// What one Durable Object has handled since it started: its events (requests, socket

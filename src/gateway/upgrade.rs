@@ -129,6 +129,10 @@ fn socket_meta(caller: &caller::Caller, query: protocol::ConnectQuery, now: u64)
         client_type: query.client_type,
         session_id: query.session_id,
         machine_id: query.machine_id,
+        // Only an app's: a machine or session is matched by its own id.
+        correlation_id: query
+            .correlation_id
+            .filter(|_| query.client_type == protocol::ClientType::UserScoped),
         tier: caller.placement.tier.clone(),
         connected_at: now,
         token_hash: caller.token.as_ref().map(|t| t.token_hash.clone()),

@@ -90,6 +90,9 @@ pub struct ConnectQuery {
     pub client_type: ClientType,
     pub session_id: Option<String>,
     pub machine_id: Option<String>,
+    /// The app's `correlationId`, when it is a valid id: the same on each of its connects,
+    /// so a move the edge starts can hand it what it missed (`routing::moves`).
+    pub correlation_id: Option<String>,
 }
 
 /// The CLI sends its connect parameters only as headers (platform-protocol.md §8.1).
@@ -109,7 +112,8 @@ pub const MACHINE_ID_REQUIRED: &str = "Machine ID required for machine-scoped co
 
 /// Parses the connect parameters: each of `clientType`, `sessionId` and `machineId` from the
 /// query, else from its header; an empty value counts as absent. Unknown parameters are
-/// ignored so clients can add their own (the React app's `correlationId`).
+/// ignored so clients can add their own. The React app's `correlationId` is kept when it is a
+/// valid id and ignored (never refused) otherwise, as the platform ignores it.
 pub fn parse_connect_query<'a>(
     pairs: impl IntoIterator<Item = (&'a str, &'a str)>,
     headers: HeaderIds<'a>,
@@ -117,14 +121,19 @@ pub fn parse_connect_query<'a>(
     let mut client_type = None;
     let mut session_id = None;
     let mut machine_id = None;
+    let mut correlation_id = None;
     for (k, v) in pairs {
         match k {
             "clientType" => client_type = Some(v),
             "sessionId" => session_id = Some(v),
             "machineId" => machine_id = Some(v),
+            "correlationId" => correlation_id = Some(v),
             _ => {}
         }
     }
+    let correlation_id = correlation_id
+        .filter(|v| validate_id(v).is_ok())
+        .map(str::to_owned);
     let present = |v: Option<&'a str>| v.filter(|v| !v.is_empty());
     let client_type = present(client_type).or(present(headers.client_type));
     let session_id = present(session_id).or(present(headers.session_id));
@@ -156,6 +165,7 @@ pub fn parse_connect_query<'a>(
             client_type,
             session_id,
             machine_id,
+            correlation_id,
         }),
     }
 }
@@ -198,6 +208,9 @@ pub struct SocketMeta {
     pub session_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub machine_id: Option<String>,
+    /// A user-scoped app's `correlationId` (see [`ConnectQuery`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub correlation_id: Option<String>,
     pub tier: String,
     pub connected_at: u64,
     /// The credential the socket was opened with, so it ends with it (docs/reliability.md):
@@ -387,6 +400,36 @@ pub enum Filter {
     /// The session-scoped sockets of `session_id`, plus every user-scoped socket.
     #[serde(rename = "all-interested-in-session", rename_all = "camelCase")]
     AllInterestedInSession { session_id: String },
+    /// The edge's own: the user-scoped sockets of one app (`correlationId`), to hand a moved
+    /// app what was held for it. Never accepted from a client or an HTTP body.
+    #[serde(rename = "app", rename_all = "camelCase")]
+    App { correlation_id: String },
+}
+
+impl Filter {
+    /// Whether this filter selects the socket `m`, as a shard's delivery selects them (by
+    /// tag for ids, by type for the scoped halves).
+    pub fn selects(&self, m: &SocketMeta) -> bool {
+        let user = m.client_type == ClientType::UserScoped;
+        match self {
+            Filter::All => true,
+            Filter::UserScopedOnly => user,
+            Filter::Session { session_id } => m.session_id.as_ref() == Some(session_id),
+            Filter::Machine { machine_id } => m.machine_id.as_ref() == Some(machine_id),
+            Filter::Exclude { connection_id } => m.connection_id != *connection_id,
+            Filter::MachineScopedOnly { machine_id } => {
+                user || (m.client_type == ClientType::MachineScoped
+                    && m.machine_id.as_ref() == Some(machine_id))
+            }
+            Filter::AllInterestedInSession { session_id } => {
+                user || (m.client_type == ClientType::SessionScoped
+                    && m.session_id.as_ref() == Some(session_id))
+            }
+            Filter::App { correlation_id } => {
+                user && m.correlation_id.as_ref() == Some(correlation_id)
+            }
+        }
+    }
 }
 
 /// What the shards need to deliver a broadcast: the rendered frame and the filter.
@@ -536,6 +579,79 @@ mod tests {
     }
 
     #[test]
+    fn an_apps_correlation_id_is_kept_when_valid_and_ignored_otherwise() {
+        let c = q(&[("correlationId", "app-1.x_2")]).unwrap();
+        assert_eq!(c.correlation_id.as_deref(), Some("app-1.x_2"));
+        // The platform ignores it: a bad one never refuses the connect.
+        let long = "a".repeat(500);
+        for bad in ["", "a b", "ü", "a/b", long.as_str()] {
+            let pairs = [("correlationId", bad)];
+            let c = parse_connect_query(pairs, HeaderIds::default()).unwrap();
+            assert_eq!(c.correlation_id, None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_filter_selects_the_sockets_a_shard_sends_it_to() {
+        let m = |t: ClientType, s: Option<&str>, mid: Option<&str>, c: Option<&str>| SocketMeta {
+            connection_id: "c1".into(),
+            user_id: "u".into(),
+            client_type: t,
+            session_id: s.map(Into::into),
+            machine_id: mid.map(Into::into),
+            correlation_id: c.map(Into::into),
+            tier: "pro".into(),
+            connected_at: 0,
+            token_hash: None,
+            expires_at: None,
+            shard: String::new(),
+        };
+        let app = m(ClientType::UserScoped, None, None, Some("a1"));
+        let daemon = m(ClientType::MachineScoped, None, Some("m1"), None);
+        let cli = m(ClientType::SessionScoped, Some("s1"), None, None);
+        let session = |id: &str| Filter::Session {
+            session_id: id.into(),
+        };
+        let only_m1 = Filter::MachineScopedOnly {
+            machine_id: "m1".into(),
+        };
+        let for_s2 = Filter::AllInterestedInSession {
+            session_id: "s2".into(),
+        };
+        let app_a1 = Filter::App {
+            correlation_id: "a1".into(),
+        };
+        let not_c1 = Filter::Exclude {
+            connection_id: "c1".into(),
+        };
+        let cases = [
+            (Filter::All, [true, true, true]),
+            (Filter::UserScopedOnly, [true, false, false]),
+            (session("s1"), [false, false, true]),
+            (only_m1, [true, true, false]),
+            (for_s2, [true, false, false]),
+            (app_a1, [true, false, false]),
+            (not_c1, [false, false, false]),
+        ];
+        for (f, want) in cases {
+            let got = [f.selects(&app), f.selects(&daemon), f.selects(&cli)];
+            assert_eq!(got, want, "{f:?}");
+        }
+        let other_app = m(ClientType::UserScoped, None, None, Some("a2"));
+        assert!(!Filter::App {
+            correlation_id: "a1".into()
+        }
+        .selects(&other_app));
+    }
+
+    #[test]
+    fn the_edges_own_app_filter_is_refused_in_a_broadcast_body() {
+        let body = br#"{"message":{"type":"t"},"filter":{"type":"app","correlationId":"a1"}}"#;
+        let e = parse_broadcast_body(body, 1).unwrap_err();
+        assert_eq!((e.status, e.code), (400, "invalid_filter"));
+    }
+
+    #[test]
     fn session_scoped_needs_session_id() {
         let e = q(&[("clientType", "session-scoped")]).unwrap_err();
         assert_eq!((e.status, e.code), (400, "missing_session_id"));
@@ -615,6 +731,7 @@ mod tests {
             client_type: ClientType::SessionScoped,
             session_id: Some("s1".into()),
             machine_id: None,
+            correlation_id: None,
             tier: "pro".into(),
             token_hash: None,
             expires_at: None,

@@ -96,6 +96,19 @@ pub fn seal(key: &AckKey, call: &CallRef) -> String {
     )
 }
 
+/// The sealed reference a forwarded call carries (`envelope::forward_frame` puts `ackId`
+/// last), if any: the socket it reaches owes an answer under it. No parse: it runs on every
+/// delivery of a call.
+pub fn sealed_in(frame: &str) -> Option<&str> {
+    const KEY: &str = r#","ackId":""#;
+    let body = frame.strip_suffix("\"}")?;
+    let id = &body[body.rfind(KEY)? + KEY.len()..];
+    let canonical = id
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    (id.starts_with(PREFIX) && canonical).then_some(id)
+}
+
 /// Opens a reference answered by a socket of `user` at `now_ms`.
 pub fn open(key: &AckKey, text: &str, user: &str, now_ms: u64) -> Result<CallRef, AckIdError> {
     let rest = text.strip_prefix(PREFIX).ok_or(AckIdError::Foreign)?;
@@ -121,6 +134,22 @@ pub fn open(key: &AckKey, text: &str, user: &str, now_ms: u64) -> Result<CallRef
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_forwarded_call_names_the_reference_its_callee_owes_an_answer_under() {
+        let sealed = seal(&AckKey::derive("master-secret-for-ack-ids-0000"), &call());
+        let data = serde_json::value::RawValue::from_string(r#"{"x":1}"#.into()).unwrap();
+        let frame =
+            crate::routing::envelope::forward_frame("rpc-request", Some(&data), Some(&sealed));
+        assert_eq!(sealed_in(&frame), Some(sealed.as_str()));
+        // Not a call: no ackId, a client's own (unsealed) one, one inside the data only.
+        let plain = crate::routing::envelope::forward_frame("rpc-request", Some(&data), None);
+        assert_eq!(sealed_in(&plain), None);
+        let own = crate::routing::envelope::forward_frame("e", None, Some("4f1c"));
+        assert_eq!(sealed_in(&own), None);
+        let nested = format!(r#"{{"event":"e","data":{{"a":1,"ackId":"{sealed}"}}}}"#);
+        assert_eq!(sealed_in(&nested), None);
+    }
 
     fn call() -> CallRef {
         CallRef {

@@ -1,7 +1,8 @@
-//! The calls each socket has in flight (an RPC it sent with an `ackId` whose answer has not
-//! come back), so that a drain closes a socket between its calls, not during one: a socket
-//! the edge moves loses no answer it was waiting for (docs/policies.md, "Moves that lose
-//! nothing"). Pure; each shard holds one.
+//! The calls each socket has in flight, at both ends: an RPC it sent with an `ackId` whose
+//! answer has not come back, and one it was sent (a machine's or a session's `rpc-request`)
+//! and has not answered. So a drain closes a socket between its calls, not during one: a
+//! socket the edge moves loses no answer it waits for and drops none it owes
+//! (docs/policies.md, "Moves that lose nothing"). Pure; each shard holds one.
 //!
 //! Bounded: `MAX_PER_SOCKET` calls per socket and `MAX_SOCKETS` sockets are remembered (what
 //! does not fit is counted in `shed` and simply not waited for), and a call older than

@@ -18,6 +18,7 @@ struct Entry {
     client_type: ClientType,
     session_id: Option<String>,
     machine_id: Option<String>,
+    correlation_id: Option<String>,
     connected_at: u64,
     expires_at: Option<u64>,
     bytes: u64,
@@ -45,6 +46,8 @@ pub struct SocketIndex {
     /// Ids on any socket -> how many (the platform's `activeSessions` counts every socket).
     any_sessions: HashMap<String, u32>,
     any_machines: HashMap<String, u32>,
+    /// Apps' `correlationId`s -> how many sockets (not presence: only a move asks for them).
+    apps: HashMap<String, u32>,
     /// Sockets carrying an id their type does not imply.
     tagged: u32,
     /// connected_at -> sockets connected at that ms.
@@ -103,6 +106,7 @@ impl SocketIndex {
             client_type: m.client_type,
             session_id: m.session_id.clone(),
             machine_id: m.machine_id.clone(),
+            correlation_id: m.correlation_id.clone(),
             connected_at: m.connected_at,
             expires_at: m.expires_at,
             bytes: SOCKET_OVERHEAD_BYTES + attachment_bytes,
@@ -134,6 +138,9 @@ impl SocketIndex {
         }
         if let Some(mid) = &e.machine_id {
             bump(&mut self.any_machines, mid);
+        }
+        if let Some(c) = &e.correlation_id {
+            bump(&mut self.apps, c);
         }
         if is_tagged(&e) {
             presence |= self.tagged == 0;
@@ -177,6 +184,9 @@ impl SocketIndex {
         }
         if let Some(mid) = &e.machine_id {
             drop_one(&mut self.any_machines, mid);
+        }
+        if let Some(c) = &e.correlation_id {
+            drop_one(&mut self.apps, c);
         }
         if is_tagged(&e) {
             self.tagged = self.tagged.saturating_sub(1);
@@ -265,6 +275,16 @@ impl SocketIndex {
         self.scoped_sessions.contains_key(id)
     }
 
+    /// The `correlationId`s of the apps with a socket here.
+    pub fn app_ids(&self) -> impl Iterator<Item = &str> {
+        self.apps.keys().map(String::as_str)
+    }
+
+    /// Whether an app with this `correlationId` has a socket here.
+    pub fn has_app(&self, correlation_id: &str) -> bool {
+        self.apps.contains_key(correlation_id)
+    }
+
     pub fn has_scoped_machine(&self, id: &str) -> bool {
         self.scoped_machines.contains_key(id)
     }
@@ -275,6 +295,7 @@ impl SocketIndex {
             sessions: self.scoped_sessions.keys().cloned().collect(),
             machines: self.scoped_machines.keys().cloned().collect(),
             tagged: self.tagged > 0,
+            apps: Default::default(),
         }
     }
 }
@@ -290,12 +311,30 @@ mod tests {
             client_type: t,
             session_id: s.map(Into::into),
             machine_id: m.map(Into::into),
+            correlation_id: None,
             tier: "pro".into(),
             connected_at: at,
             token_hash: None,
             expires_at: None,
             shard: String::new(),
         }
+    }
+
+    #[test]
+    fn apps_are_counted_by_correlation_id_and_are_no_presence_change() {
+        let mut ix = SocketIndex::default();
+        let app = |id: &str, c: &str| SocketMeta {
+            correlation_id: Some(c.into()),
+            ..meta(id, ClientType::UserScoped, None, None, 1)
+        };
+        assert_eq!(ix.add(&app("c1", "a1"), 10), Change::Presence);
+        assert_eq!(ix.add(&app("c2", "a1"), 10), Change::Counts);
+        assert!(ix.has_app("a1") && ix.app_ids().eq(["a1"]));
+        assert!(ix.presence().apps.is_empty());
+        ix.remove("c1");
+        assert!(ix.has_app("a1"));
+        ix.remove("c2");
+        assert!(!ix.has_app("a1"));
     }
 
     #[test]

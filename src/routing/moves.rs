@@ -2,17 +2,21 @@
 //! socket the edge told to reconnect is held by the user's home until a socket of the same
 //! identity is back, then handed to it (docs/policies.md, "Moves that lose nothing").
 //!
-//! Identities that can be matched: a machine-scoped socket's machine id and a
-//! session-scoped socket's session id (the platform's CLI and daemon send the same ones on
-//! every connect). A user-scoped app socket carries no stable id the edge can match, so what
-//! is sent to apps while one moves is not held for it.
+//! Identities that can be matched: a machine-scoped socket's machine id, a session-scoped
+//! socket's session id (the platform's CLI and daemon send the same ones on every connect),
+//! and an app's `correlationId` (the mobile and React apps send the same one on every
+//! connect). An app socket without one (the Vue web app) cannot be matched: what is sent to
+//! it while it moves is not held.
 //!
 //! While an identity moves, the home lists it as present on itself, so deliveries for it
 //! reach the home and presence announces no offline/online flicker for a move the edge made.
+//! A moving app is listed in the home's `apps`; the shard it comes back to finds it there
+//! (in its routing view) and reports it in its own `apps`, which is how the home learns it
+//! is back (an app's connect is otherwise no presence change).
 //! Bounded: `MAX_MOVES` identities per user, `MAX_HELD` frames and `MAX_HELD_BYTES` per
 //! identity, `MOVE_WINDOW_MS` to come back; what does not fit or expires is counted.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
@@ -34,6 +38,8 @@ pub const MAX_HELD_BYTES: usize = 256 * 1024;
 pub enum Identity {
     Machine(String),
     Session(String),
+    /// An app's `correlationId`.
+    App(String),
 }
 
 impl Identity {
@@ -42,7 +48,7 @@ impl Identity {
         match m.client_type {
             ClientType::MachineScoped => m.machine_id.clone().map(Identity::Machine),
             ClientType::SessionScoped => m.session_id.clone().map(Identity::Session),
-            ClientType::UserScoped => None,
+            ClientType::UserScoped => m.correlation_id.clone().map(Identity::App),
         }
     }
 
@@ -59,6 +65,13 @@ impl Identity {
                 Identity::Session(s),
                 Filter::Session { session_id } | Filter::AllInterestedInSession { session_id },
             ) => s == session_id,
+            (
+                Identity::App(_),
+                Filter::UserScopedOnly
+                | Filter::MachineScopedOnly { .. }
+                | Filter::AllInterestedInSession { .. },
+            ) => true,
+            (Identity::App(a), Filter::App { correlation_id }) => a == correlation_id,
             _ => false,
         }
     }
@@ -72,6 +85,9 @@ impl Identity {
             Identity::Session(s) => Filter::Session {
                 session_id: s.clone(),
             },
+            Identity::App(a) => Filter::App {
+                correlation_id: a.clone(),
+            },
         }
     }
 
@@ -79,12 +95,16 @@ impl Identity {
         match self {
             Identity::Machine(m) => p.machines.contains(m),
             Identity::Session(s) => p.sessions.contains(s),
+            Identity::App(a) => p.apps.contains(a),
         }
     }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 struct Held {
+    /// The shard it moved from: its reports list it there until they catch up with the
+    /// move, so only an explicit return (`returned`) counts from there.
+    from: String,
     until_ms: u64,
     frames: VecDeque<String>,
     bytes: usize,
@@ -105,12 +125,13 @@ pub use observability::stats::MoveStats as MoveCounters;
 pub type Handoff = (String, Identity, Vec<String>);
 
 impl MoveBook {
-    /// `id` was told to move: hold what is addressed to it for `MOVE_WINDOW_MS`.
-    pub fn hold(&mut self, id: Identity, now_ms: u64) {
+    /// `id` was told to move off `from`: hold what is addressed to it for `MOVE_WINDOW_MS`.
+    pub fn hold(&mut self, id: Identity, from: &str, now_ms: u64) {
         self.forwards.remove(&id);
         self.counters.moves += 1;
         if let Some(h) = self.moves.get_mut(&id) {
             h.until_ms = now_ms + MOVE_WINDOW_MS;
+            from.clone_into(&mut h.from);
             return;
         }
         if self.moves.len() >= MAX_MOVES {
@@ -119,6 +140,7 @@ impl MoveBook {
         self.moves.insert(
             id,
             Held {
+                from: from.to_owned(),
                 until_ms: now_ms + MOVE_WINDOW_MS,
                 ..Held::default()
             },
@@ -150,15 +172,30 @@ impl MoveBook {
         out
     }
 
-    /// A shard's presence now: each moving identity present there is back; what was held
-    /// for it goes to that shard, and later stragglers follow for `FORWARD_MS`.
+    /// A shard's presence now: each moving identity present there is back (unless that is
+    /// the shard it moved from); what was held for it goes to that shard, and later
+    /// stragglers follow for `FORWARD_MS`.
     pub fn arrived(&mut self, shard: &str, p: &ShardPresence, now_ms: u64) -> Vec<Handoff> {
         let back: Vec<Identity> = self
             .moves
-            .keys()
-            .filter(|id| id.present_in(p))
+            .iter()
+            .filter(|(id, h)| h.from != shard && id.present_in(p))
+            .map(|(id, _)| id.clone())
+            .collect();
+        self.hand(shard, back, now_ms)
+    }
+
+    /// Identities back on the shard they moved from, as that shard says.
+    pub fn returned(&mut self, shard: &str, ids: &[Identity], now_ms: u64) -> Vec<Handoff> {
+        let back: Vec<Identity> = ids
+            .iter()
+            .filter(|id| self.moves.get(*id).is_some_and(|h| h.from == shard))
             .cloned()
             .collect();
+        self.hand(shard, back, now_ms)
+    }
+
+    fn hand(&mut self, shard: &str, back: Vec<Identity>, now_ms: u64) -> Vec<Handoff> {
         let mut out = Vec::new();
         for id in back {
             if let Some(h) = self.moves.remove(&id) {
@@ -194,9 +231,20 @@ impl MoveBook {
             match id {
                 Identity::Machine(m) => p.machines.insert(m.clone()),
                 Identity::Session(s) => p.sessions.insert(s.clone()),
+                // Listed as a user-scoped socket here, so what apps are sent reaches the home.
+                Identity::App(a) => {
+                    p.user_scoped = true;
+                    p.apps.insert(a.clone())
+                }
             };
         }
         p
+    }
+
+    /// Whether the app with this `correlationId` is moving.
+    pub fn app_moving(&self, correlation_id: &str) -> bool {
+        self.moves
+            .contains_key(&Identity::App(correlation_id.to_owned()))
     }
 
     /// Whether a delivery with `f` is for a moving (or just returned) identity.
@@ -217,12 +265,180 @@ impl MoveBook {
     }
 }
 
+/// What a draining shard told to move: each identity until its move window ends (what still
+/// reaches the shard for it goes to the home), and each told socket's identity, so a call's
+/// answer that comes back after its caller's socket closed follows the caller instead.
+/// Bounded at `MAX_SOCKETS` sockets; what does not fit is counted.
+#[derive(Debug, Default)]
+pub struct Moved {
+    ids: BTreeMap<Identity, u64>,
+    sockets: BTreeMap<String, (Identity, u64)>,
+    pub shed: u64,
+}
+
+impl Moved {
+    /// `connection`, of identity `id`, was told to move at `now_ms`.
+    pub fn told(&mut self, connection: &str, id: Identity, now_ms: u64) {
+        let until = now_ms + MOVE_WINDOW_MS;
+        self.expire(now_ms);
+        if self.sockets.len() >= MAX_SOCKETS {
+            self.shed += 1;
+        } else {
+            self.sockets
+                .insert(connection.to_owned(), (id.clone(), until));
+        }
+        self.ids.insert(id, until);
+    }
+
+    /// A socket of `id` was accepted here: it is back, nothing of it is sent on. Answers
+    /// whether it was moving (the home must hear that it is back here).
+    pub fn back(&mut self, id: &Identity) -> bool {
+        self.ids.remove(id).is_some()
+    }
+
+    /// The identities still moving, as of `now_ms`.
+    pub fn moving(&mut self, now_ms: u64) -> impl Iterator<Item = &Identity> {
+        self.expire(now_ms);
+        self.ids.keys()
+    }
+
+    /// The identity of a socket told to move, while its window lasts.
+    pub fn socket(&self, connection: &str, now_ms: u64) -> Option<&Identity> {
+        self.sockets
+            .get(connection)
+            .filter(|(_, until)| *until > now_ms)
+            .map(|(id, _)| id)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+
+    fn expire(&mut self, now_ms: u64) {
+        self.ids.retain(|_, until| *until > now_ms);
+        self.sockets.retain(|_, (_, until)| *until > now_ms);
+    }
+}
+
+/// How long a shard remembers what it delivered, to send a handoff nothing its sockets got
+/// directly (a move's handoff follows the return within a report or two).
+pub const RECENT_MS: u64 = 10_000;
+/// At most this many deliveries (and handed frames) remembered; older ones are forgotten
+/// first (counted). A busy shard delivers ~100 frames a second: 4,096 keep the whole window.
+pub const MAX_RECENT: usize = 4_096;
+/// At most this many sockets numbered per shard (a shard's cap is far below).
+pub const MAX_SOCKETS: usize = 4_096;
+
+/// What a shard delivered lately, so that a frame a moved identity gets both directly and in
+/// its handoff reaches it once: a delivery sent while the identity was back here but still
+/// listed at the home comes by both ways, in either order. Deliveries are numbered; a socket
+/// got one directly when it was accepted before its number and the filter selects it. What
+/// was handed is remembered per socket, so a direct delivery that comes after skips it.
+#[derive(Debug, Default)]
+pub struct Recent {
+    /// (frame hash, when, number, filter) of each delivery that reached a socket here.
+    sent: VecDeque<(u64, u64, u64, Filter)>,
+    /// (frame hash, when, connection) of each frame handed to a socket here.
+    handed: VecDeque<(u64, u64, String)>,
+    /// The number of the last delivery.
+    seq: u64,
+    /// Connection -> the number of the last delivery before it was accepted.
+    since: HashMap<String, u64>,
+    /// Entries forgotten before `RECENT_MS` (or sockets not numbered) because of a bound.
+    pub shed: u64,
+}
+
+impl Recent {
+    /// A socket was accepted here: what is delivered from now on reaches it.
+    pub fn accepted(&mut self, connection: &str) {
+        if self.since.len() >= MAX_SOCKETS {
+            // Not numbered: a handoff then sends it everything (a repeat, never a loss).
+            self.shed += 1;
+            return;
+        }
+        self.since.insert(connection.to_owned(), self.seq);
+    }
+
+    pub fn closed(&mut self, connection: &str) {
+        self.since.remove(connection);
+    }
+
+    /// `frame` was sent here at `now_ms` to the sockets `filter` selects.
+    pub fn sent(&mut self, frame: &str, filter: &Filter, now_ms: u64) {
+        self.forget(now_ms);
+        self.seq += 1;
+        if self.sent.len() >= MAX_RECENT {
+            self.sent.pop_front();
+            self.shed += 1;
+        }
+        self.sent
+            .push_back((frame_hash(frame), now_ms, self.seq, filter.clone()));
+    }
+
+    /// Whether the socket `m` got `frame` directly: delivered here after it was accepted, by
+    /// a filter that selects it.
+    pub fn got(&self, frame: &str, m: &SocketMeta) -> bool {
+        let Some(since) = self.since.get(&m.connection_id) else {
+            return false;
+        };
+        let h = frame_hash(frame);
+        self.sent
+            .iter()
+            .any(|(fh, _, n, f)| *fh == h && n > since && f.selects(m))
+    }
+
+    /// `frame` was handed to the socket `connection`.
+    pub fn handed(&mut self, frame: &str, connection: &str, now_ms: u64) {
+        self.forget(now_ms);
+        if self.handed.len() >= MAX_RECENT {
+            self.handed.pop_front();
+            self.shed += 1;
+        }
+        self.handed
+            .push_back((frame_hash(frame), now_ms, connection.to_owned()));
+    }
+
+    /// The frame's handed copies (per connection), when any are remembered: a direct
+    /// delivery skips those sockets. `None` (the common case) costs nothing more.
+    pub fn handed_to(&self, frame: &str) -> Option<Vec<&str>> {
+        if self.handed.is_empty() {
+            return None;
+        }
+        let h = frame_hash(frame);
+        let to: Vec<&str> = self
+            .handed
+            .iter()
+            .filter(|(fh, _, _)| *fh == h)
+            .map(|(_, _, c)| c.as_str())
+            .collect();
+        (!to.is_empty()).then_some(to)
+    }
+
+    fn forget(&mut self, now_ms: u64) {
+        let old = |at: u64| at + RECENT_MS <= now_ms;
+        while self.sent.front().is_some_and(|e| old(e.1)) {
+            self.sent.pop_front();
+        }
+        while self.handed.front().is_some_and(|e| old(e.1)) {
+            self.handed.pop_front();
+        }
+    }
+}
+
+fn frame_hash(frame: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    frame.hash(&mut h);
+    h.finish()
+}
+
 /// `a` with `b`'s recipients added.
 pub fn union(mut a: ShardPresence, b: &ShardPresence) -> ShardPresence {
     a.user_scoped |= b.user_scoped;
     a.tagged |= b.tagged;
     a.machines.extend(b.machines.iter().cloned());
     a.sessions.extend(b.sessions.iter().cloned());
+    a.apps.extend(b.apps.iter().cloned());
     a
 }
 
@@ -251,7 +467,7 @@ mod tests {
     #[test]
     fn what_reaches_a_moving_identity_is_held_once_and_handed_to_its_new_shard() {
         let mut b = MoveBook::default();
-        b.hold(machine("m1"), 0);
+        b.hold(machine("m1"), "cm:u:h0", 0);
         assert!(b.presence().machines.contains("m1"));
         let rpc = d(
             "rpc",
@@ -295,10 +511,162 @@ mod tests {
         assert!(b.offer(&rpc, 6 + FORWARD_MS).is_empty());
     }
 
+    fn app_socket(c: &str, connected_at: u64) -> SocketMeta {
+        SocketMeta {
+            connection_id: format!("conn-{c}"),
+            user_id: "u".into(),
+            client_type: ClientType::UserScoped,
+            session_id: None,
+            machine_id: None,
+            correlation_id: Some(c.into()),
+            tier: "free".into(),
+            connected_at,
+            token_hash: None,
+            expires_at: None,
+            shard: String::new(),
+        }
+    }
+
+    #[test]
+    fn a_moving_app_is_listed_as_user_scoped_at_the_home_and_back_where_its_shard_says() {
+        let mut b = MoveBook::default();
+        let app = Identity::App("a1".into());
+        assert_eq!(Identity::of(&app_socket("a1", 0)), Some(app.clone()));
+        b.hold(app.clone(), "cm:u:h0", 0);
+        let p = b.presence();
+        assert!(p.user_scoped && p.apps.contains("a1"), "{p:?}");
+        assert!(b.app_moving("a1") && !b.app_moving("a2"));
+        // What apps are sent is held; what only machines or sessions get is not.
+        b.offer(&d("status", Filter::UserScopedOnly), 1);
+        b.offer(
+            &d(
+                "for-session",
+                Filter::Session {
+                    session_id: "s".into(),
+                },
+            ),
+            1,
+        );
+        b.offer(
+            &d(
+                "interested",
+                Filter::AllInterestedInSession {
+                    session_id: "s".into(),
+                },
+            ),
+            1,
+        );
+        // Back where a shard reports it among its apps: handed there, by its own filter.
+        let mut there = ShardPresence::default();
+        assert!(b.arrived("cm:u:h2", &there, 2).is_empty());
+        there.apps.insert("a1".into());
+        let out = b.arrived("cm:u:h2", &there, 2);
+        assert_eq!(
+            out,
+            vec![(
+                "cm:u:h2".to_owned(),
+                app.clone(),
+                vec!["status".to_owned(), "interested".to_owned()]
+            )]
+        );
+        assert_eq!(
+            app.filter(),
+            Filter::App {
+                correlation_id: "a1".into()
+            }
+        );
+        assert!(b.presence().apps.is_empty());
+    }
+
+    #[test]
+    fn a_handoff_skips_what_a_socket_got_directly_since_it_was_accepted() {
+        let mut r = Recent::default();
+        let apps = Filter::UserScopedOnly;
+        let app = app_socket("a1", 0);
+        // Delivered before the app's new socket was accepted: not got.
+        r.sent("early", &apps, 100);
+        r.accepted(&app.connection_id);
+        // After, to it: got; to a machine only: not got.
+        r.sent("both-ways", &apps, 100);
+        r.sent(
+            "machine-only",
+            &Filter::Machine {
+                machine_id: "m".into(),
+            },
+            100,
+        );
+        assert!(!r.got("early", &app));
+        assert!(r.got("both-ways", &app));
+        assert!(!r.got("machine-only", &app));
+        assert!(!r.got("never-sent", &app));
+        // A socket not numbered (closed, or past the bound) is sent everything.
+        r.closed(&app.connection_id);
+        assert!(!r.got("both-ways", &app));
+        r.accepted(&app.connection_id);
+        // Remembered for RECENT_MS only, and at most MAX_RECENT (counted).
+        r.sent("later", &apps, 100 + RECENT_MS);
+        assert!(r.got("later", &app) && !r.got("both-ways", &app));
+        for i in 0..MAX_RECENT + 2 {
+            r.sent(&format!("f{i}"), &apps, 200 + RECENT_MS);
+        }
+        assert_eq!(r.shed, 3);
+        assert!(!r.got("f0", &app) && r.got(&format!("f{}", MAX_RECENT + 1), &app));
+    }
+
+    #[test]
+    fn a_frame_handed_first_is_skipped_by_the_direct_delivery_after_it() {
+        let mut r = Recent::default();
+        assert_eq!(r.handed_to("f"), None);
+        r.handed("f", "c1", 0);
+        r.handed("f", "c2", 0);
+        r.handed("g", "c1", 0);
+        assert_eq!(r.handed_to("f"), Some(vec!["c1", "c2"]));
+        assert_eq!(r.handed_to("h"), None);
+        r.sent("x", &Filter::All, RECENT_MS);
+        assert_eq!(r.handed_to("f"), None);
+    }
+
+    #[test]
+    fn a_shard_remembers_what_it_told_to_move_for_the_window_and_forgets_what_comes_back() {
+        let mut m = Moved::default();
+        m.told("c1", machine("m1"), 0);
+        m.told("c2", Identity::App("a1".into()), 0);
+        assert_eq!(m.socket("c2", 1), Some(&Identity::App("a1".into())));
+        assert_eq!(m.socket("c3", 1), None);
+        m.back(&machine("m1"));
+        assert_eq!(m.moving(1).count(), 1);
+        // The window ends for both maps.
+        assert_eq!(m.socket("c2", MOVE_WINDOW_MS), None);
+        assert_eq!(m.moving(MOVE_WINDOW_MS).count(), 0);
+        assert!(m.is_empty());
+        for i in 0..MAX_SOCKETS + 2 {
+            m.told(&format!("c{i}"), machine("m"), 0);
+        }
+        assert_eq!(m.shed, 2);
+    }
+
+    #[test]
+    fn the_shard_it_moved_from_counts_only_when_it_says_the_identity_came_back() {
+        let mut b = MoveBook::default();
+        b.hold(machine("m1"), "cm:u:h1", 0);
+        b.offer(&d("f", Filter::All), 1);
+        // A report the old shard took before the move still lists it: not back.
+        assert!(b.arrived("cm:u:h1", &at(&["m1"]), 2).is_empty());
+        assert!(b.is_moving());
+        // Said explicitly by another shard: ignored; by the old one: back there.
+        assert!(b.returned("cm:u:h2", &[machine("m1")], 3).is_empty());
+        let out = b.returned("cm:u:h1", &[machine("m1")], 3);
+        assert_eq!(
+            out,
+            vec![("cm:u:h1".into(), machine("m1"), vec!["f".into()])]
+        );
+        assert!(!b.is_moving());
+    }
+
     #[test]
     fn moves_are_bounded_and_expire() {
         let mut b = MoveBook::default();
-        b.hold(Identity::Session("s".into()), 0);
+        b.hold(Identity::Session("s".into()), "cm:u:h0", 0);
         for i in 0..MAX_HELD + 5 {
             b.offer(
                 &d(
@@ -316,7 +684,7 @@ mod tests {
         assert!(b.expire(MOVE_WINDOW_MS));
         assert_eq!(b.counters.expired, MAX_HELD as u64);
         for i in 0..MAX_MOVES + 3 {
-            b.hold(machine(&format!("m{i}")), 0);
+            b.hold(machine(&format!("m{i}")), "cm:u:h0", 0);
         }
         assert_eq!(b.presence().machines.len(), MAX_MOVES);
     }
@@ -329,6 +697,7 @@ mod tests {
             client_type: t,
             session_id: s.map(Into::into),
             machine_id: m.map(Into::into),
+            correlation_id: None,
             tier: "free".into(),
             connected_at: 0,
             token_hash: None,
@@ -343,6 +712,7 @@ mod tests {
             Identity::of(&meta(ClientType::SessionScoped, Some("s"), None)),
             Some(Identity::Session("s".into()))
         );
+        // An app without a `correlationId` cannot be matched.
         assert_eq!(
             Identity::of(&meta(ClientType::UserScoped, Some("s"), None)),
             None

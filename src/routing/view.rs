@@ -23,11 +23,19 @@ pub struct ShardPresence {
     /// Some socket carries an id its type does not imply (a user-scoped socket given a
     /// `sessionId`, say): `session` and `machine` filters must visit this shard too.
     pub tagged: bool,
+    /// Apps (`correlationId`) moving (listed by the home) or back from a move (reported by
+    /// the shard they came back to); empty otherwise, so an app's connect changes no presence.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub apps: BTreeSet<String>,
 }
 
 impl ShardPresence {
     pub fn is_empty(&self) -> bool {
-        !self.user_scoped && !self.tagged && self.sessions.is_empty() && self.machines.is_empty()
+        !self.user_scoped
+            && !self.tagged
+            && self.sessions.is_empty()
+            && self.machines.is_empty()
+            && self.apps.is_empty()
     }
 }
 
@@ -86,6 +94,7 @@ impl RoutingView {
             Filter::AllInterestedInSession { session_id } => {
                 self.select(|p| p.user_scoped || p.sessions.contains(session_id))
             }
+            Filter::App { .. } => self.user_scoped_shards(),
         }
     }
 
@@ -238,6 +247,7 @@ mod tests {
             sessions: sessions.iter().map(|s| s.to_string()).collect(),
             machines: machines.iter().map(|s| s.to_string()).collect(),
             tagged: false,
+            apps: BTreeSet::new(),
         }
     }
 

@@ -338,47 +338,6 @@ async fn next_status(app: &mut Client, wait: Duration) -> Option<Value> {
     None
 }
 
-/// A drain closes a socket between its calls, not during one: an app that waits for an
-/// answer when its slot comes is kept open until the answer has reached it, then told.
-#[tokio::test]
-async fn a_drain_waits_for_the_answer_a_socket_is_waiting_for() {
-    let g = gw();
-    let u = user("quiet-close");
-    let t = g.token(&u, "pro").await;
-    let mut app = g.connect(&t, "").await;
-    assert!(shard(&app).contains(":h"));
-    switch_user(g, &u, "single", 1000).await;
-    // The machine arrives under the new policy; the app, still on its old shard, calls it.
-    let mut daemon = g
-        .connect(&t, "clientType=machine-scoped&machineId=m-quiet")
-        .await;
-    assert_eq!(shard(&daemon), format!("cm:{u}"));
-    call(&mut app, "m-quiet:ping", "call-q").await;
-    let req = next_event(&mut daemon, "rpc-request", Duration::from_secs(5))
-        .await
-        .expect("the rpc-request");
-    // The machine answers after the whole drain window has passed.
-    tokio::time::sleep(Duration::from_millis(2_000)).await;
-    respond(&mut daemon, &req, "late").await;
-    let mut got_ack = false;
-    let (ev, code) = loop {
-        let v = app
-            .next_json(Duration::from_secs(5))
-            .await
-            .expect("the answer, then the reconnect");
-        if v["event"] == "ack" {
-            assert_eq!(v["ackId"], "call-q", "{v}");
-            assert_eq!(v["ack"]["result"], "late", "{v}");
-            got_ack = true;
-        } else if v["event"] == "reconnect" {
-            break (v, app.expect_close(Duration::from_secs(3)).await);
-        }
-    };
-    assert!(got_ack, "told to move before its answer came");
-    assert_eq!(ev["data"]["reason"], "policy", "{ev}");
-    assert_eq!(code, Some(1012));
-}
-
 /// The next frame of `event` within `wait`, skipping others.
 async fn next_event(c: &mut Client, event: &str, wait: Duration) -> Option<Value> {
     let deadline = Instant::now() + wait;
@@ -453,4 +412,91 @@ async fn moved_to_single(g: &Gateway, name: &str, query: &str) -> (String, Strin
         .await
         .expect("the socket is told to move");
     (u, t, ev)
+}
+
+/// An app that sends a `correlationId` (the mobile and React apps send the same one on
+/// every connect) gets, once, what was sent to apps while the edge moved it: here the
+/// `machine-status` of a machine that came online between its two sockets. An app without
+/// one cannot be matched and gets nothing of it.
+#[tokio::test]
+async fn an_app_with_a_correlation_id_gets_once_what_it_missed_while_it_moved() {
+    let g = gw();
+    let app_q = "correlationId=phone-1";
+    let (u, t, ev) = moved_to_single(g, "moving-app", app_q).await;
+    assert_eq!(ev["data"]["reason"], "policy");
+    // Between the app's sockets: a machine comes online.
+    let daemon = g
+        .connect(&t, "clientType=machine-scoped&machineId=m-seen")
+        .await;
+    assert_eq!(shard(&daemon), format!("cm:{u}"));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut web = g.connect(&t, "").await;
+    let mut app = g.connect(&t, app_q).await;
+    let Some(on) = next_status(&mut app, Duration::from_secs(5)).await else {
+        panic!("the notice sent while it moved: {}", g.stats(&t).await);
+    };
+    assert_eq!(on["data"]["machineId"], "m-seen", "{on}");
+    assert_eq!(on["data"]["online"], true, "{on}");
+    assert!(
+        next_status(&mut app, Duration::from_millis(700))
+            .await
+            .is_none(),
+        "handed twice"
+    );
+    assert!(
+        next_status(&mut web, Duration::from_millis(100))
+            .await
+            .is_none(),
+        "an app without an id got what was held"
+    );
+    let st = g.stats(&t).await;
+    assert!(st["moves"]["handed"].as_u64().unwrap() >= 2, "{st}");
+}
+
+/// A drain closes a socket between its calls, not during one, at both ends: an app that
+/// waits for an answer, and a machine that owes one, are kept open until the answer has
+/// reached the app (else the app waits out its timeout), then told. The call goes out before
+/// the switch, so neither slot can come first.
+#[tokio::test]
+async fn a_drain_closes_neither_end_of_a_call_before_its_answer() {
+    let g = gw();
+    let u = user("quiet-close");
+    let t = g.token(&u, "pro").await;
+    let mut daemon = g
+        .connect(&t, "clientType=machine-scoped&machineId=m-quiet")
+        .await;
+    let mut app = g.connect(&t, "").await;
+    assert!(shard(&daemon).contains(":h") && shard(&app).contains(":h"));
+    call(&mut app, "m-quiet:ping", "call-q").await;
+    let req = next_event(&mut daemon, "rpc-request", Duration::from_secs(5))
+        .await
+        .expect("the rpc-request");
+    // Both sockets' shards drain over 1 s; the machine answers after 2 s.
+    switch_user(g, &u, "single", 1000).await;
+    if let Some(v) = next_event(&mut daemon, "reconnect", Duration::from_millis(2_000)).await {
+        panic!("the machine was told to move before it answered: {v}");
+    }
+    respond(&mut daemon, &req, "late").await;
+    let mut got_ack = false;
+    let (ev, code) = loop {
+        let v = app
+            .next_json(Duration::from_secs(5))
+            .await
+            .expect("the answer, then the reconnect");
+        if v["event"] == "ack" {
+            assert_eq!(v["ackId"], "call-q", "{v}");
+            assert_eq!(v["ack"]["result"], "late", "{v}");
+            got_ack = true;
+        } else if v["event"] == "reconnect" {
+            break (v, app.expect_close(Duration::from_secs(3)).await);
+        }
+    };
+    assert!(got_ack, "the app was told to move before its answer came");
+    assert_eq!(ev["data"]["reason"], "policy", "{ev}");
+    assert_eq!(code, Some(1012));
+    let (ev, code) = told(&mut daemon, Duration::from_secs(3))
+        .await
+        .expect("the machine is told once it answered");
+    assert_eq!(ev["data"]["reason"], "policy", "{ev}");
+    assert_eq!(code, Some(1012));
 }

@@ -269,11 +269,12 @@ export function userOf(vu) {
   return userAt(vu - 1);
 }
 
-export function socketUrl(user, type, sessionId, machineId) {
+export function socketUrl(user, type, sessionId, machineId, correlationId = '') {
   let query = `token=${encodeURIComponent(user.token)}`;
   if (type !== 'user-scoped') query += `&clientType=${type}`;
   if (sessionId) query += `&sessionId=${encodeURIComponent(sessionId)}`;
   if (machineId) query += `&machineId=${encodeURIComponent(machineId)}`;
+  if (correlationId) query += `&correlationId=${encodeURIComponent(correlationId)}`;
   return `${WS_BASE}/v1/updates?${query}`;
 }
 
@@ -411,6 +412,7 @@ function platformThresholds(t) {
     frames_dropped: ['count==0'],
     frames_misdelivered: ['count==0'],
     presence_flicker: ['count==0'],
+    'deliveries_lost{kind:mobile}': ['count==0'],
     rpc_acks: ['count>0'],
     forwards_received: ['count>0'],
   });

@@ -58,6 +58,11 @@ export const framesMisdelivered = new Counter('frames_misdelivered'); // tag rea
 // An app told its own machine is offline while the machine's VU held it (a move the edge
 // made must not show as one).
 export const presenceFlicker = new Counter('presence_flicker');
+// Alive frames an app got from its user's sessions and machine (each sender numbers its
+// own, per socket), and the numbers it never got between two it did (tag kind: mobile, an
+// app that sends a correlationId the edge can match across a move; web, one without).
+export const deliveriesChecked = new Counter('deliveries_checked');
+export const deliveriesLost = new Counter('deliveries_lost');
 // SWITCH: each run-time policy switch (tag policy) and the time until /health shows it.
 export const policySwitches = new Counter('policy_switches');
 export const policySwitchApplied = new Trend('policy_switch_applied_ms', true);

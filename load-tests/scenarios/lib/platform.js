@@ -33,11 +33,42 @@ function platformRole(k) {
   const slot = Math.floor(k / USER_COUNT) % SOCKETS_PER_USER;
   const sids = Array.from({ length: PLATFORM.sessions }, (_, i) => sessionIdOf(user, i));
   const own = { sids: new Set(sids), machine: machineIdOf(user) };
-  const as = (role, type, fields, sessionId = '', machineId = '') => Object.assign(
-    { user, own, role, type, url: socketUrl(user, type, sessionId, machineId) }, fields);
+  const as = (role, type, fields, sessionId = '', machineId = '', correlationId = '') => Object.assign(
+    { user, own, role, type, url: socketUrl(user, type, sessionId, machineId, correlationId) }, fields);
   if (slot === 0) return as('machine', 'machine-scoped', { id: own.machine }, '', own.machine);
   if (slot <= PLATFORM.sessions) return as('session', 'session-scoped', { id: sids[slot - 1] }, sids[slot - 1]);
-  return as('app', 'user-scoped', { index: slot - 1 - PLATFORM.sessions });
+  // The mobile app sends the same correlationId on every connect; with two apps or more the
+  // last is a web app, which sends none.
+  const index = slot - 1 - PLATFORM.sessions;
+  const web = PLATFORM.apps > 1 && index === PLATFORM.apps - 1;
+  const correlationId = web ? '' : `${user.id}-app${index}`;
+  return as('app', 'user-scoped', { index, kind: web ? 'web' : 'mobile', seen: new Map() }, '', '', correlationId);
+}
+
+// What an app missed: per sender socket, the numbers between the first and the last it got
+// that it never got (a frame lost at either end of the run is not seen; repeats are counted
+// as they come, as misdeliveries).
+function countMissed(me) {
+  // Calls still waiting at the end: no answer came (the run stops calling ACK_TIMEOUT_MS
+  // before the deadline, so these waited that long).
+  if (me.calls && me.calls.pending.size) {
+    for (const p of me.calls.pending.values()) m.framesDropped.add(1, { kind: p.kind });
+    me.calls.pending.clear();
+  }
+  let got = 0;
+  let lost = 0;
+  for (const ns of me.seen.values()) {
+    let lo = Infinity;
+    let hi = -Infinity;
+    for (const n of ns) {
+      lo = Math.min(lo, n);
+      hi = Math.max(hi, n);
+    }
+    got += ns.size;
+    lost += hi - lo + 1 - ns.size;
+  }
+  m.deliveriesChecked.add(got, { kind: me.kind });
+  m.deliveriesLost.add(lost, { kind: me.kind });
 }
 
 function send(socket, me, frame) {
@@ -66,9 +97,16 @@ function targetOf(method) {
 // their shard (from their own connected frame) and an echo of the call's params.
 function responderClient(me) {
   let shard = '';
-  const alive = () => (me.role === 'machine'
-    ? { event: 'machine-alive', data: { machineId: me.id, time: Date.now() } }
-    : { event: 'session-alive', data: { sid: me.id, time: Date.now(), thinking: false, mode: 'remote' } });
+  // Numbered per socket (c.n), so an app can tell what it missed from what was never sent.
+  const conn = `${exec.vu.idInTest}.${(me.conns = (me.conns || 0) + 1)}`;
+  let n = 0;
+  const alive = () => {
+    n += 1;
+    const time = Date.now();
+    return me.role === 'machine'
+      ? { event: 'machine-alive', data: { machineId: me.id, time, c: conn, n } }
+      : { event: 'session-alive', data: { sid: me.id, time, thinking: false, mode: 'remote', c: conn, n } };
+  };
   return {
     onConnected(c, f) {
       m.framesReceived.add(1, { role: me.role });
@@ -98,9 +136,12 @@ function responderClient(me) {
 // Apps: one RPC every RPC_INTERVAL (machine and session in turn), each ack checked against
 // the call it answers; forwarded alive frames timed and checked for their owner.
 function appClient(me) {
-  const pending = new Map(); // ackId -> {sentAt, kind, target, params}
-  const answered = new Set();
-  const expired = new Set();
+  // The mobile app's calls wait out their timeout across a reconnect (an answer may come on
+  // its next socket: the edge sends it there when it moved the app); the web app's end with
+  // their socket.
+  const fresh = () => ({ pending: new Map(), answered: new Set(), expired: new Set() });
+  const calls = me.kind === 'mobile' ? (me.calls = me.calls || fresh()) : fresh();
+  const { pending, answered, expired } = calls; // pending: ackId -> {sentAt, kind, target, params}
   let shard = '';
   let seq = 0;
 
@@ -151,11 +192,18 @@ function appClient(me) {
   }
 
   // A forwarded alive frame (or the upstream's activity ephemeral): its owner must be ours.
-  function forwarded(kind, id, sentAt, form, now) {
+  function forwarded(kind, id, sentAt, form, now, d) {
     const ours = kind === 'session' ? me.own.sids.has(id) : id === me.own.machine;
     if (!ours) return misdelivered('forward_other_user');
     m.forwardsReceived.add(1, { kind });
     if (typeof sentAt === 'number') m.forwardDelivery.add(now - sentAt, { kind, form });
+    if (d && typeof d.c === 'string' && typeof d.n === 'number') {
+      const key = `${id}#${d.c}`;
+      if (!me.seen.has(key)) me.seen.set(key, new Set());
+      const ns = me.seen.get(key);
+      if (ns.has(d.n)) return misdelivered(`forward_repeated_${me.kind}`);
+      ns.add(d.n);
+    }
     return undefined;
   }
 
@@ -194,16 +242,18 @@ function appClient(me) {
       switch (f.event) {
         case 'ack': return onAck(f, now);
         case 'rpc-request': return onRequest(d);
-        case 'session-alive': return forwarded('session', d.sid, d.time, 'forwarded', now);
-        case 'machine-alive': return forwarded('machine', d.machineId, d.time, 'forwarded', now);
+        case 'session-alive': return forwarded('session', d.sid, d.time, 'forwarded', now, d);
+        case 'machine-alive': return forwarded('machine', d.machineId, d.time, 'forwarded', now, d);
         case 'ephemeral': return onEphemeral(c, d, now);
         default: return undefined;
       }
     },
     onClose(c, st) {
-      // Calls still in flight past the ack timeout are dropped; younger ones lost their
-      // socket (a rotation or a drop closed it) and are counted apart.
+      // Calls still in flight past the ack timeout are dropped; the web app's younger ones
+      // lost their socket (a rotation or a drop closed it) and are counted apart. The mobile
+      // app's wait on (swept on its next socket, or at the end).
       sweep(st.closedAt || Date.now());
+      if (me.kind === 'mobile') return;
       if (pending.size) m.rpcInterrupted.add(pending.size);
       pending.clear();
     },
@@ -214,7 +264,7 @@ export function platformClient() {
   // Each VU runs one long iteration, so the scenario's iteration number is a dense socket
   // index (VU ids are not: the stats VU takes one of them).
   const me = platformRole(exec.scenario.iterationInTest);
-  if (me.role === 'app') holdSocket(me, () => appClient(me));
+  if (me.role === 'app') holdSocket(me, () => appClient(me), () => countMissed(me));
   else holdSocket(me, () => responderClient(me));
 }
 

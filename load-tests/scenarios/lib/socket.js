@@ -166,8 +166,8 @@ export function sleepUntil(deadlineMs, ms) {
 
 // A VU that holds one socket until the stages end: reconnects after rotations and drops,
 // retries rejected connects like a well-behaved client. makeClient() gives each socket its
-// hooks (see runSocket).
-export function holdSocket(me, makeClient) {
+// hooks (see runSocket); onDone runs once, when the VU is done with sockets.
+export function holdSocket(me, makeClient, onDone = () => {}) {
   const end = exec.scenario.startTime + TOTAL_S * 1000;
   const deadline = end - END_MARGIN_MS;
   if (Date.now() >= deadline - 250) {
@@ -193,6 +193,7 @@ export function holdSocket(me, makeClient) {
     const base = Math.min(MAX_BACKOFF_MS, Math.max(r.retryAfterMs, 500) * 2 ** (failures - 1));
     sleepUntil(deadline, base / 2 + Math.random() * base / 2);
   }
+  onDone();
   // Idle out the remaining margin so this VU does not start another iteration.
   sleepUntil(end, end - Date.now());
 }

@@ -118,11 +118,13 @@ impl Home {
     }
 
     /// The home's own presence changed (its own sockets): applied directly, no call.
-    pub async fn own_presence(&self, presence: ShardPresence) -> Vec<Transition> {
+    pub async fn own_presence(&self, mut presence: ShardPresence) -> Vec<Transition> {
         let me = self.name();
-        *self.own_base.borrow_mut() = presence.clone();
         // Identities back on the home itself get what was held for them.
         let mut t = self.arrived(&me, &presence);
+        // Back, an app is no longer listed (only moving ones are).
+        presence.apps.clear();
+        *self.own_base.borrow_mut() = presence.clone();
         let listed =
             crate::routing::moves::union(presence.clone(), &self.moves.borrow().presence());
         let adds = {
@@ -222,10 +224,14 @@ impl Home {
                 filter: Filter::UserScopedOnly,
             })
             .collect();
-        // This shard's own apps, now.
+        // This shard's own apps, now, and the moving ones when they are back.
         let here = self.local_user_scoped();
+        let holds = self.holds_moves();
         for n in &notices {
             runtime::send_all(&here, &n.frame);
+            if holds {
+                self.offer(n);
+            }
         }
         let me = self.name();
         if !self

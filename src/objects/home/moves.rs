@@ -19,9 +19,9 @@ impl Home {
             let mut m = self.moves.borrow_mut();
             let before = m.presence();
             for id in &h.identities {
-                m.hold(id.clone(), now);
+                m.hold(id.clone(), &h.from, now);
             }
-            let mut out = Vec::new();
+            let mut out = m.returned(&h.from, &h.back, now);
             for d in &h.deliveries {
                 out.extend(m.offer(d, now));
             }
@@ -69,6 +69,11 @@ impl Home {
         } else {
             Vec::new()
         }
+    }
+
+    /// The `correlationId`s of the apps moving.
+    pub fn moving_apps(&self) -> std::collections::BTreeSet<String> {
+        self.moves.borrow().presence().apps
     }
 
     pub fn take_handoffs(&self) -> Vec<Handoff> {

@@ -8,7 +8,6 @@ use super::{attachment, close, ConnectionManager};
 use crate::placement;
 use crate::protocol;
 use crate::routing::calls;
-use crate::routing::moves::Identity;
 use crate::runtime;
 
 /// Why a shard drains, as the `reconnect` frame and the close reason say it.
@@ -59,8 +58,7 @@ impl ConnectionManager {
         }
         // Held at the home before they are uncounted here: no moment where a delivery for
         // them finds neither.
-        self.moving(told.iter().filter_map(Identity::of).collect())
-            .await;
+        self.moving(&told).await;
         for m in &told {
             self.count_close(m, 1012).await;
         }

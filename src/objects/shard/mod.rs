@@ -47,7 +47,7 @@ use crate::auth::cache::BoundedMap;
 use crate::config::Config;
 use crate::object_api::{
     AckRelay, Acquire, ApplyPolicy, BroadcastRequest, Deliver, DeliverBatch, Delivered, Disconnect,
-    DisconnectUser, Done, Fault, Hold, IssueTicket, Knob, Message, Observed, Placement,
+    DisconnectUser, Done, Fault, Handoff, Hold, IssueTicket, Knob, Message, Observed, Placement,
     PolicyNotice, PushView, Reclaim, Redeem, Release, RouteLookup, SetTier, ShardReport,
     StatsRequest, TierGet, UsageGet, UsageSet, CONNECT_PATH,
 };
@@ -111,7 +111,10 @@ pub struct ConnectionManager {
     upstream_queues: RefCell<HashMap<String, VecDeque<crate::upstream::QueuedEvent>>>,
     /// Identities this shard told to move, until when: what still reaches it for them goes
     /// to the home (`moves`).
-    moved: RefCell<std::collections::BTreeMap<crate::routing::moves::Identity, u64>>,
+    moved: RefCell<crate::routing::moves::Moved>,
+    /// What this shard delivered lately, so a handoff skips what a socket got directly.
+    recent: RefCell<crate::routing::moves::Recent>,
+    handoff_skipped: Cell<u64>,
     /// Business events accepted and not yet answered on this shard.
     upstream_pending: Cell<u32>,
     /// Lifecycle hooks on their way to the upstream (the home's machine hooks too).
@@ -185,7 +188,9 @@ impl DurableObject for ConnectionManager {
             outbox,
             clock,
             retire_at: Cell::new(None),
-            moved: RefCell::new(std::collections::BTreeMap::new()),
+            moved: RefCell::new(crate::routing::moves::Moved::default()),
+            recent: RefCell::new(crate::routing::moves::Recent::default()),
+            handoff_skipped: Cell::new(0),
         }
     }
 
@@ -203,7 +208,10 @@ impl DurableObject for ConnectionManager {
         let path = req.path();
         if path == CONNECT_PATH {
             runtime::sleep(self.knob(&cfg).latency_ms).await;
-            return self.open_socket(&req, &cfg, started).await;
+            let resp = self.open_socket(&req, &cfg, started).await;
+            // A moved identity back on the home gets what was held for it after `connected`.
+            self.hand_off().await;
+            return resp;
         }
         let resp = self.route_message(req, &path, &cfg).await;
         self.hand_off().await;
@@ -273,7 +281,7 @@ impl DurableObject for ConnectionManager {
         }
         if self.is_home() {
             self.fresh_own_base();
-            let own = self.with_index(|ix| ix.presence());
+            let own = self.presence_now();
             self.home.alarm(now, own).await?;
             if self.home.take_push(now) {
                 self.push_metrics().await;
@@ -366,6 +374,15 @@ impl ConnectionManager {
                     Ok(batch
                         .iter()
                         .map(|d| self.deliver(d))
+                        .fold(Delivered::default(), Delivered::sum))
+                })
+                .await
+            }
+            <Handoff as Message>::PATH => {
+                answer(req, |Handoff(batch)| async move {
+                    Ok(batch
+                        .iter()
+                        .map(|d| self.hand_here(d))
                         .fold(Delivered::default(), Delivered::sum))
                 })
                 .await
@@ -632,6 +649,85 @@ impl ConnectionManager {
 
     /// Sends `d.frame` to the sockets its filter selects on this shard.
     fn send_here(&self, d: &Delivery) -> Delivered {
+        let (mut primary, mut secondary) = self.selected(&d.filter);
+        // Handed to a returned socket already (its handoff came first): not again.
+        if let Some(to) = self.recent.borrow().handed_to(&d.frame) {
+            let fresh = |w: &WebSocket| {
+                attachment(w).is_none_or(|m| !to.contains(&m.connection_id.as_str()))
+            };
+            primary.retain(fresh);
+            secondary.retain(fresh);
+        }
+        self.owe_answers(d, &primary);
+        let primary = runtime::send_all(&primary, &d.frame);
+        // The scoped halves hold no user-scoped socket, so nothing is sent twice.
+        let delivered = primary + runtime::send_all(&secondary, &d.frame);
+        self.load.borrow_mut().sent(delivered);
+        if delivered > 0 {
+            self.recent
+                .borrow_mut()
+                .sent(&d.frame, &d.filter, runtime::now_ms());
+        }
+        Delivered {
+            delivered,
+            primary,
+            view_version: self.view_version(),
+        }
+    }
+
+    /// A call to a machine or a session: each socket it reaches owes an answer, and a drain
+    /// closes it only after it has given one (`routing::calls`), or the answer would be lost.
+    fn owe_answers(&self, d: &Delivery, to: &[WebSocket]) {
+        if !matches!(
+            d.filter,
+            Filter::Machine { .. } | Filter::AllInterestedInSession { .. }
+        ) {
+            return;
+        }
+        let Some(call) = crate::routing::ack_id::sealed_in(&d.frame) else {
+            return;
+        };
+        let now = runtime::now_ms();
+        let mut calls = self.calls.borrow_mut();
+        for m in to.iter().filter_map(attachment) {
+            calls.sent(&m.connection_id, call, now);
+        }
+    }
+
+    /// Hands a moved identity what was held for it: to each of its sockets here, every
+    /// frame it has not got directly since it connected.
+    fn hand_here(&self, d: &Delivery) -> Delivered {
+        let mut delivered = 0;
+        for ws in self.selected(&d.filter).0 {
+            let Some(m) = attachment(&ws) else { continue };
+            // Got directly, or handed already (a frame that reached the home by two ways
+            // after the return is forwarded twice).
+            let had = {
+                let r = self.recent.borrow();
+                r.got(&d.frame, &m)
+                    || r.handed_to(&d.frame)
+                        .is_some_and(|to| to.contains(&m.connection_id.as_str()))
+            };
+            if had {
+                self.handoff_skipped.set(self.handoff_skipped.get() + 1);
+            } else if ws.send_with_str(&d.frame).is_ok() {
+                delivered += 1;
+                self.recent
+                    .borrow_mut()
+                    .handed(&d.frame, &m.connection_id, runtime::now_ms());
+            }
+        }
+        self.load.borrow_mut().sent(delivered);
+        Delivered {
+            delivered,
+            primary: delivered,
+            view_version: self.view_version(),
+        }
+    }
+
+    /// The sockets `f` selects here: those it is about, and the user-scoped half of the
+    /// scoped filters.
+    fn selected(&self, f: &Filter) -> (Vec<WebSocket>, Vec<WebSocket>) {
         let scoped = |tag: String, t: ClientType| -> Vec<WebSocket> {
             self.sockets_with(Some(&tag))
                 .into_iter()
@@ -639,7 +735,7 @@ impl ConnectionManager {
                 .collect()
         };
         let user_scoped = || self.sockets_with(Some(&ClientType::UserScoped.tag()));
-        let (primary, secondary) = match &d.filter {
+        match f {
             Filter::All => (self.sockets_with(None), Vec::new()),
             Filter::UserScopedOnly => (user_scoped(), Vec::new()),
             Filter::Session { session_id } => (
@@ -667,15 +763,16 @@ impl ConnectionManager {
                 scoped(session_tag(session_id), ClientType::SessionScoped),
                 user_scoped(),
             ),
-        };
-        let primary = runtime::send_all(&primary, &d.frame);
-        // The scoped halves hold no user-scoped socket, so nothing is sent twice.
-        let delivered = primary + runtime::send_all(&secondary, &d.frame);
-        self.load.borrow_mut().sent(delivered);
-        Delivered {
-            delivered,
-            primary,
-            view_version: self.view_version(),
+            Filter::App { correlation_id } => (
+                user_scoped()
+                    .into_iter()
+                    .filter(|w| {
+                        attachment(w)
+                            .is_some_and(|m| m.correlation_id.as_ref() == Some(correlation_id))
+                    })
+                    .collect(),
+                Vec::new(),
+            ),
         }
     }
 
@@ -777,6 +874,9 @@ impl ConnectionManager {
             events: load.events(),
             frames_sent: load.frames_sent(),
             peak_events_per_second: load.peak_per_second(),
+            handoff_skipped: self.handoff_skipped.get(),
+            recent_shed: self.recent.borrow().shed,
+            moved_shed: self.moved.borrow().shed,
         }
     }
 

@@ -5,31 +5,67 @@
 use worker::console_error;
 
 use super::ConnectionManager;
-use crate::object_api::{DeliverBatch, Hold};
-use crate::protocol::Delivery;
-use crate::routing::moves::{Identity, MOVE_WINDOW_MS};
+use crate::object_api::{Handoff, Hold};
+use crate::protocol::{Delivery, SocketMeta};
+use crate::routing::moves::Identity;
 use crate::runtime;
 
 /// How long a hold or a handoff may take.
 const MOVE_CALL_MS: u32 = 2_000;
 
 impl ConnectionManager {
-    /// Identities this shard just told to move: remembered here, held at the home.
-    pub(super) async fn moving(&self, ids: Vec<Identity>) {
+    /// Sockets this shard just told to move: their identities remembered here (with the
+    /// sockets, for answers that come back after them), and held at the home.
+    pub(super) async fn moving(&self, told: &[SocketMeta]) {
+        let now = runtime::now_ms();
+        let mut ids = Vec::new();
+        {
+            let mut moved = self.moved.borrow_mut();
+            for m in told {
+                if let Some(id) = Identity::of(m) {
+                    moved.told(&m.connection_id, id.clone(), now);
+                    ids.push(id);
+                }
+            }
+        }
         if ids.is_empty() {
             return;
         }
-        let until = runtime::now_ms() + MOVE_WINDOW_MS;
-        {
-            let mut moved = self.moved.borrow_mut();
-            for id in &ids {
-                moved.insert(id.clone(), until);
-            }
-        }
+        ids.sort();
+        ids.dedup();
         let hold = Hold {
             identities: ids,
-            deliveries: Vec::new(),
+            from: self.name(),
+            ..Hold::default()
         };
+        self.tell_home(hold).await;
+    }
+
+    /// An identity this shard told to move is back here: the home hands it what it held
+    /// (this shard's reports cannot say so, one taken before the move lists it too).
+    pub(super) fn came_back(&self, id: Identity) {
+        let hold = Hold {
+            from: self.name(),
+            back: vec![id],
+            ..Hold::default()
+        };
+        if self.is_home() {
+            self.fresh_own_base();
+            let t = self.home.hold(&hold);
+            self.home.emit(t);
+            return;
+        }
+        // In the background: the connect does not wait for the home.
+        let (env, user) = (self.env.clone(), self.user());
+        runtime::object_wait_until(&self.state, async move {
+            let r = runtime::timeout(MOVE_CALL_MS, runtime::ask_home(&env, &user, &hold)).await;
+            if !matches!(r, Some(Ok(_))) {
+                console_error!("the home did not hear that a moved identity is back");
+            }
+        });
+    }
+
+    async fn tell_home(&self, hold: Hold) {
         if self.is_home() {
             self.fresh_own_base();
             let t = self.home.hold(&hold);
@@ -40,7 +76,7 @@ impl ConnectionManager {
         let r = runtime::timeout(MOVE_CALL_MS, runtime::ask_home(&self.env, &user, &hold)).await;
         if !matches!(r, Some(Ok(_))) {
             console_error!(
-                "could not hold {} moving identities at the home",
+                "the home did not take a move ({} identities)",
                 hold.identities.len()
             );
         }
@@ -68,16 +104,17 @@ impl ConnectionManager {
                 return false;
             }
             let now = runtime::now_ms();
-            moved.retain(|_, until| *until > now);
-            moved.keys().any(|id| id.reached_by(&d.filter))
+            let mut ids = moved.moving(now);
+            ids.any(|id| id.reached_by(&d.filter))
         };
         if !reaches {
             return false;
         }
         let (env, user) = (self.env.clone(), self.user());
         let hold = Hold {
-            identities: Vec::new(),
             deliveries: vec![d.clone()],
+            from: self.name(),
+            ..Hold::default()
         };
         runtime::object_wait_until(&self.state, async move {
             let r = runtime::timeout(MOVE_CALL_MS, runtime::ask_home(&env, &user, &hold)).await;
@@ -86,6 +123,23 @@ impl ConnectionManager {
             }
         });
         true
+    }
+
+    /// A call's answer whose caller's socket is gone: when this shard told that socket to
+    /// move, the answer follows its identity to its next socket (held at the home like any
+    /// delivery for it). Answers whether it was kept.
+    pub(super) fn answer_moved(&self, connection: &str, frame: String) -> bool {
+        let id = self
+            .moved
+            .borrow()
+            .socket(connection, runtime::now_ms())
+            .cloned();
+        id.is_some_and(|id| {
+            self.keep_for_moves(&Delivery {
+                frame,
+                filter: id.filter(),
+            })
+        })
     }
 
     /// At the home: sends what it held for identities that are back to their shards (on
@@ -109,14 +163,14 @@ impl ConnectionManager {
                 .collect();
             if shard == me {
                 for d in &batch {
-                    self.send_here(d);
+                    self.hand_here(d);
                 }
                 return None;
             }
             Some(async move {
                 let stub =
                     runtime::stub(&self.env, crate::object_api::SHARD_BINDING, &shard).ok()?;
-                let msg = DeliverBatch(batch);
+                let msg = Handoff(batch);
                 runtime::timeout(MOVE_CALL_MS, runtime::ask(&stub, Some(&shard), &msg))
                     .await?
                     .ok()

@@ -11,6 +11,7 @@
 //!
 //! The home itself reports nothing: its own changes reach its book directly.
 
+use std::collections::BTreeSet;
 use std::rc::Rc;
 
 use worker::console_error;
@@ -21,7 +22,8 @@ use crate::object_api::{RouteLookup, ShardReport};
 use crate::placement;
 use crate::protocol::SocketMeta;
 use crate::routing::index::{Change, SocketIndex};
-use crate::routing::view::RoutingView;
+use crate::routing::moves::Identity;
+use crate::routing::view::{RoutingView, ShardPresence};
 use crate::runtime;
 use observability::stats::ByType;
 
@@ -109,14 +111,68 @@ impl ConnectionManager {
 
     /// Counts an accepted socket.
     pub(super) async fn count_socket(&self, meta: &SocketMeta, attachment_bytes: u64) {
+        // Moved away from here and back: here again, and the home must hear it.
+        if let Some(id) = Identity::of(meta) {
+            if self.moved.borrow_mut().back(&id) {
+                self.came_back(id);
+            }
+        }
+        self.recent.borrow_mut().accepted(&meta.connection_id);
         let change = self.with_index(|ix| ix.add(meta, attachment_bytes));
-        self.changed(change).await;
+        self.changed(self.with_app(change, meta)).await;
     }
 
     /// Uncounts a socket that closed or was closed; a second call is a no-op.
     pub(super) async fn forget_socket(&self, connection_id: &str) {
+        self.recent.borrow_mut().closed(connection_id);
         let change = self.with_index(|ix| ix.remove(connection_id));
         self.changed(change).await;
+    }
+
+    /// An app's new socket is a presence change while the app is moving: the home learns it
+    /// is back from this shard's `apps`.
+    fn with_app(&self, change: Change, m: &SocketMeta) -> Change {
+        let moving = m
+            .correlation_id
+            .as_deref()
+            .is_some_and(|c| self.moving_apps().contains(c));
+        if change == Change::Counts && moving {
+            Change::Presence
+        } else {
+            change
+        }
+    }
+
+    /// The apps the home lists as moving (at the home, its own move book).
+    fn moving_apps(&self) -> BTreeSet<String> {
+        if self.is_home() {
+            return self.home.moving_apps();
+        }
+        let home = placement::home_name(&self.user());
+        self.view
+            .borrow()
+            .as_ref()
+            .and_then(|v| v.shards.get(&home).map(|p| p.apps.clone()))
+            .unwrap_or_default()
+    }
+
+    /// This shard's presence for routing: its index's, and the moving apps it holds a
+    /// socket of. The identities it told to move stay listed until their sockets are
+    /// uncounted, after the home holds them (so they never look offline); the home counts
+    /// them back here only when this shard says so (`came_back`).
+    pub(super) fn presence_now(&self) -> ShardPresence {
+        let moving = self.moving_apps();
+        self.with_index(|ix| {
+            let mut p = ix.presence();
+            if !moving.is_empty() {
+                p.apps = ix
+                    .app_ids()
+                    .filter(|c| moving.contains(*c))
+                    .map(str::to_owned)
+                    .collect();
+            }
+            p
+        })
     }
 
     /// Something about this shard's sockets changed: the home hears of it, directly when
@@ -127,7 +183,7 @@ impl ConnectionManager {
         }
         if self.is_home() {
             if change == Change::Presence {
-                let presence = self.with_index(|ix| ix.presence());
+                let presence = self.presence_now();
                 let t = self.home.own_presence(presence).await;
                 self.home.emit(t);
             }
@@ -142,7 +198,7 @@ impl ConnectionManager {
         if shard.is_empty() {
             return None;
         }
-        let presence = self.with_index(|ix| ix.presence());
+        let presence = self.presence_now();
         // Every snapshot gets a new number: the home keeps the newest of each incarnation.
         let seq = {
             let mut r = self.reporter.borrow_mut();
@@ -213,11 +269,22 @@ impl ConnectionManager {
 
     /// Keeps a pushed or fetched view if it is newer than ours.
     pub(super) fn learn_view(&self, v: RoutingView) {
-        let mut slot = self.view.borrow_mut();
-        if slot.as_ref().is_none_or(|cur| v.version > cur.version) {
+        let before = self.moving_apps();
+        {
+            let mut slot = self.view.borrow_mut();
+            if slot.as_ref().is_some_and(|cur| v.version <= cur.version) {
+                return;
+            }
             self.announced_version
                 .set(self.announced_version.get().max(v.version));
             *slot = Some(Rc::new(v));
+        }
+        // An app that moved here before the home listed it as moving: report it now.
+        let after = self.moving_apps();
+        if before != after
+            && self.with_index(|ix| after.iter().chain(&before).any(|c| ix.has_app(c)))
+        {
+            self.report_soon(true);
         }
     }
 

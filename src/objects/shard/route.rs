@@ -419,6 +419,10 @@ impl ConnectionManager {
     /// calling socket only. A reference this edge did not seal, another user's, or an expired
     /// one goes nowhere.
     async fn rpc_response(&self, cfg: &Config, responder: &SocketMeta, sealed: &str, ack: &str) {
+        // Answered: a drain may close this socket now.
+        self.calls
+            .borrow_mut()
+            .answered(&responder.connection_id, sealed);
         let call = match ack_id::open(&cfg.ack_key, sealed, &responder.user_id, runtime::now_ms()) {
             Ok(c) => c,
             Err(e) => {
@@ -467,9 +471,12 @@ impl ConnectionManager {
             .borrow_mut()
             .answered(&call.connection, &call.ack_id);
         let frame = envelope::ack_frame(&call.ack_id, ack);
-        self.sockets_with(Some(&protocol::conn_tag(&call.connection)))
+        let sent = self
+            .sockets_with(Some(&protocol::conn_tag(&call.connection)))
             .iter()
-            .any(|w| w.send_with_str(&frame).is_ok())
+            .any(|w| w.send_with_str(&frame).is_ok());
+        // The caller was moved meanwhile: the answer follows it to its next socket.
+        sent || self.answer_moved(&call.connection, frame)
     }
 }
 
