@@ -500,3 +500,34 @@ async fn a_drain_closes_neither_end_of_a_call_before_its_answer() {
     assert_eq!(ev["data"]["reason"], "policy", "{ev}");
     assert_eq!(code, Some(1012));
 }
+
+/// A machine moved onto the home (a switch to `single`) is announced neither offline nor
+/// online again: the home lists it while it moves, and still when its socket is back there.
+#[tokio::test]
+async fn a_machine_moved_onto_the_home_is_never_announced_offline() {
+    let g = gw();
+    let u = user("onto-home");
+    let t = g.token(&u, "pro").await;
+    let q = "clientType=machine-scoped&machineId=m-home";
+    let mut app = g.connect(&t, "").await;
+    let mut daemon = g.connect(&t, q).await;
+    assert!(shard(&daemon).contains(":h") && shard(&app).contains(":h"));
+    let on = next_status(&mut app, Duration::from_secs(3))
+        .await
+        .expect("online");
+    assert_eq!(on["data"]["online"], true, "{on}");
+    switch_user(g, &u, "single", 1000).await;
+    told(&mut daemon, Duration::from_secs(5))
+        .await
+        .expect("the machine is told to move");
+    told(&mut app, Duration::from_secs(5))
+        .await
+        .expect("the app is told to move");
+    let mut app = g.connect(&t, "").await;
+    assert_eq!(shard(&app), format!("cm:{u}"));
+    let daemon = g.connect(&t, q).await;
+    assert_eq!(shard(&daemon), format!("cm:{u}"));
+    if let Some(v) = next_status(&mut app, Duration::from_millis(1_500)).await {
+        panic!("a move onto the home was announced: {v}");
+    }
+}

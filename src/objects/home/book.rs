@@ -118,13 +118,16 @@ impl Home {
     }
 
     /// The home's own presence changed (its own sockets): applied directly, no call.
-    pub async fn own_presence(&self, mut presence: ShardPresence) -> Vec<Transition> {
+    pub async fn own_presence(&self, presence: ShardPresence) -> Vec<Transition> {
         let me = self.name();
-        // Identities back on the home itself get what was held for them.
-        let mut t = self.arrived(&me, &presence);
-        // Back, an app is no longer listed (only moving ones are).
+        // The base first: an arrival re-lists the home's own entry from it. Back, an app is
+        // no longer listed (only moving ones are).
+        let arrived = presence.clone();
+        let mut presence = presence;
         presence.apps.clear();
         *self.own_base.borrow_mut() = presence.clone();
+        // Identities back on the home itself get what was held for them.
+        let mut t = self.arrived(&me, &arrived);
         let listed =
             crate::routing::moves::union(presence.clone(), &self.moves.borrow().presence());
         let adds = {
