@@ -542,6 +542,10 @@ pub struct Hold {
     /// Identities that moved from `from` and came back to it (its reports cannot say so: a
     /// report taken before the move still lists them there).
     pub back: Vec<crate::routing::moves::Identity>,
+    /// Per identity in `identities`, hashes of the frames its old socket got last.
+    pub got: Vec<Vec<u64>>,
+    /// The moved identities `deliveries` reach (held here if this comes before the hold).
+    pub reached: Vec<crate::routing::moves::Identity>,
 }
 
 /// What a notice did on one shard.

@@ -105,6 +105,9 @@ struct Held {
     /// The shard it moved from: its reports list it there until they catch up with the
     /// move, so only an explicit return (`returned`) counts from there.
     from: String,
+    /// Hashes of frames its old socket got just before it was told (a copy that reaches the
+    /// home after the move began is not held for it again).
+    got: Vec<u64>,
     until_ms: u64,
     frames: VecDeque<String>,
     bytes: usize,
@@ -126,12 +129,14 @@ pub type Handoff = (String, Identity, Vec<String>);
 
 impl MoveBook {
     /// `id` was told to move off `from`: hold what is addressed to it for `MOVE_WINDOW_MS`.
-    pub fn hold(&mut self, id: Identity, from: &str, now_ms: u64) {
+    /// `got`: hashes of what its old socket got last ([`Recent::got_lately`]).
+    pub fn hold(&mut self, id: Identity, from: &str, got: Vec<u64>, now_ms: u64) {
         self.forwards.remove(&id);
         self.counters.moves += 1;
         if let Some(h) = self.moves.get_mut(&id) {
             h.until_ms = now_ms + MOVE_WINDOW_MS;
             from.clone_into(&mut h.from);
+            h.got = got;
             return;
         }
         if self.moves.len() >= MAX_MOVES {
@@ -141,10 +146,19 @@ impl MoveBook {
             id,
             Held {
                 from: from.to_owned(),
+                got,
                 until_ms: now_ms + MOVE_WINDOW_MS,
                 ..Held::default()
             },
         );
+    }
+
+    /// A delivery for `id` that its old shard sent on may come before that shard's hold
+    /// (two calls): the move starts here then, unless `id` is moving or already back.
+    pub fn hold_unless_known(&mut self, id: &Identity, from: &str, now_ms: u64) {
+        if !self.moves.contains_key(id) && !self.forwards.contains_key(id) {
+            self.hold(id.clone(), from, Vec::new(), now_ms);
+        }
     }
 
     /// A delivery that reached the home (or was forwarded to it by the identity's old
@@ -152,8 +166,15 @@ impl MoveBook {
     /// ways is the same frame), and answered as frames for identities already back.
     pub fn offer(&mut self, d: &Delivery, now_ms: u64) -> Vec<Handoff> {
         let mut out = Vec::new();
+        let mut hash = None;
         for (id, h) in self.moves.iter_mut() {
             if !id.reached_by(&d.filter) || h.frames.contains(&d.frame) {
+                continue;
+            }
+            if !h.got.is_empty()
+                && h.got
+                    .contains(hash.get_or_insert_with(|| frame_hash(&d.frame)))
+            {
                 continue;
             }
             if h.frames.len() >= MAX_HELD || h.bytes + d.frame.len() > MAX_HELD_BYTES {
@@ -326,6 +347,9 @@ pub const RECENT_MS: u64 = 10_000;
 /// At most this many deliveries (and handed frames) remembered; older ones are forgotten
 /// first (counted). A busy shard delivers ~100 frames a second: 4,096 keep the whole window.
 pub const MAX_RECENT: usize = 4_096;
+/// What a told socket got lately, sent with its hold: how far back, and at most how many.
+pub const GOT_LATELY_MS: u64 = 2_000;
+pub const MAX_GOT: usize = 64;
 /// At most this many sockets numbered per shard (a shard's cap is far below).
 pub const MAX_SOCKETS: usize = 4_096;
 
@@ -385,6 +409,26 @@ impl Recent {
         self.sent
             .iter()
             .any(|(fh, _, n, f)| *fh == h && n > since && f.selects(m))
+    }
+
+    /// Hashes of the frames the socket `m` got here in the last `GOT_LATELY_MS` (at most
+    /// `MAX_GOT`): sent when it is told to move, so a copy that reaches the home after the
+    /// move began is not held for it again.
+    pub fn got_lately(&self, m: &SocketMeta, now_ms: u64) -> Vec<u64> {
+        let Some(since) = self.since.get(&m.connection_id) else {
+            return Vec::new();
+        };
+        let mut out: Vec<u64> = self
+            .sent
+            .iter()
+            .rev()
+            .take_while(|(_, at, _, _)| at + GOT_LATELY_MS > now_ms)
+            .filter(|(_, _, n, f)| n > since && f.selects(m))
+            .map(|(h, _, _, _)| *h)
+            .take(MAX_GOT)
+            .collect();
+        out.reverse();
+        out
     }
 
     /// `frame` was handed to the socket `connection`.
@@ -467,7 +511,7 @@ mod tests {
     #[test]
     fn what_reaches_a_moving_identity_is_held_once_and_handed_to_its_new_shard() {
         let mut b = MoveBook::default();
-        b.hold(machine("m1"), "cm:u:h0", 0);
+        b.hold(machine("m1"), "cm:u:h0", Vec::new(), 0);
         assert!(b.presence().machines.contains("m1"));
         let rpc = d(
             "rpc",
@@ -532,7 +576,7 @@ mod tests {
         let mut b = MoveBook::default();
         let app = Identity::App("a1".into());
         assert_eq!(Identity::of(&app_socket("a1", 0)), Some(app.clone()));
-        b.hold(app.clone(), "cm:u:h0", 0);
+        b.hold(app.clone(), "cm:u:h0", Vec::new(), 0);
         let p = b.presence();
         assert!(p.user_scoped && p.apps.contains("a1"), "{p:?}");
         assert!(b.app_moving("a1") && !b.app_moving("a2"));
@@ -648,7 +692,7 @@ mod tests {
     #[test]
     fn the_shard_it_moved_from_counts_only_when_it_says_the_identity_came_back() {
         let mut b = MoveBook::default();
-        b.hold(machine("m1"), "cm:u:h1", 0);
+        b.hold(machine("m1"), "cm:u:h1", Vec::new(), 0);
         b.offer(&d("f", Filter::All), 1);
         // A report the old shard took before the move still lists it: not back.
         assert!(b.arrived("cm:u:h1", &at(&["m1"]), 2).is_empty());
@@ -664,9 +708,37 @@ mod tests {
     }
 
     #[test]
+    fn what_the_old_socket_got_last_is_not_held_again_and_a_forward_may_start_the_move() {
+        let mut r = Recent::default();
+        let app = app_socket("a1", 0);
+        r.accepted(&app.connection_id);
+        r.sent("old", &Filter::UserScopedOnly, 0);
+        r.sent("last", &Filter::UserScopedOnly, 5_000);
+        let got = r.got_lately(&app, 5_500);
+        assert_eq!(got, vec![frame_hash("last")]);
+        let mut b = MoveBook::default();
+        let id = Identity::App("a1".into());
+        b.hold(id.clone(), "cm:u:h1", got, 5_500);
+        // The copy of "last" that reaches the home after the move began is not held.
+        b.offer(&d("last", Filter::UserScopedOnly), 5_600);
+        b.offer(&d("next", Filter::UserScopedOnly), 5_600);
+        let mut back = ShardPresence::default();
+        back.apps.insert("a1".into());
+        let out = b.arrived("cm:u:h2", &back, 6_000);
+        assert_eq!(out, vec![("cm:u:h2".into(), id.clone(), vec!["next".into()])]);
+        // Back already: a late forward does not start the move again.
+        b.hold_unless_known(&id, "cm:u:h1", 6_100);
+        assert!(!b.is_moving());
+        // Not known: it does.
+        let m = machine("m9");
+        b.hold_unless_known(&m, "cm:u:h1", 6_100);
+        assert!(b.presence().machines.contains("m9"));
+    }
+
+    #[test]
     fn moves_are_bounded_and_expire() {
         let mut b = MoveBook::default();
-        b.hold(Identity::Session("s".into()), "cm:u:h0", 0);
+        b.hold(Identity::Session("s".into()), "cm:u:h0", Vec::new(), 0);
         for i in 0..MAX_HELD + 5 {
             b.offer(
                 &d(
@@ -684,7 +756,7 @@ mod tests {
         assert!(b.expire(MOVE_WINDOW_MS));
         assert_eq!(b.counters.expired, MAX_HELD as u64);
         for i in 0..MAX_MOVES + 3 {
-            b.hold(machine(&format!("m{i}")), "cm:u:h0", 0);
+            b.hold(machine(&format!("m{i}")), "cm:u:h0", Vec::new(), 0);
         }
         assert_eq!(b.presence().machines.len(), MAX_MOVES);
     }

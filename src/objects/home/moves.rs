@@ -18,8 +18,12 @@ impl Home {
         let added = {
             let mut m = self.moves.borrow_mut();
             let before = m.presence();
-            for id in &h.identities {
-                m.hold(id.clone(), &h.from, now);
+            for (k, id) in h.identities.iter().enumerate() {
+                let got = h.got.get(k).cloned().unwrap_or_default();
+                m.hold(id.clone(), &h.from, got, now);
+            }
+            for id in &h.reached {
+                m.hold_unless_known(id, &h.from, now);
             }
             let mut out = m.returned(&h.from, &h.back, now);
             for d in &h.deliveries {

@@ -18,13 +18,14 @@ impl ConnectionManager {
     /// sockets, for answers that come back after them), and held at the home.
     pub(super) async fn moving(&self, told: &[SocketMeta]) {
         let now = runtime::now_ms();
-        let mut ids = Vec::new();
+        let mut ids: Vec<(Identity, Vec<u64>)> = Vec::new();
         {
             let mut moved = self.moved.borrow_mut();
+            let recent = self.recent.borrow();
             for m in told {
                 if let Some(id) = Identity::of(m) {
                     moved.told(&m.connection_id, id.clone(), now);
-                    ids.push(id);
+                    ids.push((id, recent.got_lately(m, now)));
                 }
             }
         }
@@ -32,9 +33,11 @@ impl ConnectionManager {
             return;
         }
         ids.sort();
-        ids.dedup();
+        ids.dedup_by(|a, b| a.0 == b.0);
+        let (identities, got) = ids.into_iter().unzip();
         let hold = Hold {
-            identities: ids,
+            identities,
+            got,
             from: self.name(),
             ..Hold::default()
         };
@@ -98,22 +101,26 @@ impl ConnectionManager {
         if self.is_home() {
             return self.home.holds_moves() && self.home.offer(d);
         }
-        let reaches = {
+        let reached: Vec<Identity> = {
             let mut moved = self.moved.borrow_mut();
             if moved.is_empty() {
                 return false;
             }
             let now = runtime::now_ms();
-            let mut ids = moved.moving(now);
-            ids.any(|id| id.reached_by(&d.filter))
+            moved
+                .moving(now)
+                .filter(|id| id.reached_by(&d.filter))
+                .cloned()
+                .collect()
         };
-        if !reaches {
+        if reached.is_empty() {
             return false;
         }
         let (env, user) = (self.env.clone(), self.user());
         let hold = Hold {
             deliveries: vec![d.clone()],
             from: self.name(),
+            reached,
             ..Hold::default()
         };
         runtime::object_wait_until(&self.state, async move {
