@@ -184,6 +184,18 @@ pub struct ShardRow {
     pub events: u64,
     pub frames_sent: u64,
     pub peak_events_per_second: u64,
+    /// Moves (docs/policies.md): handed frames it skipped as already got, and what its
+    /// bounds shed; shown only when not zero.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub handoff_skipped: u64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub recent_shed: u64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub moved_shed: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// `GET /v1/websocket/stats`: the caller's stats over all its shards.
@@ -339,6 +351,9 @@ pub fn aggregate(ctx: UserContext, shards: &[ShardStats], failed: Vec<String>) -
             events: s.events,
             frames_sent: s.frames_sent,
             peak_events_per_second: s.peak_events_per_second,
+            handoff_skipped: s.handoff_skipped,
+            recent_shed: s.recent_shed,
+            moved_shed: s.moved_shed,
         });
     }
     // Over shards holding sockets: an emptied shard still listed (a drained
@@ -397,6 +412,26 @@ mod tests {
             directory_round_trips: 1,
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn a_shards_move_counters_show_only_when_not_zero() {
+        let ctx = UserContext {
+            tier: "pro".into(),
+            limit: 100,
+            policy: "single".into(),
+            rejected_tier_limit: 0,
+            rejected_unavailable: 0,
+        };
+        let mut busy = shard("a", 1, &[], None);
+        busy.handoff_skipped = 2;
+        busy.moved_shed = 1;
+        let s = aggregate(ctx, &[busy, shard("b", 1, &[], None)], Vec::new());
+        let v = serde_json::to_value(&s).unwrap();
+        assert_eq!(v["shards"][0]["handoffSkipped"], 2);
+        assert_eq!(v["shards"][0]["movedShed"], 1);
+        assert!(v["shards"][0].get("recentShed").is_none());
+        assert!(v["shards"][1].get("handoffSkipped").is_none());
     }
 
     #[test]

@@ -725,7 +725,10 @@ mod tests {
         let mut back = ShardPresence::default();
         back.apps.insert("a1".into());
         let out = b.arrived("cm:u:h2", &back, 6_000);
-        assert_eq!(out, vec![("cm:u:h2".into(), id.clone(), vec!["next".into()])]);
+        assert_eq!(
+            out,
+            vec![("cm:u:h2".into(), id.clone(), vec!["next".into()])]
+        );
         // Back already: a late forward does not start the move again.
         b.hold_unless_known(&id, "cm:u:h1", 6_100);
         assert!(!b.is_moving());
