@@ -115,8 +115,8 @@ async fn six_hundred_spread_as_the_policy_says(p: Policy) {
     assert!(per_shard.values().all(|&n| n <= 200), "{per_shard:?}");
     assert!(per_shard.len() > 1, "{per_shard:?}");
 
-    // Stats sum exactly, per shard and in total.
-    let st = g.stats(&t).await;
+    // Stats sum exactly, per shard and in total, once every shard has reported.
+    let st = g.stats_when(&t, |s| s["totalConnections"] == 600).await;
     assert_eq!(st["totalConnections"], 600, "{st}");
     assert_eq!(st["failedShards"], json!([]));
     let rows: BTreeMap<String, u64> = st["shards"]

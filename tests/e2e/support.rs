@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -216,12 +216,27 @@ impl Gateway {
         self.wrangler_d1(&["execute", "--command", sql]);
     }
 
-    fn spawn(&self) {
+    /// Starts wrangler dev. Two gateways starting at once can pick the same free port (it is
+    /// free until bound): one whose workerd cannot bind is started again on new ports.
+    fn spawn(&mut self) {
         self.migrate();
+        for attempt in 1..=3 {
+            let log = self.start_wrangler();
+            if self.wait_healthy(Duration::from_secs(90), &log) {
+                return;
+            }
+            assert!(attempt < 3, "gateway {} could not bind 3 times", self.name);
+            self.stop();
+            self.port = free_port();
+        }
+    }
+
+    /// Starts wrangler dev on `self.port`; answers its log's path.
+    fn start_wrangler(&self) -> PathBuf {
         let logs = root().join("target/e2e-logs");
         std::fs::create_dir_all(&logs).unwrap();
-        let log =
-            std::fs::File::create(logs.join(format!("{}-{}.log", self.name, self.port))).unwrap();
+        let log_path = logs.join(format!("{}-{}.log", self.name, self.port));
+        let log = std::fs::File::create(&log_path).unwrap();
         let mut cmd = Command::new(root().join("tests/support/watchdog.sh"));
         cmd.arg(std::process::id().to_string())
             .arg(root().join("node_modules/.bin/wrangler"))
@@ -250,16 +265,22 @@ impl Gateway {
             .stderr(log);
         let child = cmd.spawn().expect("spawn wrangler dev");
         *self.child.lock().unwrap() = Some(child);
-        self.wait_healthy(Duration::from_secs(90));
+        log_path
     }
 
-    fn wait_healthy(&self, limit: Duration) {
+    /// Waits until the gateway answers `/health`; `false` when its workerd could not bind
+    /// a port (see `spawn`).
+    fn wait_healthy(&self, limit: Duration, log: &Path) -> bool {
         let start = Instant::now();
         loop {
             match http_get_blocking(self.port, "/health") {
-                Some((200, _)) => return,
-                Some(_) if !self.healthy => return,
+                Some((200, _)) => return true,
+                Some(_) if !self.healthy => return true,
                 _ => {}
+            }
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            if text.contains("Address already in use") {
+                return false;
             }
             assert!(
                 start.elapsed() < limit,
@@ -490,6 +511,20 @@ impl Gateway {
     pub async fn stats(&self, token: &str) -> Value {
         tokio::time::sleep(STATS_SETTLE).await;
         self.stats_now(token).await
+    }
+
+    /// The user's stats once `settled` holds of them (the other shards' reports have come),
+    /// polling for up to 10 s; the last answer either way, for the caller's assertions.
+    pub async fn stats_when(&self, token: &str, settled: impl Fn(&Value) -> bool) -> Value {
+        tokio::time::sleep(STATS_SETTLE).await;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let st = self.stats_now(token).await;
+            if settled(&st) || Instant::now() > deadline {
+                return st;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
 
     /// The user's stats at once (the home's own sockets are live, the others' as last reported).
