@@ -235,10 +235,19 @@ impl From<&LatencyHistogram> for WireHistogram {
     }
 }
 
-impl TryFrom<WireHistogram> for LatencyHistogram {
-    type Error = String;
+/// Why a histogram's wire form was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidHistogram {
+    #[error("histogram bucket {0} out of order")]
+    OutOfOrder(u32),
+    #[error("histogram bucket {0} is not in 0..{BUCKETS}")]
+    NoSuchBucket(u32),
+}
 
-    fn try_from(w: WireHistogram) -> Result<Self, String> {
+impl TryFrom<WireHistogram> for LatencyHistogram {
+    type Error = InvalidHistogram;
+
+    fn try_from(w: WireHistogram) -> Result<Self, InvalidHistogram> {
         let mut h = LatencyHistogram {
             overflow: w.overflow,
             sum_us: w.sum_us,
@@ -247,13 +256,13 @@ impl TryFrom<WireHistogram> for LatencyHistogram {
         let mut last: Option<u32> = None;
         for (i, c) in w.buckets {
             if last.is_some_and(|l| i <= l) {
-                return Err(format!("histogram bucket {i} out of order"));
+                return Err(InvalidHistogram::OutOfOrder(i));
             }
             last = Some(i);
             let slot = usize::try_from(i)
                 .ok()
                 .and_then(|i| h.buckets.as_mut_slice().get_mut(i))
-                .ok_or_else(|| format!("histogram bucket {i} is not in 0..{BUCKETS}"))?;
+                .ok_or(InvalidHistogram::NoSuchBucket(i))?;
             *slot = c;
         }
         Ok(h)
@@ -821,23 +830,37 @@ impl<const SLOT_MS: u64, const SLOTS: usize> From<Ring<SLOT_MS, SLOTS>> for Vec<
     }
 }
 
-impl<const SLOT_MS: u64, const SLOTS: usize> TryFrom<Vec<Slot>> for Ring<SLOT_MS, SLOTS> {
-    type Error = String;
+/// Why a ring's wire form was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidRing {
+    #[error("ring of {len} slots, at most {max}")]
+    TooLong { len: usize, max: usize },
+    #[error("slot start {start_ms} is not a multiple of {slot_ms} ms")]
+    Misaligned { start_ms: u64, slot_ms: u64 },
+    #[error("slot start {0} out of order")]
+    OutOfOrder(u64),
+}
 
-    fn try_from(v: Vec<Slot>) -> Result<Self, String> {
+impl<const SLOT_MS: u64, const SLOTS: usize> TryFrom<Vec<Slot>> for Ring<SLOT_MS, SLOTS> {
+    type Error = InvalidRing;
+
+    fn try_from(v: Vec<Slot>) -> Result<Self, InvalidRing> {
         if v.len() > SLOTS {
-            return Err(format!("ring of {} slots, at most {SLOTS}", v.len()));
+            return Err(InvalidRing::TooLong {
+                len: v.len(),
+                max: SLOTS,
+            });
         }
         let mut prev: Option<u64> = None;
         for s in &v {
             if s.start_ms % SLOT_MS.max(1) != 0 {
-                return Err(format!(
-                    "slot start {} is not a multiple of {SLOT_MS} ms",
-                    s.start_ms
-                ));
+                return Err(InvalidRing::Misaligned {
+                    start_ms: s.start_ms,
+                    slot_ms: SLOT_MS,
+                });
             }
             if prev.is_some_and(|p| s.start_ms <= p) {
-                return Err(format!("slot start {} out of order", s.start_ms));
+                return Err(InvalidRing::OutOfOrder(s.start_ms));
             }
             prev = Some(s.start_ms);
         }
