@@ -12,7 +12,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::metrics::{
-    GlobalMetrics, HookLoss, LatencyHistogram, Series, TierMetrics, UpstreamResult, UserMetrics,
+    GlobalMetrics, HookLoss, LatencyHistogram, Series, ShardGauges, TierMetrics, UpstreamEvent,
+    UpstreamResult, UserMetrics,
 };
 use crate::tier::Tier;
 
@@ -88,8 +89,8 @@ struct ShardRow {
     recent_rejected: u64,
 }
 
-/// `(user_id, shard, tier, policy)`.
-type ShardKey = (SortLabel, SortLabel, String, String);
+/// `(user_id, shard, tier, policy)`: one shard series.
+type ShardSeries = (SortLabel, SortLabel, String, String);
 /// `(user_id, tier)`.
 type UserKey = (SortLabel, String);
 
@@ -101,7 +102,36 @@ pub fn render(
     opts: &ExpositionOptions,
 ) -> String {
     let kept = kept_users(global, opts.max_users);
-    let mut shards: BTreeMap<ShardKey, ShardRow> = BTreeMap::new();
+    let (shards, users) = fold(global, &kept, opts);
+    let mut out = Out::default();
+    shard_families(&mut out, &shards);
+    user_families(&mut out, &users);
+    upstream_families(&mut out, &users);
+    slo_families(&mut out, tiers);
+    out.family(
+        "ws_exposition_folded_users",
+        "gauge",
+        "Users folded into the user_id _other by the per-user series cap.",
+    );
+    out.sample(
+        "ws_exposition_folded_users",
+        &[],
+        &(global.users.len().saturating_sub(kept.len())).to_string(),
+    );
+    out.text
+}
+
+/// The series to render: each shard's gauges (a user's shards beyond the cap, and users
+/// beyond theirs, folded into `_other`), and each user's additive metrics per tier.
+fn fold(
+    global: &GlobalMetrics,
+    kept: &BTreeSet<&str>,
+    opts: &ExpositionOptions,
+) -> (
+    BTreeMap<ShardSeries, ShardRow>,
+    BTreeMap<UserKey, TierMetrics>,
+) {
+    let mut shards: BTreeMap<ShardSeries, ShardRow> = BTreeMap::new();
     let mut users: BTreeMap<UserKey, TierMetrics> = BTreeMap::new();
     for u in global.users.values() {
         let own = kept.contains(u.user_id.as_str());
@@ -118,22 +148,15 @@ pub fn render(
             } else {
                 OTHER
             };
-            let row = shards
+            shards
                 .entry((
                     sort_label(user_label),
                     sort_label(shard_label),
                     g.tier.clone(),
                     g.policy.clone(),
                 ))
-                .or_default();
-            row.connections = row.connections.saturating_add(g.connections);
-            row.rejected = row.rejected.saturating_add(g.rejected);
-            row.oldest_ms = row.oldest_ms.max(g.oldest_connection_ms);
-            row.memory_bytes = row.memory_bytes.saturating_add(g.memory_bytes);
-            row.events = row.events.saturating_add(g.events);
-            row.peak_events_per_second = row.peak_events_per_second.max(g.peak_events_per_second);
-            row.recent_accepted = row.recent_accepted.saturating_add(g.recent_accepted);
-            row.recent_rejected = row.recent_rejected.saturating_add(g.recent_rejected);
+                .or_default()
+                .add(g);
         }
         for (tier, m) in u.observed.total.iter() {
             users
@@ -148,9 +171,83 @@ pub fn render(
             .or_default()
             .merge(m);
     }
+    (shards, users)
+}
 
-    let mut out = Out::default();
-    let shard_labels = |k: &ShardKey| {
+impl ShardRow {
+    fn add(&mut self, g: &ShardGauges) {
+        self.connections = self.connections.saturating_add(g.connections);
+        self.rejected = self.rejected.saturating_add(g.rejected);
+        self.oldest_ms = self.oldest_ms.max(g.oldest_connection_ms);
+        self.memory_bytes = self.memory_bytes.saturating_add(g.memory_bytes);
+        self.events = self.events.saturating_add(g.events);
+        self.peak_events_per_second = self.peak_events_per_second.max(g.peak_events_per_second);
+        self.recent_accepted = self.recent_accepted.saturating_add(g.recent_accepted);
+        self.recent_rejected = self.recent_rejected.saturating_add(g.recent_rejected);
+    }
+}
+
+/// A per-shard family: name, type, help, and one row's sample (`None`: no sample for it).
+type ShardFamily = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&ShardRow) -> Option<String>,
+);
+
+/// The per-shard families, in output order.
+fn shard_family_list() -> [ShardFamily; 7] {
+    [
+        (
+            "do_connections_total",
+            "gauge",
+            "Open WebSocket connections on a ConnectionManager Durable Object (shard).",
+            |r| Some(r.connections.to_string()),
+        ),
+        (
+            "do_connections_rejected",
+            "counter",
+            "Connects a shard refused for capacity (full, draining, over its SLO, shed); tier-limit 429s are not counted here.",
+            |r| Some(r.rejected.to_string()),
+        ),
+        (
+            "do_connection_rejection_rate",
+            "gauge",
+            "Share of connects a shard refused for capacity over the last 5 minutes, 0..1 (absent without connects).",
+            |r| {
+                let seen = r.recent_accepted.saturating_add(r.recent_rejected);
+                (seen > 0).then(|| float(r.recent_rejected as f64 / seen as f64))
+            },
+        ),
+        (
+            "do_memory_usage_bytes",
+            "gauge",
+            "Estimated memory of a shard's sockets in bytes (an estimate: a fixed per-socket cost plus attachment sizes).",
+            |r| Some(r.memory_bytes.to_string()),
+        ),
+        (
+            "do_events",
+            "gauge",
+            "Events a shard object handled since it started (requests, socket messages, closes, alarms): a user's busiest object's share is max by (user_id) over sum by (user_id).",
+            |r| Some(r.events.to_string()),
+        ),
+        (
+            "do_peak_events_per_second",
+            "gauge",
+            "The most events a shard object handled in one second since it started.",
+            |r| Some(r.peak_events_per_second.to_string()),
+        ),
+        (
+            "do_oldest_connection_ms",
+            "gauge",
+            "Age of a shard's oldest open socket in milliseconds (absent without sockets).",
+            |r| r.oldest_ms.map(|ms| ms.to_string()),
+        ),
+    ]
+}
+
+fn shard_families(out: &mut Out, shards: &BTreeMap<ShardSeries, ShardRow>) {
+    let labels = |k: &ShardSeries| {
         [
             ("user_id", k.0 .1.clone()),
             ("shard", k.1 .1.clone()),
@@ -158,96 +255,28 @@ pub fn render(
             ("policy", k.3.clone()),
         ]
     };
-    out.family(
-        "do_connections_total",
-        "gauge",
-        "Open WebSocket connections on a ConnectionManager Durable Object (shard).",
-    );
-    for (k, r) in &shards {
-        out.sample(
-            "do_connections_total",
-            &shard_labels(k),
-            &r.connections.to_string(),
-        );
-    }
-    out.family(
-        "do_connections_rejected",
-        "counter",
-        "Connects a shard refused for capacity (full, draining, over its SLO, shed); tier-limit 429s are not counted here.",
-    );
-    for (k, r) in &shards {
-        out.sample(
-            "do_connections_rejected",
-            &shard_labels(k),
-            &r.rejected.to_string(),
-        );
-    }
-    out.family(
-        "do_connection_rejection_rate",
-        "gauge",
-        "Share of connects a shard refused for capacity over the last 5 minutes, 0..1 (absent without connects).",
-    );
-    for (k, r) in &shards {
-        let seen = r.recent_accepted.saturating_add(r.recent_rejected);
-        if seen > 0 {
-            let rate = r.recent_rejected as f64 / seen as f64;
-            out.sample(
-                "do_connection_rejection_rate",
-                &shard_labels(k),
-                &float(rate),
-            );
+    for (name, kind, help, sample) in shard_family_list() {
+        out.family(name, kind, help);
+        for (k, r) in shards {
+            if let Some(v) = sample(r) {
+                out.sample(name, &labels(k), &v);
+            }
         }
     }
-    out.family(
-        "do_memory_usage_bytes",
-        "gauge",
-        "Estimated memory of a shard's sockets in bytes (an estimate: a fixed per-socket cost plus attachment sizes).",
-    );
-    for (k, r) in &shards {
-        out.sample(
-            "do_memory_usage_bytes",
-            &shard_labels(k),
-            &r.memory_bytes.to_string(),
-        );
-    }
-    out.family(
-        "do_events",
-        "gauge",
-        "Events a shard object handled since it started (requests, socket messages, closes, alarms): a user's busiest object's share is max by (user_id) over sum by (user_id).",
-    );
-    for (k, r) in &shards {
-        out.sample("do_events", &shard_labels(k), &r.events.to_string());
-    }
-    out.family(
-        "do_peak_events_per_second",
-        "gauge",
-        "The most events a shard object handled in one second since it started.",
-    );
-    for (k, r) in &shards {
-        out.sample(
-            "do_peak_events_per_second",
-            &shard_labels(k),
-            &r.peak_events_per_second.to_string(),
-        );
-    }
-    out.family(
-        "do_oldest_connection_ms",
-        "gauge",
-        "Age of a shard's oldest open socket in milliseconds (absent without sockets).",
-    );
-    for (k, r) in &shards {
-        if let Some(ms) = r.oldest_ms {
-            out.sample("do_oldest_connection_ms", &shard_labels(k), &ms.to_string());
-        }
-    }
+}
 
-    let user_labels = |k: &UserKey| [("user_id", k.0 .1.clone()), ("tier", k.1.clone())];
+fn user_labels(k: &UserKey) -> [(&'static str, String); 2] {
+    [("user_id", k.0 .1.clone()), ("tier", k.1.clone())]
+}
+
+/// Connects per user and tier, and the latency histograms.
+fn user_families(out: &mut Out, users: &BTreeMap<UserKey, TierMetrics>) {
     out.family(
         "ws_connection_success",
         "counter",
         "Connects admitted (101).",
     );
-    for (k, m) in &users {
+    for (k, m) in users {
         out.sample(
             "ws_connection_success",
             &user_labels(k),
@@ -259,7 +288,7 @@ pub fn render(
         "counter",
         "Connects not admitted, by reason: error (a shard or the directory failed), unavailable (503: every candidate full or shed), tier_limit (429: policy, outside availability).",
     );
-    for (k, m) in &users {
+    for (k, m) in users {
         let [user, tier] = user_labels(k);
         for (reason, n) in [
             ("error", m.counts.failures),
@@ -276,18 +305,20 @@ pub fn render(
     for series in Series::ALL {
         let name = histogram_name(series);
         out.family(name, "histogram", histogram_help(series));
-        for (k, m) in &users {
+        for (k, m) in users {
             let h = m.latency.get(series);
             if !h.is_empty() {
                 out.histogram(name, &user_labels(k), h);
             }
         }
     }
+}
 
-    // Upstream calls per tier and event (not per user: users x events x buckets is too many
-    // series, and the upstream's health is a property of the upstream).
+/// Upstream calls and lifecycle hooks per tier and event (not per user: users x events x
+/// buckets is too many series, and the upstream's health is a property of the upstream).
+fn upstream_families(out: &mut Out, users: &BTreeMap<UserKey, TierMetrics>) {
     let mut upstream: BTreeMap<String, TierMetrics> = BTreeMap::new();
-    for ((_, tier), m) in &users {
+    for ((_, tier), m) in users {
         upstream.entry(tier.clone()).or_default().merge(m);
     }
     out.family(
@@ -326,16 +357,19 @@ pub fn render(
             }
         }
     }
+    hook_families(out, &upstream);
+}
 
-    // Hooks that never reached the upstream: a day of failures, an outbox bound, or a later
-    // hook of the same socket or machine (docs/upstream.md, "Lifecycle hooks").
+/// Hooks that never reached the upstream: a day of failures, an outbox bound, or a later
+/// hook of the same socket or machine (docs/upstream.md, "Lifecycle hooks").
+fn hook_families(out: &mut Out, upstream: &BTreeMap<String, TierMetrics>) {
     out.family(
         "edge_hooks_dropped_total",
         "counter",
         "Lifecycle hooks dropped without reaching the upstream, by reason: full (the object's outbox bound, UPSTREAM_HOOKS_MAX / UPSTREAM_HOOKS_MAX_BYTES) or expired (still failing a day after it was stored).",
     );
-    for (tier, m) in &upstream {
-        for (event, e) in m.upstream.iter().filter(|(ev, _)| ev.starts_with("hook:")) {
+    for (tier, m) in upstream {
+        for (event, e) in hooks(m) {
             for l in [HookLoss::Full, HookLoss::Expired] {
                 out.sample(
                     "edge_hooks_dropped_total",
@@ -354,8 +388,8 @@ pub fn render(
         "counter",
         "Lifecycle hooks left unsent because a later hook made them unnecessary: a socket's connected and disconnected before either was sent, a machine's older transition.",
     );
-    for (tier, m) in &upstream {
-        for (event, e) in m.upstream.iter().filter(|(ev, _)| ev.starts_with("hook:")) {
+    for (tier, m) in upstream {
+        for (event, e) in hooks(m) {
             out.sample(
                 "edge_hooks_coalesced_total",
                 &[("tier", tier.clone()), ("event", event.clone())],
@@ -363,7 +397,15 @@ pub fn render(
             );
         }
     }
+}
 
+/// The lifecycle hooks among a tier's upstream events.
+fn hooks(m: &TierMetrics) -> impl Iterator<Item = (&String, &UpstreamEvent)> {
+    m.upstream.iter().filter(|(ev, _)| ev.starts_with("hook:"))
+}
+
+/// Each tier's objectives, which the burn-rate alert rules join against.
+fn slo_families(out: &mut Out, tiers: &BTreeMap<String, Tier>) {
     out.family(
         "ws_slo_latency_target",
         "gauge",
@@ -389,17 +431,6 @@ pub fn render(
             &float((t.availability * 1e6).round() / 1e8),
         );
     }
-    out.family(
-        "ws_exposition_folded_users",
-        "gauge",
-        "Users folded into the user_id _other by the per-user series cap.",
-    );
-    out.sample(
-        "ws_exposition_folded_users",
-        &[],
-        &(global.users.len().saturating_sub(kept.len())).to_string(),
-    );
-    out.text
 }
 
 /// The users that keep their own series: the top `max` by open connections, then by id. A

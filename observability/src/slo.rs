@@ -231,26 +231,57 @@ fn tier_slo(
 ) -> TierSlo {
     let budget_ratio = (1.0 - tier.availability / 100.0).max(1e-9);
     let burn = |m: &TierMetrics| m.counts.error_ratio().map(|e| e / budget_ratio);
-    let p95 = |m: &TierMetrics, s: Series| m.latency.get(s).quantile(0.95);
+    let mut t = TierSlo {
+        tier: name.to_owned(),
+        rank,
+        limit: tier.limit,
+        status: Status::Ok,
+        reasons: Vec::new(),
+        latency: latency_slo(tier, short, long),
+        availability: availability_slo(tier, short, long),
+        error_budget: error_budget(long, budget_ratio),
+        burn_rate: BurnRate {
+            short: burn(short),
+            long: burn(long),
+        },
+        rejection_rate: short.counts.rejection_rate(),
+        connections: gauges.connections,
+        max_connections_per_do: gauges.max_per_do,
+        users: gauges.users.len() as u64,
+        upstream: upstream_slos(short),
+    };
+    t.reasons = reasons(&t, tier, short, gauges);
+    t.status = t
+        .reasons
+        .iter()
+        .map(|r| r.severity)
+        .max()
+        .unwrap_or(Status::Ok);
+    t
+}
 
+fn latency_slo(tier: &Tier, short: &TierMetrics, long: &TierMetrics) -> LatencySlo {
+    let p95 = |m: &TierMetrics, s: Series| m.latency.get(s).quantile(0.95);
     let msg = short.latency.get(Series::MessageLatency);
     let samples = msg.count();
-    let enough_samples = samples >= MIN_LATENCY_SAMPLES;
     let message_p95 = msg.quantile(0.95);
-    let target = f64::from(tier.latency_p95_ms);
-    let latency = LatencySlo {
+    LatencySlo {
         target_p95_ms: tier.latency_p95_ms,
         p95_ms: message_p95,
         p95_ms_long: p95(long, Series::MessageLatency),
         samples,
-        met: message_p95.filter(|_| enough_samples).map(|p| p <= target),
+        met: message_p95
+            .filter(|_| samples >= MIN_LATENCY_SAMPLES)
+            .map(|p| p <= f64::from(tier.latency_p95_ms)),
         connect_p95_ms: p95(short, Series::ConnectAdmission),
         broadcast_p95_ms: p95(short, Series::BroadcastDelivery),
         do_response_p95_ms: p95(short, Series::DoResponse),
-    };
+    }
+}
 
+fn availability_slo(tier: &Tier, short: &TierMetrics, long: &TierMetrics) -> AvailabilitySlo {
     let lc = &long.counts;
-    let availability = AvailabilitySlo {
+    AvailabilitySlo {
         target_percent: tier.availability,
         percent: lc.availability().map(|a| a * 100.0),
         percent_short: short.counts.availability().map(|a| a * 100.0),
@@ -262,20 +293,22 @@ fn tier_slo(
         failures: lc.failures,
         rejected_unavailable: lc.rejected_unavailable,
         rejected_tier_limit: lc.rejected_tier_limit,
-    };
+    }
+}
+
+fn error_budget(long: &TierMetrics, budget_ratio: f64) -> ErrorBudget {
+    let lc = &long.counts;
     let allowed = lc.attempts() as f64 * budget_ratio;
-    let error_budget = ErrorBudget {
+    ErrorBudget {
         window_ms: LONG_WINDOW_MS,
         allowed,
         spent: lc.bad(),
         remaining: (lc.attempts() > 0).then(|| 1.0 - lc.bad() as f64 / allowed),
-    };
-    let burn_rate = BurnRate {
-        short: burn(short),
-        long: burn(long),
-    };
-    let rejection_rate = short.counts.rejection_rate();
-    let upstream: Vec<UpstreamSlo> = short
+    }
+}
+
+fn upstream_slos(short: &TierMetrics) -> Vec<UpstreamSlo> {
+    short
         .upstream
         .iter()
         .map(|(event, e)| UpstreamSlo {
@@ -285,73 +318,102 @@ fn tier_slo(
             failure_rate: (e.calls() > 0).then(|| e.failures() as f64 / e.calls() as f64),
             p95_ms: e.latency.quantile(0.95),
         })
-        .collect();
+        .collect()
+}
 
-    let mut reasons = Vec::new();
-    let mut fire =
-        |rule: &str, severity, value: f64, threshold: f64, window_ms, message: String| {
-            reasons.push(Reason {
-                rule: rule.to_owned(),
-                severity,
-                value,
-                threshold,
-                window_ms,
-                message,
-            })
-        };
-
+/// The rules that fire for a tier, in the order the report lists them.
+fn reasons(t: &TierSlo, tier: &Tier, short: &TierMetrics, gauges: &TierGauges) -> Vec<Reason> {
+    let mut r = Reasons::default();
     let refusal_events = short
         .counts
         .shard_refusals
         .saturating_add(short.counts.successes);
-    if let Some(r) = rejection_rate.filter(|_| refusal_events >= MIN_EVENTS) {
-        for (threshold, severity) in [
-            (REJECTION_CRITICAL, Status::Critical),
-            (REJECTION_WARNING, Status::Warning),
-        ] {
-            if r > threshold {
-                fire(
-                    "rejection_rate",
-                    severity,
-                    r,
-                    threshold,
-                    SHORT_WINDOW_MS,
-                    format!(
-                        "shards refused {:.1} % of connects over 5 min (> {:.0} %)",
-                        r * 100.0,
-                        threshold * 100.0
-                    ),
-                );
-                break;
-            }
+    if let Some(v) = t.rejection_rate.filter(|_| refusal_events >= MIN_EVENTS) {
+        r.first_over("rejection_rate", v, REJECTION, SHORT_WINDOW_MS, |th| {
+            format!(
+                "shards refused {:.1} % of connects over 5 min (> {:.0} %)",
+                v * 100.0,
+                th * 100.0
+            )
+        });
+    }
+    latency_reasons(&mut r, t, short);
+    if gauges.max_per_do > DO_CONNECTIONS_WARNING {
+        r.fire(
+            "do_connections",
+            Status::Warning,
+            (gauges.max_per_do as f64, DO_CONNECTIONS_WARNING as f64, 0),
+            format!(
+                "a shard holds {} connections (> {DO_CONNECTIONS_WARNING})",
+                gauges.max_per_do
+            ),
+        );
+    }
+    if short.counts.attempts() >= MIN_EVENTS {
+        if let (Some(s), Some(l)) = (t.burn_rate.short, t.burn_rate.long) {
+            // Both windows over the threshold: the smaller is the value that crossed it.
+            r.first_over("availability_burn", s.min(l), BURN, SHORT_WINDOW_MS, |th| {
+                format!(
+                    "error budget burning at {s:.1}x (5 min) and {l:.1}x (1 h), both over {th}x"
+                )
+            });
         }
     }
-    if let Some(p) = message_p95.filter(|_| enough_samples) {
-        for (threshold, severity) in [
-            (MESSAGE_P95_CRITICAL_MS, Status::Critical),
-            (MESSAGE_P95_WARNING_MS, Status::Warning),
-        ] {
-            if p > threshold {
-                fire(
-                    "message_latency_p95",
-                    severity,
-                    p,
-                    threshold,
-                    SHORT_WINDOW_MS,
-                    format!("ws_message_latency p95 {p:.1} ms over 5 min (> {threshold} ms)"),
-                );
-                break;
-            }
+    // The upstream's failures reach senders as error acks: the same thresholds as the
+    // guide's connection rejection rate.
+    for u in &t.upstream {
+        if let Some(v) = u.failure_rate.filter(|_| u.calls >= MIN_EVENTS) {
+            r.first_over(
+                "upstream_failure_rate",
+                v,
+                REJECTION,
+                SHORT_WINDOW_MS,
+                |th| {
+                    format!(
+                        "{:.1} % of `{}` upstream calls failed over 5 min (> {:.0} %)",
+                        v * 100.0,
+                        u.event,
+                        th * 100.0
+                    )
+                },
+            );
         }
+    }
+    if let (Some(false), Some(p)) = (t.availability.met, t.availability.percent) {
+        r.fire(
+            "availability_slo",
+            Status::Warning,
+            (p, tier.availability, LONG_WINDOW_MS),
+            format!(
+                "availability {p:.3} % over 1 h is below the {} objective ({} %): error budget exhausted",
+                t.tier, tier.availability
+            ),
+        );
+    }
+    r.0
+}
+
+/// The message latency against the guide's thresholds and the tier's objective, and the
+/// Durable Object response time.
+fn latency_reasons(r: &mut Reasons, t: &TierSlo, short: &TierMetrics) {
+    let enough = t.latency.samples >= MIN_LATENCY_SAMPLES;
+    if let Some(p) = t.latency.p95_ms.filter(|_| enough) {
+        r.first_over(
+            "message_latency_p95",
+            p,
+            MESSAGE_P95,
+            SHORT_WINDOW_MS,
+            |th| format!("ws_message_latency p95 {p:.1} ms over 5 min (> {th} ms)"),
+        );
+        let target = f64::from(t.latency.target_p95_ms);
         if p > target {
-            fire(
+            r.fire(
                 "latency_slo",
                 Status::Warning,
-                p,
-                target,
-                SHORT_WINDOW_MS,
+                (p, target, SHORT_WINDOW_MS),
                 format!(
-                    "ws_message_latency p95 {p:.1} ms over 5 min misses the {name} objective ({target} ms)"
+                    "ws_message_latency p95 {p:.1} ms over 5 min misses the {} objective ({target} ms)",
+                    t.tier
                 ),
             );
         }
@@ -362,114 +424,67 @@ fn tier_slo(
         .filter(|_| dor.count() >= MIN_LATENCY_SAMPLES)
     {
         if p > DO_RESPONSE_P95_WARNING_MS {
-            fire(
+            r.fire(
                 "do_response_p95",
                 Status::Warning,
-                p,
-                DO_RESPONSE_P95_WARNING_MS,
-                SHORT_WINDOW_MS,
+                (p, DO_RESPONSE_P95_WARNING_MS, SHORT_WINDOW_MS),
                 format!(
                     "do_response_time p95 {p:.1} ms over 5 min (> {DO_RESPONSE_P95_WARNING_MS} ms)"
                 ),
             );
         }
     }
-    if gauges.max_per_do > DO_CONNECTIONS_WARNING {
-        fire(
-            "do_connections",
-            Status::Warning,
-            gauges.max_per_do as f64,
-            DO_CONNECTIONS_WARNING as f64,
-            0,
-            format!(
-                "a shard holds {} connections (> {DO_CONNECTIONS_WARNING})",
-                gauges.max_per_do
-            ),
-        );
-    }
-    if short.counts.attempts() >= MIN_EVENTS {
-        if let (Some(s), Some(l)) = (burn_rate.short, burn_rate.long) {
-            for (threshold, severity) in [
-                (BURN_CRITICAL, Status::Critical),
-                (BURN_WARNING, Status::Warning),
-            ] {
-                if s > threshold && l > threshold {
-                    fire(
-                        "availability_burn",
-                        severity,
-                        s.min(l),
-                        threshold,
-                        SHORT_WINDOW_MS,
-                        format!(
-                            "error budget burning at {s:.1}x (5 min) and {l:.1}x (1 h), both over {threshold}x"
-                        ),
-                    );
-                    break;
-                }
-            }
-        }
-    }
-    // The upstream's failures reach senders as error acks: the same thresholds as the
-    // guide's connection rejection rate.
-    for u in &upstream {
-        let Some(r) = u.failure_rate.filter(|_| u.calls >= MIN_EVENTS) else {
-            continue;
-        };
-        for (threshold, severity) in [
-            (REJECTION_CRITICAL, Status::Critical),
-            (REJECTION_WARNING, Status::Warning),
-        ] {
-            if r > threshold {
-                fire(
-                    "upstream_failure_rate",
-                    severity,
-                    r,
-                    threshold,
-                    SHORT_WINDOW_MS,
-                    format!(
-                        "{:.1} % of `{}` upstream calls failed over 5 min (> {:.0} %)",
-                        r * 100.0,
-                        u.event,
-                        threshold * 100.0
-                    ),
-                );
-                break;
-            }
-        }
-    }
-    if let (Some(false), Some(p)) = (availability.met, availability.percent) {
-        fire(
-            "availability_slo",
-            Status::Warning,
-            p,
-            tier.availability,
-            LONG_WINDOW_MS,
-            format!(
-                "availability {p:.3} % over 1 h is below the {name} objective ({} %): error budget exhausted",
-                tier.availability
-            ),
-        );
+}
+
+/// Thresholds of a two-level rule, the critical one first.
+const REJECTION: [(f64, Status); 2] = [
+    (REJECTION_CRITICAL, Status::Critical),
+    (REJECTION_WARNING, Status::Warning),
+];
+const MESSAGE_P95: [(f64, Status); 2] = [
+    (MESSAGE_P95_CRITICAL_MS, Status::Critical),
+    (MESSAGE_P95_WARNING_MS, Status::Warning),
+];
+const BURN: [(f64, Status); 2] = [
+    (BURN_CRITICAL, Status::Critical),
+    (BURN_WARNING, Status::Warning),
+];
+
+/// The reasons a tier's status is what it is.
+#[derive(Default)]
+struct Reasons(Vec<Reason>);
+
+impl Reasons {
+    /// A rule fired: `(value, threshold, window_ms)`.
+    fn fire(&mut self, rule: &str, severity: Status, at: (f64, f64, u64), message: String) {
+        let (value, threshold, window_ms) = at;
+        self.0.push(Reason {
+            rule: rule.to_owned(),
+            severity,
+            value,
+            threshold,
+            window_ms,
+            message,
+        });
     }
 
-    TierSlo {
-        tier: name.to_owned(),
-        rank,
-        limit: tier.limit,
-        status: reasons
-            .iter()
-            .map(|r| r.severity)
-            .max()
-            .unwrap_or(Status::Ok),
-        reasons,
-        latency,
-        availability,
-        error_budget,
-        burn_rate,
-        rejection_rate,
-        connections: gauges.connections,
-        max_connections_per_do: gauges.max_per_do,
-        users: gauges.users.len() as u64,
-        upstream,
+    /// Fires the first (most severe) of `levels` that `value` is over, with its message.
+    fn first_over(
+        &mut self,
+        rule: &str,
+        value: f64,
+        levels: [(f64, Status); 2],
+        window_ms: u64,
+        message: impl Fn(f64) -> String,
+    ) {
+        if let Some((threshold, severity)) = levels.into_iter().find(|(th, _)| value > *th) {
+            self.fire(
+                rule,
+                severity,
+                (value, threshold, window_ms),
+                message(threshold),
+            );
+        }
     }
 }
 
@@ -548,6 +563,15 @@ pub fn admin_stats(
 ) -> AdminStats {
     let lifetime: ByTier = global.totals();
     let gauges = gauges_by_tier(global);
+    AdminStats {
+        generated_at: now_ms,
+        totals: totals(global, &lifetime),
+        tiers: tier_totals(tiers, &lifetime, &gauges),
+        top_users: top_users(global, top),
+    }
+}
+
+fn totals(global: &GlobalMetrics, lifetime: &ByTier) -> Totals {
     let mut totals = Totals {
         users: global.users.len() as u64,
         ..Default::default()
@@ -565,7 +589,15 @@ pub fn admin_stats(
     totals.failures = all.failures;
     totals.rejected_tier_limit = all.rejected_tier_limit;
     totals.rejected_unavailable = all.rejected_unavailable;
+    totals
+}
 
+/// The configured tiers, lowest first, then any other tier seen.
+fn tier_totals(
+    tiers: &BTreeMap<String, Tier>,
+    lifetime: &ByTier,
+    gauges: &BTreeMap<String, TierGauges>,
+) -> Vec<TierTotals> {
     let mut names: Vec<String> = tier_order(tiers)
         .into_iter()
         .map(|(n, _)| n.to_owned())
@@ -577,7 +609,7 @@ pub fn admin_stats(
         .filter(|n| !tiers.contains_key(*n))
         .collect();
     names.extend(extra.into_iter().map(str::to_owned));
-    let tier_rows = names
+    names
         .into_iter()
         .map(|tier| {
             let g = gauges.get(&tier);
@@ -594,15 +626,18 @@ pub fn admin_stats(
                 tier,
             }
         })
-        .collect();
+        .collect()
+}
 
+/// The `top` users by open connections, then by id.
+fn top_users(global: &GlobalMetrics, top: usize) -> Vec<UserRow> {
     let mut ranked: Vec<(u64, &crate::metrics::UserMetrics)> = global
         .users
         .values()
         .map(|u| (u.connections(), u))
         .collect();
     ranked.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.user_id.cmp(&b.1.user_id)));
-    let top_users = ranked
+    ranked
         .into_iter()
         .take(top)
         .map(|(connections, u)| {
@@ -625,14 +660,7 @@ pub fn admin_stats(
                 memory_bytes: u.memory_bytes(),
             }
         })
-        .collect();
-
-    AdminStats {
-        generated_at: now_ms,
-        totals,
-        tiers: tier_rows,
-        top_users,
-    }
+        .collect()
 }
 
 #[cfg(test)]
