@@ -359,45 +359,12 @@ impl ConnectionManager {
         path: &str,
         cfg: &Config,
     ) -> worker::Result<Response> {
-        let knob = self.knob(cfg);
         match path {
             // Any shard.
-            <Deliver as Message>::PATH => {
-                if let Some(r) = self.inject_fault(&knob, cfg).await {
-                    return r;
-                }
-                runtime::sleep(knob.latency_ms).await;
-                answer(req, |Deliver(d)| async move { Ok(self.deliver(&d)) }).await
-            }
-            <DeliverBatch as Message>::PATH => {
-                answer(req, |DeliverBatch(batch)| async move {
-                    Ok(batch
-                        .iter()
-                        .map(|d| self.deliver(d))
-                        .fold(Delivered::default(), Delivered::sum))
-                })
-                .await
-            }
-            <Handoff as Message>::PATH => {
-                answer(req, |Handoff(batch)| async move {
-                    Ok(batch
-                        .iter()
-                        .map(|d| self.hand_here(d))
-                        .fold(Delivered::default(), Delivered::sum))
-                })
-                .await
-            }
-            <AckRelay as Message>::PATH => {
-                answer(req, |a: AckRelay| async move {
-                    let delivered = u64::from(self.answer(cfg, &a.ack_id, &a.ack));
-                    Ok(Delivered {
-                        delivered,
-                        primary: delivered,
-                        view_version: self.view_version(),
-                    })
-                })
-                .await
-            }
+            <Deliver as Message>::PATH
+            | <DeliverBatch as Message>::PATH
+            | <Handoff as Message>::PATH
+            | <AckRelay as Message>::PATH => self.route_delivery(req, path, cfg).await,
             <Reclaim as Message>::PATH => answer(req, |_: Reclaim| self.reclaim()).await,
             <PushView as Message>::PATH => {
                 answer(req, |PushView(v)| async move {
@@ -435,6 +402,56 @@ impl ConnectionManager {
                 "not_found",
                 format!("no route {path} on {}", self.name()),
             )),
+        }
+    }
+
+    /// A delivery to this shard's sockets: one frame, a batch, a moved identity's handoff,
+    /// or a call's answer.
+    async fn route_delivery(
+        &self,
+        req: Request,
+        path: &str,
+        cfg: &Config,
+    ) -> worker::Result<Response> {
+        let each = |batch: &[Delivery], f: &dyn Fn(&Delivery) -> Delivered| {
+            batch
+                .iter()
+                .map(f)
+                .fold(Delivered::default(), Delivered::sum)
+        };
+        match path {
+            <Deliver as Message>::PATH => {
+                let knob = self.knob(cfg);
+                if let Some(r) = self.inject_fault(&knob, cfg).await {
+                    return r;
+                }
+                runtime::sleep(knob.latency_ms).await;
+                answer(req, |Deliver(d)| async move { Ok(self.deliver(&d)) }).await
+            }
+            <DeliverBatch as Message>::PATH => {
+                answer(req, |DeliverBatch(b)| async move {
+                    Ok(each(&b, &|d| self.deliver(d)))
+                })
+                .await
+            }
+            <Handoff as Message>::PATH => {
+                answer(req, |Handoff(b)| async move {
+                    Ok(each(&b, &|d| self.hand_here(d)))
+                })
+                .await
+            }
+            // `AckRelay`, the only other path routed here.
+            _ => {
+                answer(req, |a: AckRelay| async move {
+                    let delivered = u64::from(self.answer(cfg, &a.ack_id, &a.ack));
+                    Ok(Delivered {
+                        delivered,
+                        primary: delivered,
+                        view_version: self.view_version(),
+                    })
+                })
+                .await
+            }
         }
     }
 
