@@ -311,36 +311,61 @@ pub struct UserContext {
 }
 
 pub fn aggregate(ctx: UserContext, shards: &[ShardStats], failed: Vec<String>) -> UserStats {
+    let sum = |f: fn(&ShardStats) -> u64| shards.iter().map(f).sum::<u64>();
+    // Ids may span shards: count each once.
+    let distinct =
+        |f: fn(&ShardStats) -> &[u64]| shards.iter().flat_map(f).collect::<BTreeSet<_>>().len();
     let mut by_type = ByType::default();
-    let mut sessions = BTreeSet::new();
-    let mut machines = BTreeSet::new();
-    let mut total = 0u64;
-    let mut memory = 0u64;
-    let mut queue = 0u64;
-    let mut accepted = 0u64;
-    let mut round_trips = 0u64;
-    let mut frames = 0u64;
-    let mut frame_subrequests = 0u64;
-    let mut oldest: Option<u64> = None;
-    let mut max = 0u64;
-    let mut rows = Vec::with_capacity(shards.len());
     for s in shards {
-        total += s.connections;
         by_type.add(&s.by_type);
-        sessions.extend(s.sessions.iter().copied());
-        machines.extend(s.machines.iter().copied());
-        memory += s.memory_usage;
-        queue += s.message_queue_depth;
-        accepted += s.accepted;
-        round_trips += s.directory_round_trips;
-        frames += s.frames;
-        frame_subrequests += s.frame_subrequests;
-        oldest = match (oldest, s.oldest_connection) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
-        max = max.max(s.connections);
-        rows.push(ShardRow {
+    }
+    let total = sum(|s| s.connections);
+    let (accepted, round_trips) = (sum(|s| s.accepted), sum(|s| s.directory_round_trips));
+    let (frames, frame_subrequests) = (sum(|s| s.frames), sum(|s| s.frame_subrequests));
+    UserStats {
+        moves: MoveStats::default(),
+        total_connections: total,
+        by_type,
+        active_sessions: distinct(|s| &s.sessions) as u64,
+        active_machines: distinct(|s| &s.machines) as u64,
+        oldest_connection: shards.iter().filter_map(|s| s.oldest_connection).min(),
+        memory_usage: sum(|s| s.memory_usage),
+        message_queue_depth: sum(|s| s.message_queue_depth),
+        rejected: ctx.rejected_tier_limit + ctx.rejected_unavailable,
+        rejected_tier_limit: ctx.rejected_tier_limit,
+        rejected_unavailable: ctx.rejected_unavailable,
+        shard_refusals: sum(|s| s.rejected),
+        tier: ctx.tier,
+        limit: ctx.limit,
+        policy: ctx.policy,
+        imbalance: imbalance(shards, total),
+        directory_round_trips_per_connect: ratio(round_trips, accepted),
+        connects_accepted: accepted,
+        directory_round_trips: round_trips,
+        frames,
+        frame_subrequests,
+        subrequests_per_frame: ratio(frame_subrequests, frames),
+        shards: shards.iter().map(ShardRow::from).collect(),
+        failed_shards: failed,
+        load: Load::over(&shards.iter().collect::<Vec<_>>()),
+    }
+}
+
+/// The busiest shard's connections over the mean of the shards holding sockets: an emptied
+/// shard still listed (a drained epoch, an old policy's shard) says nothing about balance.
+fn imbalance(shards: &[ShardStats], total: u64) -> f64 {
+    let active = shards.iter().filter(|s| s.connections > 0).count();
+    let max = shards.iter().map(|s| s.connections).max().unwrap_or(0);
+    if total == 0 {
+        0.0
+    } else {
+        max as f64 / (total as f64 / active as f64)
+    }
+}
+
+impl From<&ShardStats> for ShardRow {
+    fn from(s: &ShardStats) -> Self {
+        ShardRow {
             name: s.name.clone(),
             connections: s.connections,
             oldest_connection: s.oldest_connection,
@@ -354,42 +379,7 @@ pub fn aggregate(ctx: UserContext, shards: &[ShardStats], failed: Vec<String>) -
             handoff_skipped: s.handoff_skipped,
             recent_shed: s.recent_shed,
             moved_shed: s.moved_shed,
-        });
-    }
-    // Over shards holding sockets: an emptied shard still listed (a drained
-    // epoch, an old policy's shard) says nothing about balance.
-    let active = shards.iter().filter(|s| s.connections > 0).count();
-    let imbalance = if total == 0 {
-        0.0
-    } else {
-        max as f64 / (total as f64 / active as f64)
-    };
-    UserStats {
-        moves: MoveStats::default(),
-        total_connections: total,
-        by_type,
-        active_sessions: sessions.len() as u64,
-        active_machines: machines.len() as u64,
-        oldest_connection: oldest,
-        memory_usage: memory,
-        message_queue_depth: queue,
-        rejected: ctx.rejected_tier_limit + ctx.rejected_unavailable,
-        rejected_tier_limit: ctx.rejected_tier_limit,
-        rejected_unavailable: ctx.rejected_unavailable,
-        shard_refusals: shards.iter().map(|s| s.rejected).sum(),
-        tier: ctx.tier,
-        limit: ctx.limit,
-        policy: ctx.policy,
-        imbalance,
-        directory_round_trips_per_connect: ratio(round_trips, accepted),
-        connects_accepted: accepted,
-        directory_round_trips: round_trips,
-        frames,
-        frame_subrequests,
-        subrequests_per_frame: ratio(frame_subrequests, frames),
-        shards: rows,
-        failed_shards: failed,
-        load: Load::over(&shards.iter().collect::<Vec<_>>()),
+        }
     }
 }
 
