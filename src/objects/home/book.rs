@@ -53,6 +53,23 @@ impl Home {
     /// its stats and its metrics; stores its entry; pushes the view when it changed. Answers
     /// the machine transitions it caused, for [`Home::emit`].
     pub async fn take_report(&self, r: ShardReport, _reclaimed: bool) -> Vec<Transition> {
+        // An empty shard the ledger let go (its last slot came back): it leaves the book now,
+        // with this report's counts, instead of staying listed until the next ledger change
+        // (a report that crossed its release).
+        let released = !self.saved.borrow().ledger.shards.contains_key(&r.shard);
+        if released && r.presence.is_empty() && r.stats.connections == 0 {
+            let listed = self.book.borrow().view.shards.contains_key(&r.shard);
+            if !listed {
+                return Vec::new();
+            }
+            self.others
+                .borrow_mut()
+                .insert(r.shard.clone(), r.stats.clone());
+            let t = self.book.borrow_mut().leave(&r.shard);
+            self.forget_entry(&r.shard).await;
+            self.push_view();
+            return t;
+        }
         let (before_version, adds) = {
             let b = self.book.borrow();
             (
