@@ -93,6 +93,12 @@ fn string<'a>(v: Option<&'a RawValue>) -> Option<Cow<'a, str>> {
 
 /// Normalizes a text frame, in the platform's order.
 pub fn parse(text: &str) -> Parsed<'_> {
+    // serde reads a struct from an array too (`["event", data]` as event and data): a frame
+    // is an object, anything else is refused as the wrong shape.
+    let trimmed = text.trim_start();
+    if !trimmed.starts_with('{') && serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok() {
+        return Parsed::Invalid(Invalid::Format);
+    }
     // Only objects carry fields; `Raw` would also accept `{}`-less input such as `[]` as an
     // error, so tell "not JSON" from "JSON of the wrong shape" first.
     let raw: Raw<'_> = match serde_json::from_str(text) {
@@ -252,6 +258,7 @@ mod tests {
         ));
         for text in [
             "[1,2]",
+            r#"["rpc-call","m:x"]"#,
             "42",
             r#""ping""#,
             "null",
