@@ -16,7 +16,7 @@
 //! Bounded: `MAX_MOVES` identities per user, `MAX_HELD` frames and `MAX_HELD_BYTES` per
 //! identity, `MOVE_WINDOW_MS` to come back; what does not fit or expires is counted.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
@@ -262,6 +262,17 @@ impl MoveBook {
         p
     }
 
+    /// The `correlationId`s of the apps moving.
+    pub fn apps(&self) -> BTreeSet<String> {
+        self.moves
+            .keys()
+            .filter_map(|id| match id {
+                Identity::App(a) => Some(a.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// Whether the app with this `correlationId` is moving.
     pub fn app_moving(&self, correlation_id: &str) -> bool {
         self.moves
@@ -409,6 +420,17 @@ impl Recent {
         self.sent
             .iter()
             .any(|(fh, _, n, f)| *fh == h && n > since && f.selects(m))
+    }
+
+    /// Whether the socket `m` has `frame` already: got directly since it was accepted, or
+    /// handed (a frame that reached the home by two ways after the return is forwarded twice).
+    pub fn reached(&self, frame: &str, m: &SocketMeta) -> bool {
+        self.got(frame, m) || {
+            let h = frame_hash(frame);
+            self.handed
+                .iter()
+                .any(|(fh, _, c)| *fh == h && *c == m.connection_id)
+        }
     }
 
     /// Hashes of the frames the socket `m` got here in the last `GOT_LATELY_MS` (at most
@@ -666,6 +688,11 @@ mod tests {
         r.handed("g", "c1", 0);
         assert_eq!(r.handed_to("f"), Some(vec!["c1", "c2"]));
         assert_eq!(r.handed_to("h"), None);
+        let c1 = SocketMeta {
+            connection_id: "c1".into(),
+            ..app_socket("a1", 0)
+        };
+        assert!(r.reached("f", &c1) && r.reached("g", &c1) && !r.reached("h", &c1));
         r.sent("x", &Filter::All, RECENT_MS);
         assert_eq!(r.handed_to("f"), None);
     }

@@ -77,7 +77,7 @@ impl Home {
 
     /// The `correlationId`s of the apps moving.
     pub fn moving_apps(&self) -> std::collections::BTreeSet<String> {
-        self.moves.borrow().presence().apps
+        self.moves.borrow().apps()
     }
 
     pub fn take_handoffs(&self) -> Vec<Handoff> {

@@ -717,15 +717,7 @@ impl ConnectionManager {
         let mut delivered = 0;
         for ws in self.selected(&d.filter).0 {
             let Some(m) = attachment(&ws) else { continue };
-            // Got directly, or handed already (a frame that reached the home by two ways
-            // after the return is forwarded twice).
-            let had = {
-                let r = self.recent.borrow();
-                r.got(&d.frame, &m)
-                    || r.handed_to(&d.frame)
-                        .is_some_and(|to| to.contains(&m.connection_id.as_str()))
-            };
-            if had {
+            if self.recent.borrow().reached(&d.frame, &m) {
                 self.handoff_skipped.set(self.handoff_skipped.get() + 1);
             } else if ws.send_with_str(&d.frame).is_ok() {
                 delivered += 1;
