@@ -4,7 +4,7 @@
 //! `hash:shards=8` with a cap of 4 sockets per shard, and `session` (each CLI session on its
 //! own shard, apps and daemons on the base shard).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use futures_util::future::join_all;
@@ -14,10 +14,23 @@ use crate::support::{platform_token, user, Client, Gateway};
 
 const QUIET: Duration = Duration::from_millis(500);
 
-/// A socket that just connected is in every shard's view within one prompt push (25 ms
-/// apart at most, plus the push itself; docs/architecture.md). Frames that must reach it wait
-/// this long, generous for a loaded CI machine.
-async fn settle() {
+/// Waits until the user's home lists every client's shard with at least the sockets
+/// `clients` put there (reports reach it within 250 ms, later on a loaded machine), then for
+/// the prompt push to the other shards that follows an addition (docs/architecture.md): a
+/// socket that just connected is not yet in the view another shard routes by.
+async fn seen(g: &Gateway, t: &str, clients: &[&Client]) {
+    let mut want: BTreeMap<String, u64> = BTreeMap::new();
+    for c in clients {
+        *want.entry(shard(c)).or_default() += 1;
+    }
+    g.stats_when(t, |st| {
+        let rows = st["shards"].as_array().cloned().unwrap_or_default();
+        want.iter().all(|(name, n)| {
+            rows.iter()
+                .any(|r| r["name"] == name.as_str() && r["connections"].as_u64() >= Some(*n))
+        })
+    })
+    .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
 }
 
@@ -154,7 +167,9 @@ async fn concurrent_rpcs_from_several_apps_each_get_their_own_answer() {
     }
     let shards: BTreeSet<String> = apps.iter().map(shard).collect();
     assert!(shards.len() > 1, "apps on one shard only: {shards:?}");
-    settle().await;
+    let mut all: Vec<&Client> = apps.iter().collect();
+    all.push(&m);
+    seen(g, &t, &all).await;
     for (i, a) in apps.iter_mut().enumerate() {
         for k in 0..3 {
             a.send(&json!({"event": "rpc-call", "data": {"method": "mach-c:echo", "params": format!("{i}-{k}")}, "ackId": format!("a{i}-{k}")}).to_string())
@@ -189,6 +204,8 @@ async fn session_rpc(g: &Gateway) {
     let mut s2 = g.connect(&t, &cli_session("sess-2")).await;
     let mut app = elsewhere(g, &t, APP, &[&s1]).await;
     let mut other_app = g.connect(&t, APP).await;
+    // Each socket must be in the view the caller's shard routes by.
+    seen(g, &t, &[&s1, &s2, &app, &other_app]).await;
     app.send(r#"{"event":"rpc-request","data":{"method":"sess-1:permission","params":"x"},"ackId":"q1"}"#)
         .await;
     answer(&mut s1, |_| json!({"ok": true, "result": "granted"})).await;
@@ -355,7 +372,7 @@ async fn events_are_forwarded_both_ways_across_shards() {
         elsewhere(g, &t, APP, &[&s1]).await,
         elsewhere(g, &t, APP, &[&s2]).await,
     ];
-    settle().await;
+    seen(g, &t, &[&s1, &s2, &m, &apps[0], &apps[1]]).await;
     // CLI -> every app, under the event's own name, with its ackId; other CLIs do not get it.
     s1.send(r#"{"event":"session-revival-paused","data":{"sid":"s1","n":1},"ackId":"k1"}"#)
         .await;
@@ -518,7 +535,8 @@ async fn two_users_with_the_same_session_and_machine_ids_never_reach_each_other(
     let mut bs = g.connect(&tb, &cli_session("shared-s")).await;
     let mut aapp = g.connect(&ta, APP).await;
     let mut bapp = g.connect(&tb, APP).await;
-    settle().await;
+    seen(g, &ta, &[&am, &asess, &aapp]).await;
+    seen(g, &tb, &[&bm, &bs, &bapp]).await;
     aapp.send(r#"{"event":"rpc-call","data":{"method":"shared-m:x"},"ackId":"a"}"#)
         .await;
     answer(&mut am, |_| json!("for-a")).await;
