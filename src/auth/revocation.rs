@@ -11,7 +11,7 @@ use crate::auth::cache::RECHECK_MS;
 /// Dispatches waiting for their second round (or a retry) at most; past it the oldest is
 /// dropped and counted.
 pub const MAX_PENDING: usize = 10_000;
-/// A dispatch that failed (a shard or directory did not answer) is retried this much later.
+/// A dispatch that failed (a shard or home did not answer) is retried this much later.
 const RETRY_MS: u64 = 2_000;
 /// The second dispatch, after the token caches have all rechecked the token.
 const SECOND_ROUND_MS: u64 = RECHECK_MS + 5_000;

@@ -5,7 +5,7 @@
 //! the decoded bytes as received, so tickets the platform's server mints are accepted here and
 //! ours there. Both parts must be canonical base64url (the MAC exactly 43 characters): the
 //! platform's decoder is lenient, ours is not, so a ticket has one accepted spelling (see
-//! [`b64`]). What the platform does not do, single use, is the directory's job: this module
+//! [`b64`]). What the platform does not do, single use, is the home's job: this module
 //! only says whether a ticket is authentic and within its window.
 
 use hmac::{Hmac, Mac};

@@ -1,4 +1,4 @@
-//! A user's tickets, kept by the user's directory object: the issue rate limit and the
+//! A user's tickets, kept by the user's home: the issue rate limit and the
 //! nonces already redeemed. One object per user serializes every request, so both are
 //! exact under concurrent requests (the platform's KV read-then-write is not), and a ticket
 //! works once (the platform's can be replayed for its whole ~35 s window).

@@ -250,7 +250,7 @@ pub async fn test_upstream(
 }
 
 /// `POST /admin/test/registry/ingest {"pushes": [...]}`: relays each push to its user's
-/// registry object as a directory would (16 at a time); `GET /admin/test/registry/storage`:
+/// registry object as a home would (16 at a time); `GET /admin/test/registry/storage`:
 /// each registry object's storage shape. Exist only while `TEST_KNOBS=on`.
 pub async fn test_registry(
     mut req: Request,

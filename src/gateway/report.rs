@@ -7,7 +7,7 @@ use crate::runtime;
 
 /// How long a gateway isolate gathers what it saw before telling the users' homes:
 /// one call per user per second instead of one per request (a stats poller or a broadcast
-/// storm costs a directory call per request otherwise).
+/// storm costs a call to the home per request otherwise).
 const OBSERVE_BATCH_MS: u32 = 1_000;
 
 thread_local! {

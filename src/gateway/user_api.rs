@@ -4,7 +4,7 @@
 //! empty shard; stats are answered from the shards' reports, with no fan-out.
 //!
 //! Staleness: stats include another shard's sockets as of its last report, which follows a
-//! change within 25 ms (presence) to 250 ms (counts) (`connection_manager::presence`); the
+//! change within 25 ms (presence) to 250 ms (counts) (`objects::shard::reporter`); the
 //! home's own are live. A broadcast reaches every shard holding slots or reported sockets.
 
 use serde::Serialize;

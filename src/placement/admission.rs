@@ -4,7 +4,7 @@
 //! Health comes from the shard's own recent `MessageLatency` p95 (the last 1..2 minutes of its
 //! short ring): message handling is what more sockets on an overloaded object would slow
 //! further, and it is the series the tier's latency objective is stated on. Connect admission
-//! time is not used: it includes the directory round trip, which says nothing about the shard.
+//! time is not used: it includes the round trip to the home, which says nothing about the shard.
 //! With fewer than [`MIN_SAMPLES`] messages the shard counts as healthy (no evidence, and an
 //! idle shard is by definition not overloaded).
 //!

@@ -1,21 +1,21 @@
 //! Exact tier limits across shards, with leases.
 //!
-//! The user's directory owns the limit. It *grants* slots to shards in small
-//! batches (leases); a shard admits a socket without a directory round trip
+//! The user's home owns the limit. It *grants* slots to shards in small
+//! batches (leases); a shard admits a socket without a round trip to the home
 //! while it holds a free leased slot. Safety rests on one ordering rule:
 //!
-//! * the directory adds a grant to its ledger before the shard learns of it;
-//! * a shard removes slots from its lease before the directory learns of it.
+//! * the home adds a grant to its ledger before the shard learns of it;
+//! * a shard removes slots from its lease before the home learns of it.
 //!
 //! So at every moment `shard.leased <= ledger.granted[shard]` and
 //! `sum(granted) <= limit`, hence open sockets never exceed the limit, whatever
 //! the interleaving. A lost message can only leave the ledger *above* the
 //! shard (a leak, never an overrun); leaks are recovered by reclaiming: when a
-//! grant falls short, the directory asks the other shards to return their
+//! grant falls short, the home asks the other shards to return their
 //! spare slots, and a shard that restarted without its sockets returns all.
 //!
 //! Grants carry a sequence number and shards report the last one they
-//! applied. That tells the directory when a grant is still on its way to a
+//! applied. That tells the home when a grant is still on its way to a
 //! shard (its slots are spare there soon, so the asker should retry rather
 //! than be refused) and when an empty shard can be forgotten outright, which
 //! also recovers a grant whose answer was lost.
@@ -24,7 +24,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-/// One shard as the directory knows it.
+/// One shard as the home knows it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ShardEntry {
     /// Slots granted to this shard and not yet returned.
@@ -38,7 +38,7 @@ pub struct ShardEntry {
     pub issued: u64,
 }
 
-/// The directory's ledger for one user. Persisted whole after each change.
+/// The home's ledger for one user. Persisted whole after each change.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Ledger {
     pub limit: u32,
@@ -69,7 +69,7 @@ pub struct Returned {
     pub draining: bool,
     /// The last grant sequence number the shard applied.
     pub applied: u64,
-    /// The shard had no directory call of its own in flight when it answered,
+    /// The shard had no call to the home of its own in flight when it answered,
     /// so no grant can still reach it: one it never applied was lost.
     pub quiet: bool,
 }
@@ -210,7 +210,7 @@ impl Ledger {
     /// Forgets a shard that reported itself empty with no lease and no
     /// acquire of its own in flight. This absolute reset is what recovers a
     /// grant whose answer never reached the shard; it is safe only because a
-    /// shard serializes its own directory calls and the directory serializes
+    /// shard serializes its own calls to the home and the home serializes
     /// its operations, so no delta for this shard can still be on its way.
     pub fn reset(&mut self, shard: &str) -> bool {
         let left = self.shards.remove(shard).is_some();
@@ -228,9 +228,9 @@ impl Ledger {
 /// What a shard should do with a new connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Admit {
-    /// A leased slot is free: accept now, no directory round trip.
+    /// A leased slot is free: accept now, no round trip to the home.
     Accept,
-    /// Ask the directory for this many more slots first.
+    /// Ask the home for this many more slots first.
     Acquire(u32),
     /// The shard is at its cap: send the client to the next candidate.
     Full,
@@ -273,19 +273,19 @@ impl Lease {
     }
 
     /// Gives up every slot not backing an open socket. Called when the
-    /// directory reclaims; the caller reports the result to the directory.
+    /// home reclaims; the caller reports the result to the home.
     pub fn reclaim(&mut self, open: u32) -> u32 {
         let spare = self.leased.saturating_sub(open);
         self.leased -= spare;
         spare
     }
 
-    /// Removes `n` slots before telling the directory (the ordering rule).
+    /// Removes `n` slots before telling the home (the ordering rule).
     pub fn give_back(&mut self, n: u32) {
         self.leased = self.leased.saturating_sub(n);
     }
 
-    /// Applies a grant from the directory.
+    /// Applies a grant from the home.
     pub fn apply(&mut self, granted: u32, seq: u64) {
         self.leased = self.leased.saturating_add(granted);
         self.applied = self.applied.max(seq);
@@ -441,8 +441,8 @@ mod tests {
     }
 
     /// A model of the protocol with grants in flight, driven by a seeded random
-    /// schedule, as the runtime orders things: a shard's own directory calls are
-    /// serialized (one at a time), the directory applies reclaim answers as it
+    /// schedule, as the runtime orders things: a shard's own calls to the home are
+    /// serialized (one at a time), the home applies reclaim answers as it
     /// gets them, grant answers reach shards late or never. At every step open
     /// sockets stay within the limit and each lease within its grant; at the
     /// end nothing is leaked.
@@ -470,7 +470,7 @@ mod tests {
             // Grant answers on their way: (shard, granted, seq).
             let mut in_flight: Vec<(usize, u32, u64)> = Vec::new();
             let busy = |f: &Vec<(usize, u32, u64)>, s: usize| f.iter().any(|m| m.0 == s);
-            // The directory reclaims from shard t and applies its answer.
+            // The home reclaims from shard t and applies its answer.
             let reclaim = |t: usize,
                            ledger: &mut Ledger,
                            leases: &mut [Lease],

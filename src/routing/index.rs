@@ -30,7 +30,7 @@ pub enum Change {
     /// Counts moved; routing's view of this shard did not.
     Counts,
     /// A session or machine appeared or left, or the shard gained or lost its first
-    /// user-scoped (or tagged) socket: the directory must hear of it.
+    /// user-scoped (or tagged) socket: the home must hear of it.
     Presence,
     /// The socket was already counted (or was never counted): nothing changed.
     None,

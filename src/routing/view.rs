@@ -1,7 +1,7 @@
 //! Where a user's recipients are: which shards hold user-scoped sockets, which sessions and
-//! machines. The directory keeps the authoritative [`RoutingView`] from the shards' presence
+//! machines. The home keeps the authoritative [`RoutingView`] from the shards' presence
 //! reports and pushes it, versioned, to the shards; a shard plans every delivery from its copy,
-//! so a frame costs no directory round trip, and reaches only the shards that may hold a
+//! so a frame costs no round trip to the home, and reaches only the shards that may hold a
 //! recipient.
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -77,7 +77,7 @@ enum Subject<'a> {
         open: bool,
         conn: &'a str,
     },
-    /// `{user}:{machine}`: one directory serves one user, so this names the machine.
+    /// `{user}:{machine}`: one home serves one user, so this names the machine.
     Machine(&'a str),
     Other,
 }

@@ -1,7 +1,7 @@
 //! The upstream (docs/upstream.md): the platform's backend, behind a service binding or an
 //! HTTPS URL, that handles the business events the edge cannot (they need the platform's
 //! database) and hears of sockets and machines coming and going. Pure: what to send, how to
-//! sign it, what an answer means, when to retry a hook. The shard and directory objects do
+//! sign it, what an answer means, when to retry a hook. The shard objects (the home among them) do
 //! the sending.
 
 pub mod backlog;

@@ -2,7 +2,7 @@
 //! the shards' reports (no fan-out), and the shards a broadcast or a disconnect must reach.
 //!
 //! Staleness: another shard's stats are as of its last report, which follows a change within
-//! the report gap (`shard::report`: 25 ms after a presence change, 250 ms after a count
+//! the report gap (`shard::reporter`: 25 ms after a presence change, 250 ms after a count
 //! change); the home's own are live.
 
 use super::Home;

@@ -128,7 +128,7 @@ impl ConnectionManager {
         }
     }
 
-    /// `update-usage-limits`: validated, then stored once per user in the directory.
+    /// `update-usage-limits`: validated, then stored once per user in the home.
     pub(super) async fn usage_limits(
         &self,
         ws: &WebSocket,

@@ -112,7 +112,7 @@ impl ConnectionManager {
     }
 
     /// Deletes this object's storage when it is empty, out of its user's set (no slots: the
-    /// directory forgets a shard that holds none) and has nothing left to send: a drained
+    /// home forgets a shard that holds none) and has nothing left to send: a drained
     /// epoch or an ended session leaves nothing behind. Waits for a pending report, save or
     /// hook first. Answers whether it deleted.
     pub(super) async fn retire(&self) -> worker::Result<bool> {

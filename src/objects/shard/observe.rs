@@ -76,7 +76,7 @@ impl ConnectionManager {
         self.metrics_soon(now).await;
     }
 
-    /// The open-socket count changed (a close): the directory's gauges are stale.
+    /// The open-socket count changed (a close): the home's gauges are stale.
     pub(super) async fn observe_gauges(&self) {
         self.metrics_soon(runtime::now_ms()).await;
     }

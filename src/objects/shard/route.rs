@@ -1,10 +1,10 @@
 //! A frame's way through the edge: the envelope, the platform's rules, then delivery on this
-//! shard and on the other shards the routing view names, concurrently and with no directory
+//! shard and on the other shards the routing view names, concurrently and with no home
 //! call while the view holds. RPCs carry a sealed reference to their caller (see
 //! `routing::ack_id`) so the answer reaches exactly the calling socket, wherever it is.
 //!
 //! Subrequests per frame: one per other shard that may hold a recipient; for an RPC whose
-//! target the view does not know (or that proved stale), one more to the directory for a
+//! target the view does not know (or that proved stale), one more to the home for a
 //! fresh view; for an answer whose caller sits on another shard, one.
 
 use std::borrow::Cow;
