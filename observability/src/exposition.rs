@@ -8,8 +8,17 @@
 //! `user_id="_other"`; within a user, shards past `max_shards_per_user` fold into
 //! `shard="_other"`. Output order is deterministic (families fixed, series sorted by labels,
 //! `_other` last), so two renders of the same snapshot are byte-identical.
+//!
+//! This module decides which series exist and what they hold; the text is written by the
+//! `prometheus` crate's `TextEncoder` (format 0.0.4) from its data model. `prometheus-client`
+//! does not fit: it writes OpenMetrics and appends `_total` to every counter, which would
+//! rename the guide's three counters (`ws_connection_errors` and the others) under the alert
+//! rules that query them.
 
 use std::collections::{BTreeMap, BTreeSet};
+
+use prometheus::proto::{self, MetricFamily, MetricType};
+use prometheus::TextEncoder;
 
 use crate::metrics::{
     GlobalMetrics, HookLoss, LatencyHistogram, Series, ShardGauges, TierMetrics, UpstreamEvent,
@@ -110,15 +119,67 @@ pub fn render(
     slo_families(&mut out, tiers);
     out.family(
         "ws_exposition_folded_users",
-        "gauge",
+        MetricType::GAUGE,
         "Users folded into the user_id _other by the per-user series cap.",
     );
-    out.sample(
-        "ws_exposition_folded_users",
-        &[],
-        &(global.users.len().saturating_sub(kept.len())).to_string(),
+    out.sample(&[], global.users.len().saturating_sub(kept.len()) as f64);
+    out.text()
+}
+
+/// The run-time shard policy as `/metrics` shows it (`placement::switch`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyGauges {
+    /// The policy new sockets follow.
+    pub active: String,
+    /// Where it comes from: `config`, `runtime` or `user`.
+    pub source: &'static str,
+    /// `SHARD_POLICY` as deployed.
+    pub default: String,
+    /// Changes made to the run-time policy (0: never).
+    pub version: u64,
+    /// Users with a policy of their own (canaries).
+    pub user_overrides: u64,
+    /// Shards draining now (rotation or a switch; as of their last report).
+    pub draining_shards: u64,
+}
+
+/// The policy families, appended to [`render`]'s text.
+pub fn render_policy(p: &PolicyGauges) -> String {
+    let mut out = Out::default();
+    out.family(
+        "edge_policy_info",
+        MetricType::GAUGE,
+        "The shard policy new sockets follow, where it comes from, and SHARD_POLICY as deployed.",
     );
-    out.text
+    out.sample(
+        &[
+            ("policy", p.active.clone()),
+            ("source", p.source.to_owned()),
+            ("default", p.default.clone()),
+        ],
+        1.0,
+    );
+    for (name, help, v) in [
+        (
+            "edge_policy_version",
+            "Changes made to the run-time policy (0: never).",
+            p.version,
+        ),
+        (
+            "edge_policy_user_overrides",
+            "Users with a shard policy of their own (canaries).",
+            p.user_overrides,
+        ),
+        (
+            "edge_draining_shards",
+            "Shards draining now (rotation or a policy switch).",
+            p.draining_shards,
+        ),
+    ] {
+        out.family(name, MetricType::GAUGE, help);
+        out.sample(&[], v as f64);
+    }
+    out.text()
 }
 
 /// The series to render: each shard's gauges (a user's shards beyond the cap, and users
@@ -190,9 +251,9 @@ impl ShardRow {
 /// A per-shard family: name, type, help, and one row's sample (`None`: no sample for it).
 type ShardFamily = (
     &'static str,
+    MetricType,
     &'static str,
-    &'static str,
-    fn(&ShardRow) -> Option<String>,
+    fn(&ShardRow) -> Option<f64>,
 );
 
 /// The per-shard families, in output order.
@@ -200,48 +261,48 @@ fn shard_family_list() -> [ShardFamily; 7] {
     [
         (
             "do_connections_total",
-            "gauge",
+            MetricType::GAUGE,
             "Open WebSocket connections on a ConnectionManager Durable Object (shard).",
-            |r| Some(r.connections.to_string()),
+            |r| Some(r.connections as f64),
         ),
         (
             "do_connections_rejected",
-            "counter",
+            MetricType::COUNTER,
             "Connects a shard refused for capacity (full, draining, over its SLO, shed); tier-limit 429s are not counted here.",
-            |r| Some(r.rejected.to_string()),
+            |r| Some(r.rejected as f64),
         ),
         (
             "do_connection_rejection_rate",
-            "gauge",
+            MetricType::GAUGE,
             "Share of connects a shard refused for capacity over the last 5 minutes, 0..1 (absent without connects).",
             |r| {
                 let seen = r.recent_accepted.saturating_add(r.recent_rejected);
-                (seen > 0).then(|| float(r.recent_rejected as f64 / seen as f64))
+                (seen > 0).then(|| r.recent_rejected as f64 / seen as f64)
             },
         ),
         (
             "do_memory_usage_bytes",
-            "gauge",
+            MetricType::GAUGE,
             "Estimated memory of a shard's sockets in bytes (an estimate: a fixed per-socket cost plus attachment sizes).",
-            |r| Some(r.memory_bytes.to_string()),
+            |r| Some(r.memory_bytes as f64),
         ),
         (
             "do_events",
-            "gauge",
+            MetricType::GAUGE,
             "Events a shard object handled since it started (requests, socket messages, closes, alarms): a user's busiest object's share is max by (user_id) over sum by (user_id).",
-            |r| Some(r.events.to_string()),
+            |r| Some(r.events as f64),
         ),
         (
             "do_peak_events_per_second",
-            "gauge",
+            MetricType::GAUGE,
             "The most events a shard object handled in one second since it started.",
-            |r| Some(r.peak_events_per_second.to_string()),
+            |r| Some(r.peak_events_per_second as f64),
         ),
         (
             "do_oldest_connection_ms",
-            "gauge",
+            MetricType::GAUGE,
             "Age of a shard's oldest open socket in milliseconds (absent without sockets).",
-            |r| r.oldest_ms.map(|ms| ms.to_string()),
+            |r| r.oldest_ms.map(|ms| ms as f64),
         ),
     ]
 }
@@ -259,7 +320,7 @@ fn shard_families(out: &mut Out, shards: &BTreeMap<ShardSeries, ShardRow>) {
         out.family(name, kind, help);
         for (k, r) in shards {
             if let Some(v) = sample(r) {
-                out.sample(name, &labels(k), &v);
+                out.sample(&labels(k), v);
             }
         }
     }
@@ -273,20 +334,16 @@ fn user_labels(k: &UserKey) -> [(&'static str, String); 2] {
 fn user_families(out: &mut Out, users: &BTreeMap<UserKey, TierMetrics>) {
     out.family(
         "ws_connection_success",
-        "counter",
+        MetricType::COUNTER,
         "Connects admitted (101).",
     );
     for (k, m) in users {
-        out.sample(
-            "ws_connection_success",
-            &user_labels(k),
-            &m.counts.successes.to_string(),
-        );
+        out.sample(&user_labels(k), m.counts.successes as f64);
     }
     out.family(
         "ws_connection_errors",
-        "counter",
-        "Connects not admitted, by reason: error (a shard or the directory failed), unavailable (503: every candidate full or shed), tier_limit (429: policy, outside availability).",
+        MetricType::COUNTER,
+        "Connects not admitted, by reason: error (a shard or the user's home failed), unavailable (503: every candidate full or shed), tier_limit (429: policy, outside availability).",
     );
     for (k, m) in users {
         let [user, tier] = user_labels(k);
@@ -296,19 +353,18 @@ fn user_families(out: &mut Out, users: &BTreeMap<UserKey, TierMetrics>) {
             ("tier_limit", m.counts.rejected_tier_limit),
         ] {
             out.sample(
-                "ws_connection_errors",
                 &[user.clone(), tier.clone(), ("reason", reason.to_owned())],
-                &n.to_string(),
+                n as f64,
             );
         }
     }
     for series in Series::ALL {
         let name = histogram_name(series);
-        out.family(name, "histogram", histogram_help(series));
+        out.family(name, MetricType::HISTOGRAM, histogram_help(series));
         for (k, m) in users {
             let h = m.latency.get(series);
             if !h.is_empty() {
-                out.histogram(name, &user_labels(k), h);
+                out.histogram(&user_labels(k), h);
             }
         }
     }
@@ -323,34 +379,32 @@ fn upstream_families(out: &mut Out, users: &BTreeMap<UserKey, TierMetrics>) {
     }
     out.family(
         "edge_upstream_requests_total",
-        "counter",
+        MetricType::COUNTER,
         "Business events and lifecycle hooks sent to the upstream, by result: ok, timeout, error, busy (refused at once: too many in flight on the shard).",
     );
     for (tier, m) in &upstream {
         for (event, e) in &m.upstream {
             for r in UpstreamResult::ALL {
                 out.sample(
-                    "edge_upstream_requests_total",
                     &[
                         ("tier", tier.clone()),
                         ("event", event.clone()),
                         ("result", r.as_str().to_owned()),
                     ],
-                    &e.count(r).to_string(),
+                    e.count(r) as f64,
                 );
             }
         }
     }
     out.family(
         "edge_upstream_latency_ms",
-        "histogram",
+        MetricType::HISTOGRAM,
         "Upstream call time in milliseconds, from the request sent to its answer (or the timeout).",
     );
     for (tier, m) in &upstream {
         for (event, e) in &m.upstream {
             if !e.latency.is_empty() {
                 out.histogram(
-                    "edge_upstream_latency_ms",
                     &[("tier", tier.clone()), ("event", event.clone())],
                     &e.latency,
                 );
@@ -365,35 +419,33 @@ fn upstream_families(out: &mut Out, users: &BTreeMap<UserKey, TierMetrics>) {
 fn hook_families(out: &mut Out, upstream: &BTreeMap<String, TierMetrics>) {
     out.family(
         "edge_hooks_dropped_total",
-        "counter",
+        MetricType::COUNTER,
         "Lifecycle hooks dropped without reaching the upstream, by reason: full (the object's outbox bound, UPSTREAM_HOOKS_MAX / UPSTREAM_HOOKS_MAX_BYTES) or expired (still failing a day after it was stored).",
     );
     for (tier, m) in upstream {
         for (event, e) in hooks(m) {
             for l in [HookLoss::Full, HookLoss::Expired] {
                 out.sample(
-                    "edge_hooks_dropped_total",
                     &[
                         ("tier", tier.clone()),
                         ("event", event.clone()),
                         ("reason", l.as_str().to_owned()),
                     ],
-                    &e.lost(l).to_string(),
+                    e.lost(l) as f64,
                 );
             }
         }
     }
     out.family(
         "edge_hooks_coalesced_total",
-        "counter",
+        MetricType::COUNTER,
         "Lifecycle hooks left unsent because a later hook made them unnecessary: a socket's connected and disconnected before either was sent, a machine's older transition.",
     );
     for (tier, m) in upstream {
         for (event, e) in hooks(m) {
             out.sample(
-                "edge_hooks_coalesced_total",
                 &[("tier", tier.clone()), ("event", event.clone())],
-                &e.lost(HookLoss::Coalesced).to_string(),
+                e.lost(HookLoss::Coalesced) as f64,
             );
         }
     }
@@ -408,27 +460,22 @@ fn hooks(m: &TierMetrics) -> impl Iterator<Item = (&String, &UpstreamEvent)> {
 fn slo_families(out: &mut Out, tiers: &BTreeMap<String, Tier>) {
     out.family(
         "ws_slo_latency_target",
-        "gauge",
+        MetricType::GAUGE,
         "A tier's latency objective: ws_message_latency p95 below this many milliseconds.",
     );
     for (name, t) in tiers {
-        out.sample(
-            "ws_slo_latency_target",
-            &[("tier", name.clone())],
-            &t.latency_p95_ms.to_string(),
-        );
+        out.sample(&[("tier", name.clone())], t.latency_p95_ms as f64);
     }
     out.family(
         "ws_slo_availability_target",
-        "gauge",
+        MetricType::GAUGE,
         "A tier's availability objective as a ratio (0.999 = 99.9 %) of admitted to attempted connects, 429s excluded.",
     );
     for (name, t) in tiers {
         out.sample(
-            "ws_slo_availability_target",
             &[("tier", name.clone())],
             // Percent to ratio, rounded so 99.9 prints as 0.999, not 0.9990000000000001.
-            &float((t.availability * 1e6).round() / 1e8),
+            (t.availability * 1e6).round() / 1e8,
         );
     }
 }
@@ -450,93 +497,89 @@ fn kept_users(global: &GlobalMetrics, max: usize) -> BTreeSet<&str> {
         .collect()
 }
 
+/// The families in the encoder's data model, in output order.
 #[derive(Default)]
 struct Out {
-    text: String,
+    families: Vec<MetricFamily>,
 }
 
 impl Out {
-    fn family(&mut self, name: &str, kind: &str, help: &str) {
-        self.text.push_str("# HELP ");
-        self.text.push_str(name);
-        self.text.push(' ');
-        self.text.push_str(&escape_help(help));
-        self.text.push_str("\n# TYPE ");
-        self.text.push_str(name);
-        self.text.push(' ');
-        self.text.push_str(kind);
-        self.text.push('\n');
+    fn family(&mut self, name: &str, kind: MetricType, help: &str) {
+        let mut f = MetricFamily::default();
+        f.set_name(name.to_owned());
+        f.set_help(help.to_owned());
+        f.set_field_type(kind);
+        self.families.push(f);
     }
 
-    fn sample(&mut self, name: &str, labels: &[(&str, String)], value: &str) {
-        self.text.push_str(name);
-        if !labels.is_empty() {
-            self.text.push('{');
-            for (i, (k, v)) in labels.iter().enumerate() {
-                if i > 0 {
-                    self.text.push(',');
-                }
-                self.text.push_str(k);
-                self.text.push_str("=\"");
-                self.text.push_str(&escape_label_value(v));
-                self.text.push('"');
-            }
-            self.text.push('}');
+    /// A sample of the family opened last (a counter's or a gauge's, by its type).
+    fn sample(&mut self, labels: &[(&str, String)], value: f64) {
+        let Some(f) = self.families.last_mut() else {
+            return;
+        };
+        let mut m = proto::Metric::from_label(label_pairs(labels));
+        if f.get_field_type() == MetricType::COUNTER {
+            let mut c = proto::Counter::default();
+            c.set_value(value);
+            m.set_counter(c);
+        } else {
+            let mut g = proto::Gauge::default();
+            g.set_value(value);
+            m.set_gauge(g);
         }
-        self.text.push(' ');
-        self.text.push_str(value);
-        self.text.push('\n');
+        f.mut_metric().push(m);
     }
 
-    fn histogram(&mut self, name: &str, labels: &[(&str, String)], h: &LatencyHistogram) {
-        let bucket = format!("{name}_bucket");
-        let mut with_le: Vec<(&str, String)> = labels.to_vec();
-        with_le.push(("le", String::new()));
-        for (le, n) in h.cumulative_buckets() {
-            if let Some(last) = with_le.last_mut() {
-                last.1 = float(le);
-            }
-            self.sample(&bucket, &with_le, &n.to_string());
-        }
-        if let Some(last) = with_le.last_mut() {
-            last.1 = "+Inf".to_owned();
-        }
-        self.sample(&bucket, &with_le, &h.count().to_string());
-        self.sample(&format!("{name}_sum"), labels, &float(h.sum_ms()));
-        self.sample(&format!("{name}_count"), labels, &h.count().to_string());
+    /// A histogram of the family opened last: its cumulative buckets (the encoder adds
+    /// `+Inf`), sum and count.
+    fn histogram(&mut self, labels: &[(&str, String)], h: &LatencyHistogram) {
+        let Some(f) = self.families.last_mut() else {
+            return;
+        };
+        let buckets = h
+            .cumulative_buckets()
+            .into_iter()
+            .map(|(le, n)| {
+                let mut b = proto::Bucket::default();
+                b.set_upper_bound(le);
+                b.set_cumulative_count(n);
+                b
+            })
+            .collect();
+        let mut p = proto::Histogram::default();
+        p.set_bucket(buckets);
+        p.set_sample_count(h.count());
+        p.set_sample_sum(h.sum_ms());
+        let mut m = proto::Metric::from_label(label_pairs(labels));
+        m.set_histogram(p);
+        f.mut_metric().push(m);
+    }
+
+    /// The text. A family without samples is left out (the format allows both; the encoder
+    /// refuses them), so no family is ever empty and the encoder cannot fail; were it to, the
+    /// scrape says so in a comment instead of losing the other families' lines silently.
+    fn text(self) -> String {
+        let families: Vec<MetricFamily> = self
+            .families
+            .into_iter()
+            .filter(|f| !f.get_metric().is_empty())
+            .collect();
+        TextEncoder::new()
+            .encode_to_string(&families)
+            .unwrap_or_else(|e| format!("# exposition failed: {e}\n"))
     }
 }
 
-/// A float as the text format writes it (Go's `ParseFloat` spellings for the specials).
-fn float(v: f64) -> String {
-    if v.is_nan() {
-        "NaN".to_owned()
-    } else if v == f64::INFINITY {
-        "+Inf".to_owned()
-    } else if v == f64::NEG_INFINITY {
-        "-Inf".to_owned()
-    } else {
-        v.to_string()
-    }
-}
-
-/// Label values escape backslash, double quote and line feed.
-pub fn escape_label_value(v: &str) -> String {
-    let mut s = String::with_capacity(v.len());
-    for c in v.chars() {
-        match c {
-            '\\' => s.push_str("\\\\"),
-            '"' => s.push_str("\\\""),
-            '\n' => s.push_str("\\n"),
-            c => s.push(c),
-        }
-    }
-    s
-}
-
-/// HELP text escapes backslash and line feed.
-fn escape_help(v: &str) -> String {
-    v.replace('\\', "\\\\").replace('\n', "\\n")
+fn label_pairs(labels: &[(&str, String)]) -> Vec<proto::LabelPair> {
+    labels
+        .iter()
+        .map(|(k, v)| {
+            let mut l = proto::LabelPair::default();
+            l.set_name((*k).to_owned());
+            l.set_value(v.clone());
+            l
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -614,7 +657,8 @@ mod tests {
         let mut relabelled = text.to_owned();
         for c in SEED_COUNTERS {
             let line = format!("# TYPE {c} counter\n");
-            assert_eq!(text.matches(&line).count(), 1, "{c}");
+            // Absent when no series has a sample.
+            assert!(text.matches(&line).count() <= 1, "{c}");
             relabelled = relabelled.replace(&line, &format!("# TYPE {c} gauge\n"));
         }
         parse_prometheus(&relabelled).unwrap_or_else(|e| panic!("{e:?}\n{text}"))
@@ -646,8 +690,12 @@ mod tests {
 
     #[test]
     fn every_seed_metric_with_help_type_and_labels() {
+        let mut alice = user("alice", "pro", &[3, 2]);
+        for s in [Series::BroadcastDelivery, Series::DoResponse] {
+            alice.observed.record_latency(NOW, "pro", s, 40.0);
+        }
         let text = render(
-            &global(&[user("alice", "pro", &[3, 2]), user("bob", "free", &[1])]),
+            &global(&[alice, user("bob", "free", &[1])]),
             &tiers(),
             &ExpositionOptions::default(),
         );
@@ -749,13 +797,8 @@ mod tests {
         assert!(
             text.contains(r#"ws_message_latency_bucket{user_id="alice",tier="pro",le="+Inf"} 2"#)
         );
-        // No broadcasts recorded: no series, but the family is declared.
-        assert_eq!(
-            exp.families["ws_broadcast_delivery_time"]
-                .iter_samples()
-                .count(),
-            0
-        );
+        // No broadcasts recorded: no series, and a family without series is left out.
+        assert!(!exp.families.contains_key("ws_broadcast_delivery_time"));
     }
 
     #[test]
@@ -902,9 +945,6 @@ mod tests {
 
     #[test]
     fn label_values_are_escaped() {
-        assert_eq!(escape_label_value(r#"a"b\c"#), r#"a\"b\\c"#);
-        assert_eq!(escape_label_value("x\ny"), r"x\ny");
-        assert_eq!(escape_help("a\\b\nc"), r"a\\b\nc");
         // A hostile tier name (the config rejects it, but a stored snapshot might carry
         // one) still yields a parseable exposition.
         let mut u = UserMetrics::new("alice", "pro", "single");
@@ -972,16 +1012,6 @@ mod tests {
             .map(|r| r.2)
             .sum::<f64>();
         assert_eq!(calls, 0.0);
-    }
-
-    #[test]
-    fn floats_use_the_formats_spellings() {
-        assert_eq!(float(0.1), "0.1");
-        assert_eq!(float(104857.6), "104857.6");
-        assert_eq!(float(f64::INFINITY), "+Inf");
-        assert_eq!(float(f64::NEG_INFINITY), "-Inf");
-        assert_eq!(float(f64::NAN), "NaN");
-        assert_eq!(float(3.0), "3");
     }
 
     #[test]

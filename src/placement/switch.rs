@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 
+use observability::exposition::PolicyGauges;
 use serde::{Deserialize, Serialize};
 use shard_policies::{parse_object_name, PolicyConfig};
 
@@ -161,24 +162,14 @@ pub fn exposition(default: &str, e: &Effective, users: usize, draining: u64) -> 
         Source::Config => default.to_owned(),
         _ => e.policy.to_string(),
     };
-    let esc = |s: &str| s.replace('\\', "\\\\").replace('"', "\\\"");
-    format!(
-        "# HELP edge_policy_info The shard policy new sockets follow, where it comes from, and SHARD_POLICY as deployed.\n\
-         # TYPE edge_policy_info gauge\n\
-         edge_policy_info{{policy=\"{}\",source=\"{source}\",default=\"{}\"}} 1\n\
-         # HELP edge_policy_version Changes made to the run-time policy (0: never).\n\
-         # TYPE edge_policy_version gauge\n\
-         edge_policy_version {}\n\
-         # HELP edge_policy_user_overrides Users with a shard policy of their own (canaries).\n\
-         # TYPE edge_policy_user_overrides gauge\n\
-         edge_policy_user_overrides {users}\n\
-         # HELP edge_draining_shards Shards draining now (rotation or a policy switch).\n\
-         # TYPE edge_draining_shards gauge\n\
-         edge_draining_shards {draining}\n",
-        esc(&active),
-        esc(default),
-        e.version,
-    )
+    observability::exposition::render_policy(&PolicyGauges {
+        active,
+        source,
+        default: default.to_owned(),
+        version: e.version,
+        user_overrides: users as u64,
+        draining_shards: draining,
+    })
 }
 
 #[cfg(test)]
