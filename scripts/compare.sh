@@ -21,6 +21,8 @@
 # set e.g. TIER_MIX=load:1 to give them the `load` tier), ARRIVAL=closed|open.
 # After each run the gateway is stopped and the Durable Objects it created and their storage
 # rows are counted from its state directory (load-tests/lib/do_storage.py).
+# GATEWAY_VARS="NAME:VALUE ..." sets vars on every edge policy's gateway (not the baseline's),
+# e.g. METRICS_PUSH_MS:60000, to compare a setting; the report names them.
 # Raw data (k6 summaries, time series, samples, gateway logs) stays in load-tests/out/.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -148,13 +150,21 @@ case $upstream in
   *) echo "error: UPSTREAM is off, service (the reference upstream) or failing (a refused URL), not \"$upstream\"" >&2; exit 2 ;;
 esac
 
+gateway_vars=()
+for v in ${GATEWAY_VARS:-}; do
+  case $v in
+    [A-Z]*:*) gateway_vars+=(--var "$v") ;;
+    *) echo "error: GATEWAY_VARS takes NAME:VALUE words, not \"$v\"" >&2; exit 2 ;;
+  esac
+done
+
 # A policy's gateway, or the baseline in its place.
 start_target() {
   if [ "$1" = baseline ]; then
     # shellcheck disable=SC2119 # no extra wrangler arguments
     gw_start_baseline
   else
-    gw_start "$1" --var "TIERS:$tiers" --var "SHARD_MAX_CONNECTIONS:$CAP" "${upstream_args[@]}"
+    gw_start "$1" --var "TIERS:$tiers" --var "SHARD_MAX_CONNECTIONS:$CAP" "${upstream_args[@]}" "${gateway_vars[@]}"
   fi
 }
 
@@ -320,7 +330,7 @@ total=$(($(date +%s) - started))
 jq -n --arg mode "$mode" --arg shape "$shape" --argjson planned "$planned_s" --argjson total "$total" --arg cap "$CAP" \
   --argjson tier_limit "$LOAD_TIER_LIMIT" --arg users "${users:-1}" --arg who "$who" --arg upstream "$upstream" \
   --arg report_name "$REPORT_NAME" --arg arrival "$arrival" --arg tier_mix "${tier_mix:-}" --argjson sample_s "$SAMPLE_S" \
-  --arg fleet_duration "${FLEET_DURATION:-}" \
+  --arg fleet_duration "${FLEET_DURATION:-}" --arg gateway_vars "${GATEWAY_VARS:-}" \
   --arg wrangler "$(node_modules/.bin/wrangler --version 2>/dev/null | tail -n 1)" \
   --arg workerd "$(node_modules/.bin/workerd --version 2>/dev/null | awk '{ print $2 }')" \
   --arg k6 "$("$K6" version | head -n 1)" --arg cpus "$(nproc)" \
@@ -329,7 +339,7 @@ jq -n --arg mode "$mode" --arg shape "$shape" --argjson planned "$planned_s" --a
   '{mode: $mode, shape: $shape, planned_s: $planned, total_s: $total, shard_max_connections: ($cap | tonumber),
     tier_limit: $tier_limit, users: ($users | tonumber), load: $who, upstream: $upstream, report_name: $report_name,
     arrival: $arrival, tier_mix: $tier_mix, sample_interval_s: $sample_s, fleet_duration_s: ($fleet_duration | tonumber? // null),
-    wrangler: $wrangler, workerd: $workerd, k6: $k6, cpus: ($cpus | tonumber), memory: $mem, cpu: $cpu}' \
+    gateway_vars: $gateway_vars, wrangler: $wrangler, workerd: $workerd, k6: $k6, cpus: ($cpus | tonumber), memory: $mem, cpu: $cpu}' \
   >"$run_dir/run.json"
 echo
 echo "compare: all $n policies ran in $(fmt_s "$total"); writing the report"

@@ -1023,7 +1023,8 @@ def markdown(run: Run, rows, chart_files: list[tuple[str, str]]) -> str:
     shape_arg = ("" if run.shape == "steady" else f"SHAPE={run.shape} ") + (
         f"ARRIVAL={run.arrival} " if run.arrival != "closed" else "") + (
         f"USERS={run.info.get('users')} " if run.shape == "fleet" else "") + (
-        f"UPSTREAM={run.upstream} " if run.upstream != "off" else "")
+        f"UPSTREAM={run.upstream} " if run.upstream != "off" else "") + (
+        f"GATEWAY_VARS=\"{run.info['gateway_vars']}\" " if run.info.get("gateway_vars") else "")
     md = [
         f"# WebSocket capacity: `{run.mode}` ({run.shape}) policy comparison, {run.date}",
         "",

@@ -49,7 +49,7 @@ pub const VARS: &[(&str, Option<&str>)] = &[
     ("FRAME_RATE", Some("50")),
     ("FRAME_BURST", Some("200")),
     ("REVOCATION_POLL_MS", Some("5000")),
-    ("METRICS_PUSH_MS", Some("10000")),
+    ("METRICS_PUSH_MS", Some("60000")),
     ("PRESENCE_GRACE_MS", Some("0")),
     ("TEST_KNOBS", Some("off")),
     ("REGISTRY_SHARDS", Some("8")),
