@@ -293,6 +293,7 @@ async fn a_machine_back_within_the_grace_window_does_not_flicker() {
     );
     let t = g.token(&user("grace"), "pro").await;
     let mut app = g.connect(&t, "").await;
+    g.seen(&t, &[&app]).await;
     let q = "clientType=machine-scoped&machineId=m-grace";
     let daemon = g.connect(&t, q).await;
     let on = next_status(&mut app, Duration::from_secs(3))
@@ -510,6 +511,7 @@ async fn a_machine_moved_onto_the_home_is_never_announced_offline() {
     let t = g.token(&u, "pro").await;
     let q = "clientType=machine-scoped&machineId=m-home";
     let mut app = g.connect(&t, "").await;
+    g.seen(&t, &[&app]).await;
     let mut daemon = g.connect(&t, q).await;
     assert!(shard(&daemon).contains(":h") && shard(&app).contains(":h"));
     let on = next_status(&mut app, Duration::from_secs(3))

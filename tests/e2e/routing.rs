@@ -4,7 +4,7 @@
 //! `hash:shards=8` with a cap of 4 sockets per shard, and `session` (each CLI session on its
 //! own shard, apps and daemons on the base shard).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use futures_util::future::join_all;
@@ -13,26 +13,6 @@ use serde_json::{json, Value};
 use crate::support::{platform_token, user, Client, Gateway};
 
 const QUIET: Duration = Duration::from_millis(500);
-
-/// Waits until the user's home lists every client's shard with at least the sockets
-/// `clients` put there (reports reach it within 250 ms, later on a loaded machine), then for
-/// the prompt push to the other shards that follows an addition (docs/architecture.md): a
-/// socket that just connected is not yet in the view another shard routes by.
-async fn seen(g: &Gateway, t: &str, clients: &[&Client]) {
-    let mut want: BTreeMap<String, u64> = BTreeMap::new();
-    for c in clients {
-        *want.entry(shard(c)).or_default() += 1;
-    }
-    g.stats_when(t, |st| {
-        let rows = st["shards"].as_array().cloned().unwrap_or_default();
-        want.iter().all(|(name, n)| {
-            rows.iter()
-                .any(|r| r["name"] == name.as_str() && r["connections"].as_u64() >= Some(*n))
-        })
-    })
-    .await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-}
 
 fn hash8() -> &'static Gateway {
     Gateway::shared(
@@ -169,7 +149,7 @@ async fn concurrent_rpcs_from_several_apps_each_get_their_own_answer() {
     assert!(shards.len() > 1, "apps on one shard only: {shards:?}");
     let mut all: Vec<&Client> = apps.iter().collect();
     all.push(&m);
-    seen(g, &t, &all).await;
+    g.seen(&t, &all).await;
     for (i, a) in apps.iter_mut().enumerate() {
         for k in 0..3 {
             a.send(&json!({"event": "rpc-call", "data": {"method": "mach-c:echo", "params": format!("{i}-{k}")}, "ackId": format!("a{i}-{k}")}).to_string())
@@ -205,7 +185,7 @@ async fn session_rpc(g: &Gateway) {
     let mut app = elsewhere(g, &t, APP, &[&s1]).await;
     let mut other_app = g.connect(&t, APP).await;
     // Each socket must be in the view the caller's shard routes by.
-    seen(g, &t, &[&s1, &s2, &app, &other_app]).await;
+    g.seen(&t, &[&s1, &s2, &app, &other_app]).await;
     app.send(r#"{"event":"rpc-request","data":{"method":"sess-1:permission","params":"x"},"ackId":"q1"}"#)
         .await;
     answer(&mut s1, |_| json!({"ok": true, "result": "granted"})).await;
@@ -372,7 +352,7 @@ async fn events_are_forwarded_both_ways_across_shards() {
         elsewhere(g, &t, APP, &[&s1]).await,
         elsewhere(g, &t, APP, &[&s2]).await,
     ];
-    seen(g, &t, &[&s1, &s2, &m, &apps[0], &apps[1]]).await;
+    g.seen(&t, &[&s1, &s2, &m, &apps[0], &apps[1]]).await;
     // CLI -> every app, under the event's own name, with its ackId; other CLIs do not get it.
     s1.send(r#"{"event":"session-revival-paused","data":{"sid":"s1","n":1},"ackId":"k1"}"#)
         .await;
@@ -503,6 +483,8 @@ async fn presence_is_counted_across_shards_and_overlapping_reconnects_do_not_fla
     let t = platform_token(&user("presence"));
     let mut app = g.connect(&t, APP).await;
     let mut far_app = elsewhere(g, &t, APP, &[&app]).await;
+    // Both apps in the home's book before the machine's notice is sent.
+    g.seen(&t, &[&app, &far_app]).await;
     let old = g.connect(&t, &machine("mach-p")).await;
     for a in [&mut app, &mut far_app] {
         assert_eq!(presence(a, "mach-p").await, (true, true));
@@ -535,8 +517,8 @@ async fn two_users_with_the_same_session_and_machine_ids_never_reach_each_other(
     let mut bs = g.connect(&tb, &cli_session("shared-s")).await;
     let mut aapp = g.connect(&ta, APP).await;
     let mut bapp = g.connect(&tb, APP).await;
-    seen(g, &ta, &[&am, &asess, &aapp]).await;
-    seen(g, &tb, &[&bm, &bs, &bapp]).await;
+    g.seen(&ta, &[&am, &asess, &aapp]).await;
+    g.seen(&tb, &[&bm, &bs, &bapp]).await;
     aapp.send(r#"{"event":"rpc-call","data":{"method":"shared-m:x"},"ackId":"a"}"#)
         .await;
     answer(&mut am, |_| json!("for-a")).await;
@@ -572,6 +554,7 @@ async fn a_workerd_restart_mid_conversation_leaves_no_phantom_and_misses_no_offl
     );
     let t = platform_token(&user("restart"));
     let mut app = g.connect(&t, APP).await;
+    g.seen(&t, &[&app]).await;
     let mut m = elsewhere(&g, &t, &machine("mach-x"), &[&app]).await;
     assert!(presence(&mut app, "mach-x").await.0);
     app.send(r#"{"event":"rpc-call","data":{"method":"mach-x:a"},"ackId":"before"}"#)

@@ -527,6 +527,28 @@ impl Gateway {
         }
     }
 
+    /// Waits until the user's home lists every client's shard with at least the sockets
+    /// `clients` put there (reports reach it within 250 ms, later on a loaded machine), then
+    /// for the prompt push to the other shards that follows an addition
+    /// (docs/architecture.md): until then a frame or a presence notice from another shard
+    /// can miss a socket that just connected.
+    pub async fn seen(&self, token: &str, clients: &[&Client]) {
+        let mut want: HashMap<String, u64> = HashMap::new();
+        for c in clients {
+            let shard = c.connected["data"]["shard"].as_str().unwrap_or_default();
+            *want.entry(shard.to_owned()).or_default() += 1;
+        }
+        self.stats_when(token, |st| {
+            let rows = st["shards"].as_array().cloned().unwrap_or_default();
+            want.iter().all(|(name, n)| {
+                rows.iter()
+                    .any(|r| r["name"] == name.as_str() && r["connections"].as_u64() >= Some(*n))
+            })
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+
     /// The user's stats at once (the home's own sockets are live, the others' as last reported).
     pub async fn stats_now(&self, token: &str) -> Value {
         let r = reqwest::Client::new()
