@@ -15,7 +15,8 @@
 //!              reporter, drain, moves, policy, business events, end), home/ (the role a
 //!              user's home shard plays: ledger, book, moves, policy, stats, registry push),
 //!              registry/, revocations/, control/ (run-time policies), the hook outbox
-//! runtime      the thin layer to workers-rs: env, clock, typed calls, alarms
+//! runtime/     the thin layer to workers-rs: env, clock, alarms; calls: typed messages to
+//!              the objects by Durable Object RPC (`ask`, `rpc_object!`)
 //! object_api   what each object is asked and answers: one type per message (`Message`)
 //! placement/   the bridge to `shard-policies`, leases (exact limits), SLO admission, the
 //!              run-time switch's state (`switch`)

@@ -596,9 +596,9 @@ mod tests {
 
     #[test]
     fn the_frame_guard_matches_the_config() {
-        // scripts/frame-guard.mjs refuses oversized frames before they enter wasm: its
+        // scripts/entry.mjs refuses oversized frames before they enter wasm: its
         // default, range, code and texts must be the ones the wasm side uses.
-        let js = include_str!("../../scripts/frame-guard.mjs");
+        let js = include_str!("../../scripts/entry.mjs");
         for line in [
             format!("const DEFAULT_MAX_MESSAGE_BYTES = {DEFAULT_MAX_MESSAGE_BYTES};"),
             "const MIN_MESSAGE_BYTES = 128;".to_owned(),
@@ -610,7 +610,7 @@ mod tests {
             "message: `frame is ${size} bytes; MAX_MESSAGE_BYTES is ${max}`,".to_owned(),
             r#"ws.close(MESSAGE_TOO_BIG, "message too big");"#.to_owned(),
         ] {
-            assert!(js.contains(&line), "frame-guard.mjs lacks `{line}`");
+            assert!(js.contains(&line), "entry.mjs lacks `{line}`");
         }
         assert_eq!(
             with(&[("MAX_MESSAGE_BYTES", "127")]).unwrap_err().var,

@@ -149,7 +149,7 @@ pub async fn user_disconnect(
 pub async fn revocations(req: &Request, env: &Env, cfg: &Config) -> Result<Response, ApiError> {
     authorize(req, cfg)?;
     let unavailable = |e: worker::Error| ApiError::new(503, "feed_unavailable", e.to_string());
-    let stub = runtime::stub(
+    let stub = runtime::object(
         env,
         crate::object_api::REVOCATIONS_BINDING,
         crate::object_api::REVOCATIONS_NAME,
@@ -190,7 +190,7 @@ pub async fn test_shard(mut req: Request, env: &Env, cfg: &Config) -> Result<Res
     }
     let internal = |e: worker::Error| ApiError::new(502, "shard_unavailable", e.to_string());
     let stub =
-        runtime::stub(env, crate::object_api::SHARD_BINDING, &body.shard).map_err(internal)?;
+        runtime::object(env, crate::object_api::SHARD_BINDING, &body.shard).map_err(internal)?;
     let knob = Knob {
         latency_ms: body.latency_ms,
         fault: body.fault,
@@ -276,7 +276,7 @@ pub async fn test_registry(
                 let calls = chunk.iter().map(|p| async move {
                     let push: observability::registry::Push = serde_json::from_value(p.clone())?;
                     let name = placement::registry_name(&push.metrics.user_id, cfg.registry_shards);
-                    let stub = runtime::stub(env, crate::object_api::REGISTRY_BINDING, &name)?;
+                    let stub = runtime::object(env, crate::object_api::REGISTRY_BINDING, &name)?;
                     runtime::ask(&stub, None, &crate::object_api::Ingest(push)).await
                 });
                 for r in futures::future::join_all(calls).await {
@@ -292,7 +292,7 @@ pub async fn test_registry(
         (Method::Get, "/admin/test/registry/storage") => {
             let mut shapes = Vec::new();
             for name in placement::registry_names(cfg.registry_shards) {
-                let stub = runtime::stub(env, crate::object_api::REGISTRY_BINDING, &name)
+                let stub = runtime::object(env, crate::object_api::REGISTRY_BINDING, &name)
                     .map_err(internal)?;
                 let shape = runtime::ask(&stub, None, &crate::object_api::RegistryStorage {})
                     .await
@@ -327,7 +327,7 @@ pub fn test_memory(req: &Request, cfg: &Config) -> Result<Response, ApiError> {
 async fn global(env: &Env, cfg: &Config) -> GlobalMetrics {
     let names = placement::registry_names(cfg.registry_shards);
     let calls = names.iter().map(|name| async move {
-        let stub = runtime::stub(env, crate::object_api::REGISTRY_BINDING, name).ok()?;
+        let stub = runtime::object(env, crate::object_api::REGISTRY_BINDING, name).ok()?;
         let r = runtime::timeout(
             cfg.fanout_timeout_ms,
             runtime::ask(&stub, None, &SnapshotRequest {}),

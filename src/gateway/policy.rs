@@ -53,6 +53,6 @@ pub fn remember(s: PolicyState) {
 }
 
 async fn read(env: &Env) -> worker::Result<PolicyState> {
-    let stub = runtime::stub(env, CONTROL_BINDING, CONTROL_NAME)?;
+    let stub = runtime::object(env, CONTROL_BINDING, CONTROL_NAME)?;
     runtime::ask(&stub, None, &PolicyGet {}).await
 }

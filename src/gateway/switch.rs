@@ -99,7 +99,7 @@ pub async fn policy(mut req: Request, env: &Env, cfg: &Config) -> Result<Respons
             ))
         }
     };
-    let stub = runtime::stub(env, CONTROL_BINDING, CONTROL_NAME).map_err(unavailable)?;
+    let stub = runtime::object(env, CONTROL_BINDING, CONTROL_NAME).map_err(unavailable)?;
     let reply: PolicySetReply = runtime::ask(&stub, None, &set).await.map_err(unavailable)?;
     if let Some(why) = reply.refused {
         return Err(ApiError::new(409, "too_many_user_policies", why));

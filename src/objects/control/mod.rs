@@ -16,7 +16,7 @@ use worker::{console_error, durable_object, DurableObject, Env, Request, Respons
 use crate::object_api::{Message, NoticeUsers, PolicyGet, PolicyNotice, PolicySet, PolicySetReply};
 use crate::placement::switch::{PolicyState, Switch};
 use crate::protocol::ApiError;
-use crate::runtime;
+use crate::runtime::{self, Call, Reply};
 
 const KEY: &str = "policy";
 /// How long the control waits for each registry or home it tells.
@@ -47,22 +47,29 @@ impl DurableObject for Control {
         }
     }
 
-    async fn fetch(&self, mut req: Request) -> worker::Result<Response> {
-        match req.path().as_str() {
-            <PolicyGet as Message>::PATH => runtime::json(200, &*self.policies.borrow()),
-            <PolicySet as Message>::PATH => {
-                let set: PolicySet = runtime::body_json(&mut req).await?;
-                self.set(set).await
-            }
-            p => runtime::error(&ApiError::new(404, "not_found", format!("no route {p}"))),
-        }
+    async fn fetch(&self, req: Request) -> worker::Result<Response> {
+        self.on_call(Call::read(req).await?).await?.into_response()
     }
 
     runtime::socketless_handlers!();
 }
 
+runtime::rpc_object!(Control);
+
 impl Control {
-    async fn set(&self, set: PolicySet) -> worker::Result<Response> {
+    async fn on_call(&self, call: Call) -> worker::Result<Reply> {
+        match call.path.as_str() {
+            <PolicyGet as Message>::PATH => Reply::json(&*self.policies.borrow()),
+            <PolicySet as Message>::PATH => self.set(call.message()?).await,
+            p => Ok(Reply::error(&ApiError::new(
+                404,
+                "not_found",
+                format!("no route {p}"),
+            ))),
+        }
+    }
+
+    async fn set(&self, set: PolicySet) -> worker::Result<Reply> {
         let cfg =
             runtime::config(&self.env).map_err(|e| worker::Error::RustError(e.to_string()))?;
         let mut next = self.policies.borrow().clone();
@@ -78,7 +85,7 @@ impl Control {
                 state: next,
                 refused: Some(e.to_string()),
             };
-            return runtime::json(200, &refused);
+            return Reply::json(&refused);
         }
         // Stored before anyone is told: a notice never runs ahead of what isolates read.
         self.state.storage().put(KEY, &next).await?;
@@ -108,13 +115,10 @@ impl Control {
                 self.tell_registries(registries, NoticeUsers { notice, except });
             }
         }
-        runtime::json(
-            200,
-            &PolicySetReply {
-                state: next,
-                refused: None,
-            },
-        )
+        Reply::json(&PolicySetReply {
+            state: next,
+            refused: None,
+        })
     }
 
     /// One user's policy changed: its home tells its shards (in the background).
@@ -138,7 +142,7 @@ impl Control {
                 let (env, msg) = (&env, &msg);
                 async move {
                     let stub =
-                        runtime::stub(env, crate::object_api::REGISTRY_BINDING, name).ok()?;
+                        runtime::object(env, crate::object_api::REGISTRY_BINDING, name).ok()?;
                     runtime::timeout(NOTICE_TIMEOUT_MS, runtime::ask(&stub, None, msg))
                         .await?
                         .ok()

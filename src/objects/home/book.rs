@@ -288,7 +288,7 @@ impl Home {
                     let (env, batch) = (&env, &batch);
                     async move {
                         let stub =
-                            runtime::stub(env, crate::object_api::SHARD_BINDING, name).ok()?;
+                            runtime::object(env, crate::object_api::SHARD_BINDING, name).ok()?;
                         runtime::timeout(RECLAIM_TIMEOUT_MS, runtime::ask(&stub, Some(name), batch))
                             .await?
                             .ok()
@@ -414,7 +414,7 @@ async fn send_view(
     let calls = targets.iter().map(|name| {
         let push = &push;
         async move {
-            let Ok(stub) = runtime::stub(env, crate::object_api::SHARD_BINDING, name) else {
+            let Ok(stub) = runtime::object(env, crate::object_api::SHARD_BINDING, name) else {
                 return;
             };
             let r =

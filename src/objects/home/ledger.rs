@@ -201,7 +201,7 @@ impl Home {
         }
         let env = &self.env;
         let calls = targets.iter().map(|name| async move {
-            let stub = runtime::stub(env, crate::object_api::SHARD_BINDING, name).ok()?;
+            let stub = runtime::object(env, crate::object_api::SHARD_BINDING, name).ok()?;
             let r = runtime::timeout(
                 RECLAIM_TIMEOUT_MS,
                 runtime::ask(&stub, Some(name), &Reclaim {}),

@@ -81,7 +81,7 @@ impl Home {
         let n = runtime::config(&self.env)
             .map(|c| c.registry_shards)
             .unwrap_or(1);
-        let sent = match runtime::stub(
+        let sent = match runtime::object(
             &self.env,
             crate::object_api::REGISTRY_BINDING,
             &placement::registry_name(&user, n),

@@ -22,7 +22,7 @@ use crate::object_api::{
     Done, Ingest as IngestPush, Ingested, Message, NoticeUsers, RegistryStorage, SnapshotRequest,
 };
 use crate::protocol::ApiError;
-use crate::runtime;
+use crate::runtime::{self, Call, Reply};
 use observability::metrics::GlobalMetrics;
 use observability::registry::{self, Ingest, Push, UserRecord, LEGACY_KEY, USER_PREFIX};
 
@@ -66,26 +66,8 @@ impl DurableObject for Registry {
         }
     }
 
-    async fn fetch(&self, mut req: Request) -> worker::Result<Response> {
-        let path = req.path();
-        match path.as_str() {
-            <IngestPush as Message>::PATH => {
-                let IngestPush(push) = runtime::body_json(&mut req).await?;
-                self.ingest(push).await
-            }
-            <SnapshotRequest as Message>::PATH => runtime::json(200, &self.snapshot()),
-            <NoticeUsers as Message>::PATH => {
-                let n: NoticeUsers = runtime::body_json(&mut req).await?;
-                self.notice_users(n);
-                runtime::json(200, &Done {})
-            }
-            <RegistryStorage as Message>::PATH
-                if runtime::config(&self.env).is_ok_and(|c| c.test_knobs) =>
-            {
-                runtime::json(200, &storage_shape(&self.state.storage()).await?)
-            }
-            _ => runtime::error(&ApiError::new(404, "not_found", format!("no route {path}"))),
-        }
+    async fn fetch(&self, req: Request) -> worker::Result<Response> {
+        self.on_call(Call::read(req).await?).await?.into_response()
     }
 
     async fn alarm(&self) -> worker::Result<Response> {
@@ -99,6 +81,8 @@ impl DurableObject for Registry {
 const NOTICE_CONCURRENCY: usize = 16;
 /// How long a registry waits for each home it tells.
 const NOTICE_TIMEOUT_MS: u32 = 5_000;
+
+runtime::rpc_object!(Registry);
 
 impl Registry {
     /// Tells the home of every user here with open sockets (but `except`) of a policy
@@ -159,17 +143,44 @@ impl Registry {
         Response::ok("")
     }
 
+    async fn on_call(&self, call: Call) -> worker::Result<Reply> {
+        match call.path.as_str() {
+            <IngestPush as Message>::PATH => {
+                let IngestPush(push) = call.message()?;
+                self.ingest(push).await
+            }
+            <SnapshotRequest as Message>::PATH => Reply::json(&self.snapshot()),
+            <NoticeUsers as Message>::PATH => {
+                self.notice_users(call.message()?);
+                Reply::json(&Done {})
+            }
+            <RegistryStorage as Message>::PATH
+                if runtime::config(&self.env).is_ok_and(|c| c.test_knobs) =>
+            {
+                Reply::json(&storage_shape(&self.state.storage()).await?)
+            }
+            p => Ok(Reply::error(&ApiError::new(
+                404,
+                "not_found",
+                format!("no route {p}"),
+            ))),
+        }
+    }
+
     /// A home's push: the user's record, updated, is stored before it is kept, so a
     /// failed write changes nothing and its retry applies once.
-    async fn ingest(&self, push: Push) -> worker::Result<Response> {
+    async fn ingest(&self, push: Push) -> worker::Result<Reply> {
         let user = push.metrics.user_id.clone();
         if user.is_empty() {
-            return runtime::error(&ApiError::bad_request("invalid_body", "no userId"));
+            return Ok(Reply::error(&ApiError::bad_request(
+                "invalid_body",
+                "no userId",
+            )));
         }
         let now = runtime::now_ms();
         let have = self.users.borrow().get(&user).cloned();
         match registry::ingest(have.as_ref(), push, now) {
-            Ingest::Duplicate => runtime::json(200, &Ingested { duplicate: true }),
+            Ingest::Duplicate => Reply::json(&Ingested { duplicate: true }),
             Ingest::Apply(rec) => {
                 let text = serde_json::to_string(&rec)?;
                 self.state
@@ -180,7 +191,7 @@ impl Registry {
                 if !self.sweep_armed.get() {
                     self.arm_sweep(now).await?;
                 }
-                runtime::json(200, &Ingested::default())
+                Reply::json(&Ingested::default())
             }
         }
     }

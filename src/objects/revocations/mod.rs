@@ -20,7 +20,7 @@ pub use crate::auth::revocation::Feed;
 use crate::auth::revocation::Row;
 use crate::object_api::{Disconnect, DisconnectUser, Done, Ensure, FeedStatus, Message};
 use crate::protocol::{ApiError, CredentialEnd};
-use crate::runtime;
+use crate::runtime::{self, Call, Reply};
 
 const KEY: &str = "feed";
 /// Rows read per query; a full page is followed by another query at once.
@@ -53,22 +53,7 @@ impl DurableObject for Revocations {
     }
 
     async fn fetch(&self, req: Request) -> worker::Result<Response> {
-        match req.path().as_str() {
-            <Ensure as Message>::PATH => {
-                if self.state.storage().get_alarm().await?.is_none() {
-                    self.state
-                        .storage()
-                        .set_alarm(runtime::scheduled(runtime::now_ms()))
-                        .await?;
-                }
-                runtime::json(200, &Done {})
-            }
-            <FeedStatus as Message>::PATH => {
-                let f = self.feed.borrow().clone();
-                runtime::json(200, &f)
-            }
-            p => runtime::error(&ApiError::new(404, "not_found", format!("no route {p}"))),
-        }
+        self.on_call(Call::read(req).await?).await?.into_response()
     }
 
     async fn alarm(&self) -> worker::Result<Response> {
@@ -90,6 +75,33 @@ impl DurableObject for Revocations {
     }
 
     runtime::socketless_handlers!();
+}
+
+runtime::rpc_object!(Revocations);
+
+impl Revocations {
+    async fn on_call(&self, call: Call) -> worker::Result<Reply> {
+        match call.path.as_str() {
+            <Ensure as Message>::PATH => {
+                if self.state.storage().get_alarm().await?.is_none() {
+                    self.state
+                        .storage()
+                        .set_alarm(runtime::scheduled(runtime::now_ms()))
+                        .await?;
+                }
+                Reply::json(&Done {})
+            }
+            <FeedStatus as Message>::PATH => {
+                let f = self.feed.borrow().clone();
+                Reply::json(&f)
+            }
+            p => Ok(Reply::error(&ApiError::new(
+                404,
+                "not_found",
+                format!("no route {p}"),
+            ))),
+        }
+    }
 }
 
 impl Revocations {
@@ -160,7 +172,7 @@ pub fn ensure(env: &Env, ctx: &worker::Context) {
     }
     let env = env.clone();
     runtime::wait_until(ctx, async move {
-        let Ok(stub) = runtime::stub(
+        let Ok(stub) = runtime::object(
             &env,
             crate::object_api::REVOCATIONS_BINDING,
             crate::object_api::REVOCATIONS_NAME,

@@ -220,7 +220,7 @@ impl ConnectionManager {
 
     async fn acquire(&self, c: &Connect, want: u32, open: u32) -> worker::Result<Granted> {
         let home = placement::home_name(&c.meta.user_id);
-        let stub = runtime::stub(&self.env, crate::object_api::SHARD_BINDING, &home)?;
+        let stub = runtime::object(&self.env, crate::object_api::SHARD_BINDING, &home)?;
         let body = Acquire {
             shard: c.shard.clone(),
             want,
@@ -424,7 +424,7 @@ impl ConnectionManager {
         self.save().await?;
         let reset = open == 0 && self.saved.borrow().lease.leased == 0;
         let home = placement::home_name(&user);
-        let stub = runtime::stub(&self.env, crate::object_api::SHARD_BINDING, &home)?;
+        let stub = runtime::object(&self.env, crate::object_api::SHARD_BINDING, &home)?;
         let body = Release {
             shard,
             n,

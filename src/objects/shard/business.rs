@@ -167,7 +167,7 @@ impl ConnectionManager {
             return self.home.set_usage_limits(value).await;
         }
         let home = placement::home_name(&meta.user_id);
-        let stub = runtime::stub(&self.env, crate::object_api::SHARD_BINDING, &home)?;
+        let stub = runtime::object(&self.env, crate::object_api::SHARD_BINDING, &home)?;
         runtime::ask(&stub, Some(&home), &UsageSet(value))
             .await
             .map(|_| ())

@@ -33,11 +33,9 @@ pub(crate) mod state;
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
-use std::future::Future;
 use std::rc::Rc;
 
 use futures::lock::Mutex;
-use serde::de::DeserializeOwned;
 use worker::{
     console_error, durable_object, DurableObject, Env, Request, Response, State, WebSocket,
     WebSocketIncomingMessage, WebSocketRequestResponsePair,
@@ -45,6 +43,7 @@ use worker::{
 
 use crate::auth::cache::BoundedMap;
 use crate::config::Config;
+use crate::object_api::SHARD_HEADER;
 use crate::object_api::{
     AckRelay, Acquire, ApplyPolicy, BroadcastRequest, Deliver, DeliverBatch, Delivered, Disconnect,
     DisconnectUser, Done, Fault, Handoff, Hold, IssueTicket, Knob, Message, Observed, Placement,
@@ -58,7 +57,7 @@ use crate::protocol::{Filter, SocketMeta};
 use crate::routing::guard::{SocketGuard, Verdict};
 use crate::routing::index::SocketIndex;
 use crate::routing::view::RoutingView;
-use crate::runtime::{self, AlarmClock, SHARD_HEADER};
+use crate::runtime::{self, answer, AlarmClock, Call, Reply};
 use observability::metrics::Series;
 use observability::stats::{ObjectLoad, ShardStats};
 use state::Persisted;
@@ -195,6 +194,10 @@ impl DurableObject for ConnectionManager {
     }
 
     async fn fetch(&self, req: Request) -> worker::Result<Response> {
+        if req.path() != CONNECT_PATH {
+            // A message by fetch: what an older caller sends mid-deploy (now RPC, `handle`).
+            return self.on_call(Call::read(req).await?).await?.into_response();
+        }
         let shard = req.headers().get(SHARD_HEADER)?.unwrap_or_default();
         if !shard.is_empty() {
             self.learn_name(&shard);
@@ -205,15 +208,9 @@ impl DurableObject for ConnectionManager {
             Err(e) => return runtime::error(&ApiError::new(503, "invalid_config", e.to_string())),
         };
         self.after_wake().await?;
-        let path = req.path();
-        if path == CONNECT_PATH {
-            runtime::sleep(self.knob(&cfg).latency_ms).await;
-            let resp = self.open_socket(&req, &cfg, started).await;
-            // A moved identity back on the home gets what was held for it after `connected`.
-            self.hand_off().await;
-            return resp;
-        }
-        let resp = self.route_message(req, &path, &cfg).await;
+        runtime::sleep(self.knob(&cfg).latency_ms).await;
+        let resp = self.open_socket(&req, &cfg, started).await;
+        // A moved identity back on the home gets what was held for it after `connected`.
         self.hand_off().await;
         resp
     }
@@ -313,16 +310,7 @@ impl DurableObject for ConnectionManager {
     }
 }
 
-/// Reads a message of type `M` from the request, lets `f` answer it, and sends its reply.
-async fn answer<M, F, Fut>(mut req: Request, f: F) -> worker::Result<Response>
-where
-    M: Message + DeserializeOwned,
-    F: FnOnce(M) -> Fut,
-    Fut: Future<Output = worker::Result<M::Reply>>,
-{
-    let m: M = runtime::body_json(&mut req).await?;
-    runtime::json(200, &f(m).await?)
-}
+runtime::rpc_object!(ConnectionManager);
 
 impl ConnectionManager {
     /// Arms the alarm for the home's first look after a wake, once.
@@ -352,22 +340,40 @@ impl ConnectionManager {
         now
     }
 
+    /// A message to this object, by RPC (`runtime::rpc_object!`) or by fetch.
+    async fn on_call(&self, call: Call) -> worker::Result<Reply> {
+        if !call.shard.is_empty() {
+            self.learn_name(&call.shard);
+        }
+        self.event(None);
+        let cfg = match runtime::config(&self.env) {
+            Ok(c) => c,
+            Err(e) => {
+                return Ok(Reply::error(&ApiError::new(
+                    503,
+                    "invalid_config",
+                    e.to_string(),
+                )))
+            }
+        };
+        self.after_wake().await?;
+        let reply = self.route_message(&call, &cfg).await;
+        self.hand_off().await;
+        reply
+    }
+
     /// One message to this object, by its type (`object_api`).
-    async fn route_message(
-        &self,
-        req: Request,
-        path: &str,
-        cfg: &Config,
-    ) -> worker::Result<Response> {
+    async fn route_message(&self, call: &Call, cfg: &Config) -> worker::Result<Reply> {
+        let path = call.path.as_str();
         match path {
             // Any shard.
             <Deliver as Message>::PATH
             | <DeliverBatch as Message>::PATH
             | <Handoff as Message>::PATH
-            | <AckRelay as Message>::PATH => self.route_delivery(req, path, cfg).await,
-            <Reclaim as Message>::PATH => answer(req, |_: Reclaim| self.reclaim()).await,
+            | <AckRelay as Message>::PATH => self.route_delivery(call, cfg).await,
+            <Reclaim as Message>::PATH => answer(call, |_: Reclaim| self.reclaim()).await,
             <PushView as Message>::PATH => {
-                answer(req, |PushView(v)| async move {
+                answer(call, |PushView(v)| async move {
                     self.learn_view(v);
                     Ok(Done {})
                 })
@@ -375,20 +381,20 @@ impl ConnectionManager {
             }
             <Disconnect as Message>::PATH => {
                 answer(
-                    req,
+                    call,
                     |d: Disconnect| async move { self.disconnect(&d).await },
                 )
                 .await
             }
             <ApplyPolicy as Message>::PATH => {
                 answer(
-                    req,
+                    call,
                     |ApplyPolicy(n)| async move { self.apply_policy(&n).await },
                 )
                 .await
             }
             <Knob as Message>::PATH if cfg.test_knobs => {
-                answer(req, |k: Knob| async move {
+                answer(call, |k: Knob| async move {
                     self.saved.borrow_mut().knob = k.clone();
                     self.save().await?;
                     Ok(k)
@@ -396,53 +402,48 @@ impl ConnectionManager {
                 .await
             }
             // The user's home.
-            p if p.starts_with("/home/") && self.is_home() => self.route_home(req, p, cfg).await,
-            _ => runtime::error(&ApiError::new(
+            p if p.starts_with("/home/") && self.is_home() => self.route_home(call, cfg).await,
+            _ => Ok(Reply::error(&ApiError::new(
                 404,
                 "not_found",
                 format!("no route {path} on {}", self.name()),
-            )),
+            ))),
         }
     }
 
     /// A delivery to this shard's sockets: one frame, a batch, a moved identity's handoff,
     /// or a call's answer.
-    async fn route_delivery(
-        &self,
-        req: Request,
-        path: &str,
-        cfg: &Config,
-    ) -> worker::Result<Response> {
+    async fn route_delivery(&self, call: &Call, cfg: &Config) -> worker::Result<Reply> {
         let each = |batch: &[Delivery], f: &dyn Fn(&Delivery) -> Delivered| {
             batch
                 .iter()
                 .map(f)
                 .fold(Delivered::default(), Delivered::sum)
         };
-        match path {
+        match call.path.as_str() {
             <Deliver as Message>::PATH => {
                 let knob = self.knob(cfg);
                 if let Some(r) = self.inject_fault(&knob, cfg).await {
-                    return r;
+                    return Ok(r);
                 }
                 runtime::sleep(knob.latency_ms).await;
-                answer(req, |Deliver(d)| async move { Ok(self.deliver(&d)) }).await
+                answer(call, |Deliver(d)| async move { Ok(self.deliver(&d)) }).await
             }
             <DeliverBatch as Message>::PATH => {
-                answer(req, |DeliverBatch(b)| async move {
+                answer(call, |DeliverBatch(b)| async move {
                     Ok(each(&b, &|d| self.deliver(d)))
                 })
                 .await
             }
             <Handoff as Message>::PATH => {
-                answer(req, |Handoff(b)| async move {
+                answer(call, |Handoff(b)| async move {
                     Ok(each(&b, &|d| self.hand_here(d)))
                 })
                 .await
             }
             // `AckRelay`, the only other path routed here.
             _ => {
-                answer(req, |a: AckRelay| async move {
+                answer(call, |a: AckRelay| async move {
                     let delivered = u64::from(self.answer(cfg, &a.ack_id, &a.ack));
                     Ok(Delivered {
                         delivered,
@@ -456,21 +457,21 @@ impl ConnectionManager {
     }
 
     /// A message to the home role.
-    async fn route_home(&self, req: Request, path: &str, cfg: &Config) -> worker::Result<Response> {
+    async fn route_home(&self, call: &Call, cfg: &Config) -> worker::Result<Reply> {
         let h = &self.home;
-        match path {
+        match call.path.as_str() {
             <Acquire as Message>::PATH => {
-                answer(req, |a: Acquire| h.acquire(cfg, a, self.open_count())).await
+                answer(call, |a: Acquire| h.acquire(cfg, a, self.open_count())).await
             }
             <Release as Message>::PATH => {
-                answer(req, |r: Release| async move {
+                answer(call, |r: Release| async move {
                     h.release(r).await?;
                     Ok(Done {})
                 })
                 .await
             }
             <ShardReport as Message>::PATH => {
-                answer(req, |r: ShardReport| async move {
+                answer(call, |r: ShardReport| async move {
                     self.fresh_own_base();
                     let t = h.take_report(r, false).await;
                     h.emit(t);
@@ -481,26 +482,32 @@ impl ConnectionManager {
                 .await
             }
             <RouteLookup as Message>::PATH => {
-                answer(req, |l: RouteLookup| async move { Ok(h.route(&l).await) }).await
+                answer(call, |l: RouteLookup| async move { Ok(h.route(&l).await) }).await
             }
             <TierGet as Message>::PATH => {
-                answer(req, |_: TierGet| async move { Ok(h.tier_info(cfg)) }).await
+                answer(call, |_: TierGet| async move { Ok(h.tier_info(cfg)) }).await
             }
-            <SetTier as Message>::PATH => answer(req, |t: SetTier| h.set_tier(cfg, t.tier)).await,
-            <IssueTicket as Message>::PATH => answer(req, |i: IssueTicket| h.issue_ticket(i)).await,
-            <Redeem as Message>::PATH => answer(req, |r: Redeem| h.redeem_ticket(cfg, r)).await,
+            <SetTier as Message>::PATH => answer(call, |t: SetTier| h.set_tier(cfg, t.tier)).await,
+            <IssueTicket as Message>::PATH => {
+                answer(call, |i: IssueTicket| h.issue_ticket(i)).await
+            }
+            <Redeem as Message>::PATH => answer(call, |r: Redeem| h.redeem_ticket(cfg, r)).await,
             <UsageGet as Message>::PATH => {
-                answer(req, |_: UsageGet| async move { Ok(h.usage_limits().await) }).await
+                answer(
+                    call,
+                    |_: UsageGet| async move { Ok(h.usage_limits().await) },
+                )
+                .await
             }
             <UsageSet as Message>::PATH => {
-                answer(req, |UsageSet(v)| async move {
+                answer(call, |UsageSet(v)| async move {
                     h.set_usage_limits(v).await?;
                     Ok(Done {})
                 })
                 .await
             }
             <Observed as Message>::PATH => {
-                answer(req, |o: Observed| async move {
+                answer(call, |o: Observed| async move {
                     h.observe(&o);
                     if o.outcomes
                         .contains(&observability::metrics::Outcome::Unavailable)
@@ -512,23 +519,18 @@ impl ConnectionManager {
                 })
                 .await
             }
-            _ => self.route_user_api(req, path, cfg).await,
+            _ => self.route_user_api(call, cfg).await,
         }
     }
 
     /// What the gateway and the edge's own objects ask of the user as a whole, at its home:
     /// stats, broadcasts, disconnects, moves and policy notices.
-    async fn route_user_api(
-        &self,
-        req: Request,
-        path: &str,
-        cfg: &Config,
-    ) -> worker::Result<Response> {
+    async fn route_user_api(&self, call: &Call, cfg: &Config) -> worker::Result<Reply> {
         let h = &self.home;
-        match path {
+        match call.path.as_str() {
             <StatsRequest as Message>::PATH => {
                 let started = runtime::now_ms();
-                let resp = answer(req, |_: StatsRequest| async move {
+                let resp = answer(call, |_: StatsRequest| async move {
                     h.confirm().await?;
                     Ok(h.user_stats(cfg, self.stats()))
                 })
@@ -539,7 +541,7 @@ impl ConnectionManager {
             }
             <BroadcastRequest as Message>::PATH => {
                 let started = runtime::now_ms();
-                let resp = answer(req, |BroadcastRequest(d)| async move {
+                let resp = answer(call, |BroadcastRequest(d)| async move {
                     Ok(self.broadcast(&d).await)
                 })
                 .await;
@@ -548,13 +550,13 @@ impl ConnectionManager {
                 resp
             }
             <DisconnectUser as Message>::PATH => {
-                answer(req, |DisconnectUser(d)| async move {
+                answer(call, |DisconnectUser(d)| async move {
                     self.disconnect_user(&d).await
                 })
                 .await
             }
             <Hold as Message>::PATH => {
-                answer(req, |hold: Hold| async move {
+                answer(call, |hold: Hold| async move {
                     self.fresh_own_base();
                     let t = h.hold(&hold);
                     h.emit(t);
@@ -564,12 +566,16 @@ impl ConnectionManager {
                 .await
             }
             <PolicyNotice as Message>::PATH => {
-                answer(req, |n: PolicyNotice| async move {
+                answer(call, |n: PolicyNotice| async move {
                     self.policy_notice(&n).await
                 })
                 .await
             }
-            _ => runtime::error(&ApiError::new(404, "not_found", format!("no route {path}"))),
+            p => Ok(Reply::error(&ApiError::new(
+                404,
+                "not_found",
+                format!("no route {p}"),
+            ))),
         }
     }
 
@@ -582,16 +588,16 @@ impl ConnectionManager {
         }
     }
 
-    async fn inject_fault(&self, knob: &Knob, cfg: &Config) -> Option<worker::Result<Response>> {
+    async fn inject_fault(&self, knob: &Knob, cfg: &Config) -> Option<Reply> {
         match knob.fault? {
-            Fault::Error => Some(runtime::error(&ApiError::new(
+            Fault::Error => Some(Reply::error(&ApiError::new(
                 500,
                 "injected_fault",
                 "this shard fails on purpose (TEST_KNOBS)",
             ))),
             Fault::Hang => {
                 runtime::sleep(cfg.fanout_timeout_ms + 1_000).await;
-                Some(runtime::error(&ApiError::new(
+                Some(Reply::error(&ApiError::new(
                     504,
                     "injected_hang",
                     "this shard answered late on purpose (TEST_KNOBS)",

@@ -176,7 +176,7 @@ impl ConnectionManager {
             }
             Some(async move {
                 let stub =
-                    runtime::stub(&self.env, crate::object_api::SHARD_BINDING, &shard).ok()?;
+                    runtime::object(&self.env, crate::object_api::SHARD_BINDING, &shard).ok()?;
                 let msg = Handoff(batch);
                 runtime::timeout(MOVE_CALL_MS, runtime::ask(&stub, Some(&shard), &msg))
                     .await?

@@ -25,7 +25,8 @@ impl ConnectionManager {
         let calls = others.iter().map(|name| {
             let body = &body;
             async move {
-                let stub = runtime::stub(&self.env, crate::object_api::SHARD_BINDING, name).ok()?;
+                let stub =
+                    runtime::object(&self.env, crate::object_api::SHARD_BINDING, name).ok()?;
                 runtime::timeout(
                     APPLY_TIMEOUT_MS,
                     runtime::ask_encoded(&stub, Some(name), body),

@@ -323,7 +323,7 @@ impl ConnectionManager {
             wait_for: wait_for.map(str::to_owned),
             wait_ms: ROUTE_WAIT_MS,
         };
-        let fetched = match runtime::stub(
+        let fetched = match runtime::object(
             &self.env,
             crate::object_api::SHARD_BINDING,
             &placement::home_name(&self.user()),

@@ -116,7 +116,7 @@ impl Sender {
     }
 
     async fn send(&self, report: &ShardReport) -> worker::Result<()> {
-        let stub = runtime::stub(&self.env, crate::object_api::SHARD_BINDING, &self.home)?;
+        let stub = runtime::object(&self.env, crate::object_api::SHARD_BINDING, &self.home)?;
         let ack: ReportAck = runtime::timeout(
             REPORT_TIMEOUT_MS,
             runtime::ask(&stub, Some(&self.home), report),

@@ -219,7 +219,8 @@ impl ConnectionManager {
         let calls = others.iter().map(|name| {
             let body = &body;
             async move {
-                let stub = runtime::stub(&self.env, crate::object_api::SHARD_BINDING, name).ok()?;
+                let stub =
+                    runtime::object(&self.env, crate::object_api::SHARD_BINDING, name).ok()?;
                 runtime::timeout(timeout_ms, runtime::ask_encoded(&stub, Some(name), body))
                     .await?
                     .ok()
@@ -257,7 +258,7 @@ impl ConnectionManager {
         let calls = shards.iter().map(|name| {
             let body = &body;
             async move {
-                let r = match runtime::stub(&self.env, crate::object_api::SHARD_BINDING, name) {
+                let r = match runtime::object(&self.env, crate::object_api::SHARD_BINDING, name) {
                     Ok(stub) => {
                         runtime::timeout(timeout_ms, runtime::ask_encoded(&stub, Some(name), body))
                             .await
@@ -439,7 +440,7 @@ impl ConnectionManager {
             ack_id: sealed.to_owned(),
             ack: ack.to_owned(),
         };
-        let sent = match runtime::stub(&self.env, crate::object_api::SHARD_BINDING, &call.shard) {
+        let sent = match runtime::object(&self.env, crate::object_api::SHARD_BINDING, &call.shard) {
             Ok(stub) => runtime::timeout(
                 cfg.fanout_timeout_ms,
                 runtime::ask(&stub, Some(&call.shard), &relay),

@@ -5,12 +5,15 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use futures::future::{select, Either};
-use serde::de::DeserializeOwned;
 use serde::Serialize;
 use worker::{Delay, Env, Headers, Method, ObjectNamespace, Request, RequestInit, Response, Stub};
 
 use crate::config::{Config, ConfigError, VarSource};
 use crate::protocol::ApiError;
+
+mod calls;
+pub(crate) use calls::rpc_object;
+pub use calls::{answer, ask, ask_encoded, ask_home, encode, object, Call, Reply};
 
 /// Reads `[vars]` and secrets from the Worker environment.
 pub struct EnvVars<'a>(pub &'a Env);
@@ -135,6 +138,7 @@ pub async fn sleep(ms: u32) {
     }
 }
 
+/// A stub for `fetch`: the upgrade. Messages go by RPC ([`object`], [`ask`]).
 pub fn stub(env: &Env, binding: &str, name: &str) -> worker::Result<Stub> {
     let ns: ObjectNamespace = env.durable_object(binding)?;
     ns.get_by_name(name)
@@ -154,98 +158,6 @@ pub fn internal_request(
         init.with_body(Some(b.into()));
     }
     Request::new_with_init(&format!("https://do.internal{path}"), &init)
-}
-
-/// Sends a typed message to an object and reads its typed reply (`object_api`). `shard`
-/// names the receiving shard (objects are not told their own name).
-pub async fn ask<M: crate::object_api::Message>(
-    stub: &Stub,
-    shard: Option<&str>,
-    msg: &M,
-) -> worker::Result<M::Reply> {
-    call(stub, M::PATH, shard, msg).await
-}
-
-/// Sends a message to the user's home shard; a failure is a 503 the client may retry.
-pub async fn ask_home<M: crate::object_api::Message>(
-    env: &Env,
-    user: &str,
-    msg: &M,
-) -> Result<M::Reply, ApiError> {
-    let unavailable = |e: worker::Error| {
-        worker::console_error!("home {} failed: {e}", M::PATH);
-        ApiError::new(
-            503,
-            "home_unavailable",
-            "the user's home shard did not answer; retry",
-        )
-        .retry_after(1)
-    };
-    let home = crate::placement::home_name(user);
-    let stub = stub(env, crate::object_api::SHARD_BINDING, &home).map_err(unavailable)?;
-    ask(&stub, Some(&home), msg).await.map_err(unavailable)
-}
-
-/// A message serialised once, for a fan-out that sends the same body to many objects.
-pub struct Encoded<M> {
-    body: String,
-    _message: std::marker::PhantomData<M>,
-}
-
-pub fn encode<M: crate::object_api::Message>(msg: &M) -> worker::Result<Encoded<M>> {
-    Ok(Encoded {
-        body: serde_json::to_string(msg)?,
-        _message: std::marker::PhantomData,
-    })
-}
-
-/// [`ask`] with a body serialised beforehand.
-pub async fn ask_encoded<M: crate::object_api::Message>(
-    stub: &Stub,
-    shard: Option<&str>,
-    msg: &Encoded<M>,
-) -> worker::Result<M::Reply> {
-    call_raw(stub, M::PATH, shard, msg.body.clone()).await
-}
-
-/// POSTs JSON to an object and reads a JSON answer; a non-2xx answer is an error.
-async fn call<Req: Serialize, Resp: DeserializeOwned>(
-    stub: &Stub,
-    path: &str,
-    shard: Option<&str>,
-    body: &Req,
-) -> worker::Result<Resp> {
-    call_raw(stub, path, shard, serde_json::to_string(body)?).await
-}
-
-async fn call_raw<Resp: DeserializeOwned>(
-    stub: &Stub,
-    path: &str,
-    shard: Option<&str>,
-    body: String,
-) -> worker::Result<Resp> {
-    let headers = Headers::new();
-    headers.set("content-type", "application/json")?;
-    if let Some(s) = shard {
-        headers.set(SHARD_HEADER, s)?;
-    }
-    let req = internal_request(Method::Post, path, Some(body), headers)?;
-    let resp = stub.fetch_with_request(req).await?;
-    let status = resp.status_code();
-    let text = body_text(resp).await?;
-    if !(200..300).contains(&status) {
-        return Err(worker::Error::RustError(format!(
-            "{path} answered {status}: {}",
-            crate::protocol::truncate(&text, 200)
-        )));
-    }
-    Ok(serde_json::from_str(&text)?)
-}
-
-/// An internal request's JSON body, parsed by serde_json from its text: `Request::json`
-/// builds a JavaScript object and walks it again with serde-wasm-bindgen.
-pub async fn body_json<T: DeserializeOwned>(req: &mut Request) -> worker::Result<T> {
-    Ok(serde_json::from_str(&req.text().await?)?)
 }
 
 /// A response's body as text, read by the runtime in one promise: `Response::text` of
@@ -333,8 +245,6 @@ pub fn send_all<'a>(sockets: impl IntoIterator<Item = &'a worker::WebSocket>, fr
         })
         .count() as u64
 }
-
-pub use crate::object_api::SHARD_HEADER;
 
 /// An object's one alarm, shared by the parts that need it: each asks for a time, and the
 /// alarm is moved only when that time is earlier than the one set (the handler re-arms).

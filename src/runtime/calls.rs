@@ -1,0 +1,260 @@
+//! Internal calls between the gateway and the Durable Objects, by Durable Object RPC.
+//!
+//! A caller sends a typed message (`object_api::Message`) with [`ask`]; the object's class
+//! (a JavaScript shell in `scripts/entry.mjs` that `extends DurableObject`, since the class
+//! worker-build generates does not) passes the call to the Rust object's exported `handle`
+//! ([`rpc_object!`]), which answers a [`Reply`]. The same [`Call`] also arrives by `fetch`
+//! ([`Call::read`]), so a caller of an older version, mid-deploy, is still served.
+//!
+//! Why RPC: one call over the Request path (a `Request` with headers and a body stream, a
+//! `Response` read back) cost about twice the runtime CPU of the same call by RPC with the
+//! same JSON string (`scripts/rpc-bench.sh`, docs/results/do-rpc-2026-12-04.md).
+
+use std::future::Future;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use wasm_bindgen::prelude::wasm_bindgen;
+use wasm_bindgen::{JsCast, JsValue};
+use worker::{Env, Headers, Request, Response};
+
+use crate::object_api::{Message, SHARD_BINDING, SHARD_HEADER};
+use crate::protocol::ApiError;
+
+#[wasm_bindgen]
+extern "C" {
+    /// A Durable Object namespace binding, seen only through `getByName`.
+    type Namespace;
+    #[wasm_bindgen(method, catch, js_name = getByName)]
+    fn get_by_name(this: &Namespace, name: &str) -> Result<ObjectStub, JsValue>;
+
+    /// An object's stub as an RPC client of `scripts/entry.mjs`'s classes.
+    type ObjectStub;
+    #[wasm_bindgen(method, catch)]
+    fn handle(
+        this: &ObjectStub,
+        path: &str,
+        shard: &str,
+        body: &str,
+    ) -> Result<js_sys::Promise, JsValue>;
+}
+
+/// A Durable Object to send messages to (for the upgrade, which needs `fetch`, see
+/// `runtime::stub`).
+pub struct Object(ObjectStub);
+
+/// The object `name` of the class bound as `binding`.
+pub fn object(env: &Env, binding: &str, name: &str) -> worker::Result<Object> {
+    let ns = js_sys::Reflect::get(env.as_ref(), &JsValue::from_str(binding))?;
+    if ns.is_undefined() {
+        return Err(worker::Error::RustError(format!("no binding {binding}")));
+    }
+    Ok(Object(ns.unchecked_into::<Namespace>().get_by_name(name)?))
+}
+
+/// Sends a typed message to an object and reads its typed reply (`object_api`). `shard`
+/// names the receiving shard (objects are not told their own name).
+pub async fn ask<M: Message>(
+    obj: &Object,
+    shard: Option<&str>,
+    msg: &M,
+) -> worker::Result<M::Reply> {
+    send(obj, M::PATH, shard, &serde_json::to_string(msg)?).await
+}
+
+/// Sends a message to the user's home shard; a failure is a 503 the client may retry.
+pub async fn ask_home<M: Message>(env: &Env, user: &str, msg: &M) -> Result<M::Reply, ApiError> {
+    let unavailable = |e: worker::Error| {
+        worker::console_error!("home {} failed: {e}", M::PATH);
+        ApiError::new(
+            503,
+            "home_unavailable",
+            "the user's home shard did not answer; retry",
+        )
+        .retry_after(1)
+    };
+    let home = crate::placement::home_name(user);
+    let obj = object(env, SHARD_BINDING, &home).map_err(unavailable)?;
+    ask(&obj, Some(&home), msg).await.map_err(unavailable)
+}
+
+/// A message serialised once, for a fan-out that sends the same body to many objects.
+pub struct Encoded<M> {
+    body: String,
+    _message: std::marker::PhantomData<M>,
+}
+
+pub fn encode<M: Message>(msg: &M) -> worker::Result<Encoded<M>> {
+    Ok(Encoded {
+        body: serde_json::to_string(msg)?,
+        _message: std::marker::PhantomData,
+    })
+}
+
+/// [`ask`] with a message [`encode`]d once for many targets.
+pub async fn ask_encoded<M: Message>(
+    obj: &Object,
+    shard: Option<&str>,
+    msg: &Encoded<M>,
+) -> worker::Result<M::Reply> {
+    send(obj, M::PATH, shard, &msg.body).await
+}
+
+/// One RPC: the object answers `[status, body]`; a status outside 2xx is an error.
+async fn send<Resp: DeserializeOwned>(
+    obj: &Object,
+    path: &str,
+    shard: Option<&str>,
+    body: &str,
+) -> worker::Result<Resp> {
+    let answer = worker::wasm_bindgen_futures::JsFuture::from(obj.0.handle(
+        path,
+        shard.unwrap_or(""),
+        body,
+    )?)
+    .await?;
+    let (status, text) = Reply::from_js(&answer)
+        .ok_or_else(|| worker::Error::RustError(format!("{path} answered no [status, body]")))?;
+    if !(200..300).contains(&status) {
+        return Err(worker::Error::RustError(format!(
+            "{path} answered {status}: {}",
+            crate::protocol::truncate(&text, 200)
+        )));
+    }
+    Ok(serde_json::from_str(&text)?)
+}
+
+/// A call as an object receives it.
+pub struct Call {
+    pub path: String,
+    /// The receiving shard's name as its caller knows it (empty for other objects).
+    pub shard: String,
+    pub body: String,
+}
+
+impl Call {
+    /// The same call sent by `fetch`: its path, the shard header and the body text.
+    pub async fn read(mut req: Request) -> worker::Result<Call> {
+        Ok(Call {
+            path: req.path(),
+            shard: req.headers().get(SHARD_HEADER)?.unwrap_or_default(),
+            body: req.text().await?,
+        })
+    }
+
+    /// The body as message `M`, parsed by serde_json from its text.
+    pub fn message<M: DeserializeOwned>(&self) -> worker::Result<M> {
+        Ok(serde_json::from_str(&self.body)?)
+    }
+}
+
+/// An object's answer to a [`Call`]: a status and a JSON body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    pub status: u16,
+    pub body: String,
+}
+
+impl Reply {
+    pub fn json<T: Serialize>(body: &T) -> worker::Result<Reply> {
+        Ok(Reply {
+            status: 200,
+            body: serde_json::to_string(body)?,
+        })
+    }
+
+    pub fn error(e: &ApiError) -> Reply {
+        Reply {
+            status: e.status,
+            body: e.body(),
+        }
+    }
+
+    /// As a `fetch` answer.
+    pub fn into_response(self) -> worker::Result<Response> {
+        let headers = Headers::new();
+        headers.set("content-type", "application/json")?;
+        Ok(Response::ok(self.body)?
+            .with_status(self.status)
+            .with_headers(headers))
+    }
+
+    /// As an RPC answer: `[status, body]`.
+    pub fn into_js(self) -> JsValue {
+        js_sys::Array::of2(&JsValue::from(self.status), &JsValue::from(self.body)).into()
+    }
+
+    fn from_js(v: &JsValue) -> Option<(u16, String)> {
+        let a = v.dyn_ref::<js_sys::Array>()?;
+        let status = u16::try_from(a.get(0).as_f64()? as u32).ok()?;
+        Some((status, a.get(1).as_string()?))
+    }
+}
+
+/// Reads message `M` from the call, lets `f` answer it, and sends its reply.
+pub async fn answer<M, F, Fut>(call: &Call, f: F) -> worker::Result<Reply>
+where
+    M: Message + DeserializeOwned,
+    F: FnOnce(M) -> Fut,
+    Fut: Future<Output = worker::Result<M::Reply>>,
+{
+    Reply::json(&f(call.message::<M>()?).await?)
+}
+
+/// Exports a Durable Object's RPC entry, `handle(path, shard, body)`, which
+/// `scripts/entry.mjs`'s class calls: it passes a [`Call`] to the object's
+/// `async fn on_call(&self, Call) -> worker::Result<Reply>` and answers `[status, body]`.
+macro_rules! rpc_object {
+    ($object:ty) => {
+        #[::worker::wasm_bindgen::prelude::wasm_bindgen(
+                            wasm_bindgen = ::worker::wasm_bindgen,
+                            wasm_bindgen_futures = ::worker::wasm_bindgen_futures,
+                            js_sys = ::worker::js_sys
+                        )]
+        impl $object {
+            pub async fn handle(
+                &self,
+                path: String,
+                shard: String,
+                body: String,
+            ) -> Result<::worker::wasm_bindgen::JsValue, ::worker::wasm_bindgen::JsValue> {
+                let call = $crate::runtime::Call { path, shard, body };
+                self.on_call(call)
+                    .await
+                    .map($crate::runtime::Reply::into_js)
+                    .map_err(::worker::wasm_bindgen::JsValue::from)
+            }
+        }
+    };
+}
+pub(crate) use rpc_object;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reply_carries_the_status_and_the_body_a_fetch_caller_read() {
+        let ok = Reply::json(&crate::object_api::Done {}).unwrap();
+        assert_eq!((ok.status, ok.body.as_str()), (200, "{}"));
+        let e = ApiError::new(404, "not_found", "no route /x");
+        let r = Reply::error(&e);
+        assert_eq!((r.status, r.body), (404, e.body()));
+    }
+
+    #[test]
+    fn a_call_parses_its_message_or_fails() {
+        let call = Call {
+            path: "/x".into(),
+            shard: String::new(),
+            body: r#"{"tier":"pro"}"#.into(),
+        };
+        let t: crate::object_api::SetTier = call.message().unwrap();
+        assert_eq!(t.tier.as_deref(), Some("pro"));
+        let bad = Call {
+            body: "{".into(),
+            ..call
+        };
+        assert!(bad.message::<crate::object_api::SetTier>().is_err());
+    }
+}
