@@ -107,12 +107,9 @@ async fn send<Resp: DeserializeOwned>(
     shard: Option<&str>,
     body: &str,
 ) -> worker::Result<Resp> {
-    let answer = worker::wasm_bindgen_futures::JsFuture::from(obj.0.handle(
-        path,
-        shard.unwrap_or(""),
-        body,
-    )?)
-    .await?;
+    let answer =
+        wasm_bindgen_futures::JsFuture::from(obj.0.handle(path, shard.unwrap_or(""), body)?)
+            .await?;
     let (status, text) = Reply::from_js(&answer)
         .ok_or_else(|| worker::Error::RustError(format!("{path} answered no [status, body]")))?;
     if !(200..300).contains(&status) {
@@ -206,23 +203,19 @@ where
 /// `async fn on_call(&self, Call) -> worker::Result<Reply>` and answers `[status, body]`.
 macro_rules! rpc_object {
     ($object:ty) => {
-        #[::worker::wasm_bindgen::prelude::wasm_bindgen(
-                            wasm_bindgen = ::worker::wasm_bindgen,
-                            wasm_bindgen_futures = ::worker::wasm_bindgen_futures,
-                            js_sys = ::worker::js_sys
-                        )]
+        #[::wasm_bindgen::prelude::wasm_bindgen]
         impl $object {
             pub async fn handle(
                 &self,
                 path: String,
                 shard: String,
                 body: String,
-            ) -> Result<::worker::wasm_bindgen::JsValue, ::worker::wasm_bindgen::JsValue> {
+            ) -> Result<::wasm_bindgen::JsValue, ::wasm_bindgen::JsValue> {
                 let call = $crate::runtime::Call { path, shard, body };
                 self.on_call(call)
                     .await
                     .map($crate::runtime::Reply::into_js)
-                    .map_err(::worker::wasm_bindgen::JsValue::from)
+                    .map_err(::wasm_bindgen::JsValue::from)
             }
         }
     };
