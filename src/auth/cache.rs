@@ -1,5 +1,5 @@
 //! Per-isolate caches: verified tokens, so a client's next request skips the signature check
-//! and the revocation query, and (in the gateway) users' tiers.
+//! and the revocation query, and (in the gateway) users' placements and stats answers.
 //!
 //! The token cache is stricter than the platform's (unbounded, and a hit skips expiry and
 //! revocation): a hit is honoured only while the token's `exp` is in the future and for at
@@ -152,6 +152,41 @@ impl TokenCache {
     }
 }
 
+/// Answers kept for `ttl_ms` after they were asked for, at most `capacity` of them (oldest
+/// insert evicted first): the gateway's stats answers per user.
+#[derive(Debug)]
+pub struct TtlCache<V> {
+    map: BoundedMap<(V, u64)>,
+    ttl_ms: u64,
+}
+
+impl<V: Clone> TtlCache<V> {
+    pub fn new(capacity: usize, ttl_ms: u64) -> Self {
+        Self {
+            map: BoundedMap::new(capacity),
+            ttl_ms,
+        }
+    }
+
+    /// The value for `key` if it was asked for less than the TTL before `now_ms`.
+    pub fn get(&self, key: &str, now_ms: u64) -> Option<V> {
+        let (v, asked_ms) = self.map.get(key)?;
+        (now_ms.saturating_sub(*asked_ms) < self.ttl_ms).then(|| v.clone())
+    }
+
+    /// Keeps `value`, as of `asked_ms`: the time it was asked for, not answered, so its age
+    /// counts the wait for it too.
+    pub fn insert(&mut self, key: &str, asked_ms: u64, value: V) {
+        if self.ttl_ms > 0 {
+            self.map.insert(key, (value, asked_ms));
+        }
+    }
+
+    pub fn set_ttl(&mut self, ttl_ms: u64) {
+        self.ttl_ms = ttl_ms;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -196,5 +231,30 @@ mod tests {
         assert_eq!(m.get("c"), None);
         assert_eq!(m.get("b"), Some(&109));
         assert_eq!(m.len(), 3);
+    }
+
+    #[test]
+    fn a_ttl_cache_answers_only_within_its_ttl_and_per_key() {
+        let mut c = TtlCache::new(2, 100);
+        c.insert("alice", 1_000, 1);
+        assert_eq!(c.get("alice", 1_099), Some(1));
+        assert_eq!(c.get("alice", 1_100), None, "100 ms after it was asked for");
+        assert_eq!(
+            c.get("bob", 1_050),
+            None,
+            "another key never sees alice's value"
+        );
+        // A clock that went back counts as age 0, not as a huge age or a panic.
+        assert_eq!(c.get("alice", 500), Some(1));
+        c.insert("bob", 1_000, 2);
+        c.insert("carol", 1_000, 3);
+        assert_eq!(
+            c.get("alice", 1_010),
+            None,
+            "the oldest insert is evicted past capacity"
+        );
+        c.set_ttl(0);
+        c.insert("dave", 1_000, 4);
+        assert_eq!(c.get("dave", 1_000), None, "a TTL of 0 keeps nothing");
     }
 }

@@ -50,6 +50,7 @@ pub const VARS: &[(&str, Option<&str>)] = &[
     ("FRAME_BURST", Some("200")),
     ("REVOCATION_POLL_MS", Some("5000")),
     ("METRICS_PUSH_MS", Some("60000")),
+    ("STATS_CACHE_MS", Some("100")),
     ("PRESENCE_GRACE_MS", Some("0")),
     ("TEST_KNOBS", Some("off")),
     ("REGISTRY_SHARDS", Some("8")),
@@ -96,6 +97,9 @@ pub struct Config {
     pub revocation_poll_ms: u64,
     /// How often at most a user's home pushes its metrics to the registry.
     pub metrics_push_ms: u64,
+    /// How long a gateway isolate answers a user's stats from the last answer of the user's
+    /// home (0: every call asks the home); concurrent calls share one ask either way.
+    pub stats_cache_ms: u64,
     /// How long a machine that drops may take to come back before it is announced offline
     /// (`routing::grace`); 0, the platform's timing, announces at once.
     pub presence_grace_ms: u64,
@@ -195,6 +199,7 @@ impl Config {
             },
             revocation_poll_ms: u64::from(int(src, "REVOCATION_POLL_MS", 500, 300_000)?),
             metrics_push_ms: u64::from(int(src, "METRICS_PUSH_MS", 500, 300_000)?),
+            stats_cache_ms: u64::from(int(src, "STATS_CACHE_MS", 0, 5_000)?),
             presence_grace_ms: u64::from(int(src, "PRESENCE_GRACE_MS", 0, 60_000)?),
             test_knobs: switch(src, "TEST_KNOBS")?,
             registry_shards: int(src, "REGISTRY_SHARDS", 1, 256)?,

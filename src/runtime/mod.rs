@@ -64,6 +64,15 @@ pub fn json<T: Serialize>(status: u16, body: &T) -> worker::Result<Response> {
     Ok(Response::from_json(body)?.with_status(status))
 }
 
+/// A JSON answer already serialised.
+pub fn json_text(status: u16, text: &str) -> worker::Result<Response> {
+    let headers = Headers::new();
+    headers.set("content-type", "application/json")?;
+    Ok(Response::ok(text)?
+        .with_status(status)
+        .with_headers(headers))
+}
+
 /// A JSON answer with extra headers (rate limits, retry hints).
 pub fn json_with_headers<T: Serialize>(
     status: u16,

@@ -184,3 +184,33 @@ async fn stats_count_by_type_session_and_machine() {
     assert_eq!(st["totalConnections"], 4, "{st}");
     assert_eq!(st["byType"]["session-scoped"], 2);
 }
+
+#[tokio::test]
+async fn stats_come_from_the_isolates_answer_for_at_most_stats_cache_ms_and_per_user() {
+    // A long window, so the test sees it: the default is 100 ms.
+    let g = Gateway::shared(
+        "stats-cache",
+        &[("SHARD_POLICY", "single"), ("STATS_CACHE_MS", "3000")],
+    );
+    let (ua, ub) = (user("cached-a"), user("cached-b"));
+    let (ta, tb) = (
+        crate::support::platform_token(&ua),
+        crate::support::platform_token(&ub),
+    );
+    let _a1 = g.connect(&ta, "").await;
+    let first = g.stats(&ta).await;
+    assert_eq!(first["totalConnections"], 1, "{first}");
+    let _a2 = g.connect(&ta, "").await;
+    let _b = g.connect(&tb, "").await;
+    // Within the window: the earlier answer, never another user's.
+    let cached = g.stats_now(&ta).await;
+    assert_eq!(cached["totalConnections"], 1, "{cached}");
+    let other = g.stats_now(&tb).await;
+    assert_eq!(other["totalConnections"], 1, "{other}");
+    let shard = other["shards"][0]["name"].as_str().unwrap_or_default();
+    assert!(shard.contains(&ub) && !shard.contains(&ua), "{other}");
+    // Past it: asked again.
+    tokio::time::sleep(Duration::from_millis(3_100)).await;
+    let fresh = g.stats_now(&ta).await;
+    assert_eq!(fresh["totalConnections"], 2, "{fresh}");
+}
