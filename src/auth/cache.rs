@@ -152,8 +152,8 @@ impl TokenCache {
     }
 }
 
-/// Answers kept for `ttl_ms` after they were asked for, at most `capacity` of them (oldest
-/// insert evicted first): the gateway's stats answers per user.
+/// Answers kept for `ttl_ms` after they arrived, at most `capacity` of them (oldest insert
+/// evicted first): the gateway's stats answers per user.
 #[derive(Debug)]
 pub struct TtlCache<V> {
     map: BoundedMap<(V, u64)>,
@@ -168,17 +168,16 @@ impl<V: Clone> TtlCache<V> {
         }
     }
 
-    /// The value for `key` if it was asked for less than the TTL before `now_ms`.
+    /// The value for `key` if it arrived less than the TTL before `now_ms`.
     pub fn get(&self, key: &str, now_ms: u64) -> Option<V> {
-        let (v, asked_ms) = self.map.get(key)?;
-        (now_ms.saturating_sub(*asked_ms) < self.ttl_ms).then(|| v.clone())
+        let (v, at_ms) = self.map.get(key)?;
+        (now_ms.saturating_sub(*at_ms) < self.ttl_ms).then(|| v.clone())
     }
 
-    /// Keeps `value`, as of `asked_ms`: the time it was asked for, not answered, so its age
-    /// counts the wait for it too.
-    pub fn insert(&mut self, key: &str, asked_ms: u64, value: V) {
+    /// Keeps `value`, arrived at `at_ms`.
+    pub fn insert(&mut self, key: &str, at_ms: u64, value: V) {
         if self.ttl_ms > 0 {
-            self.map.insert(key, (value, asked_ms));
+            self.map.insert(key, (value, at_ms));
         }
     }
 
@@ -238,7 +237,7 @@ mod tests {
         let mut c = TtlCache::new(2, 100);
         c.insert("alice", 1_000, 1);
         assert_eq!(c.get("alice", 1_099), Some(1));
-        assert_eq!(c.get("alice", 1_100), None, "100 ms after it was asked for");
+        assert_eq!(c.get("alice", 1_100), None, "100 ms after it arrived");
         assert_eq!(
             c.get("bob", 1_050),
             None,

@@ -97,8 +97,8 @@ pub struct Config {
     pub revocation_poll_ms: u64,
     /// How often at most a user's home pushes its metrics to the registry.
     pub metrics_push_ms: u64,
-    /// How long a gateway isolate answers a user's stats from the last answer of the user's
-    /// home (0: every call asks the home); concurrent calls share one ask either way.
+    /// How long after it arrived a gateway isolate answers a user's stats again from the
+    /// user's home's last answer (0: every call asks the home).
     pub stats_cache_ms: u64,
     /// How long a machine that drops may take to come back before it is announced offline
     /// (`routing::grace`); 0, the platform's timing, announces at once.

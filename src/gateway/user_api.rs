@@ -5,17 +5,14 @@
 //!
 //! Staleness: stats include another shard's sockets as of its last report, which follows a
 //! change within 25 ms (presence) to 250 ms (counts) (`objects::shard::reporter`); the
-//! home's own are live. A gateway isolate answers a user's stats from the home's answer to a
-//! call made less than `STATS_CACHE_MS` (100 ms) before, and concurrent calls share one ask:
-//! a stats poller costs the home at most ten calls a second per isolate. A broadcast reaches
-//! every shard holding slots or reported sockets.
+//! home's own are live. A gateway isolate answers a user's stats again from the home's last
+//! answer for `STATS_CACHE_MS` (100 ms) after it arrived: a stats poller costs the home at
+//! most about ten calls a second per isolate. A broadcast reaches every shard holding slots
+//! or reported sockets.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::rc::Rc;
 
-use futures::future::{LocalBoxFuture, Shared};
-use futures::FutureExt;
 use serde::Serialize;
 use worker::{Env, Request, Response};
 
@@ -127,72 +124,37 @@ pub async fn usage_limits(req: &Request, env: &Env, cfg: &Config) -> Result<Resp
     ok_json(&v)
 }
 
-/// A user's stats answer (JSON text) on its way from the home, shared by concurrent callers.
-type Asking = Shared<LocalBoxFuture<'static, Result<Rc<String>, ApiError>>>;
-
 thread_local! {
+    /// The home's last stats answer per user (JSON text), plain data: a request never waits
+    /// on another request's call (workerd ties a call to the request that made it).
     static STATS: RefCell<TtlCache<Rc<String>>> = RefCell::new(TtlCache::new(CAPACITY, 0));
-    /// At most one ask per user in flight, each with the number that tells it from a later
-    /// one (so the first to finish does not forget a newer ask).
-    static ASKING: RefCell<HashMap<String, (u64, Asking)>> = RefCell::new(HashMap::new());
-    static ASKS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
 }
 
 /// `GET /v1/websocket/stats`: the user's stats, from its home in one call (or from this
-/// isolate's answer of the last `STATS_CACHE_MS`).
+/// isolate's copy of an answer that arrived less than `STATS_CACHE_MS` before).
 pub async fn stats(req: &Request, env: &Env, cfg: &Config) -> Result<Response, ApiError> {
     let user = caller::http_user(req, env, cfg).await?;
-    let asked = runtime::now_ms();
     let cached = STATS.with(|c| {
         let mut c = c.borrow_mut();
         c.set_ttl(cfg.stats_cache_ms);
-        c.get(&user, asked)
+        c.get(&user, runtime::now_ms())
     });
     let text = match cached {
         Some(t) => t,
         None => {
-            let (n, asking) = ask_stats(env, &user);
-            let answer = asking.await;
-            ASKING.with(|a| {
-                let mut a = a.borrow_mut();
-                if a.get(&user).is_some_and(|(m, _)| *m == n) {
-                    a.remove(&user);
-                }
+            let s = ask_home(env, &user, &StatsRequest {}).await?;
+            let text = Rc::new(
+                serde_json::to_string(&s)
+                    .map_err(|e| ApiError::new(500, "internal", e.to_string()))?,
+            );
+            STATS.with(|c| {
+                c.borrow_mut()
+                    .insert(&user, runtime::now_ms(), text.clone())
             });
-            let text = answer?;
-            STATS.with(|c| c.borrow_mut().insert(&user, asked, text.clone()));
             text
         }
     };
     runtime::json_text(200, &text).map_err(|e| ApiError::new(500, "internal", e.to_string()))
-}
-
-/// The user's ask in flight, or a new one.
-fn ask_stats(env: &Env, user: &str) -> (u64, Asking) {
-    if let Some(a) = ASKING.with(|a| a.borrow().get(user).cloned()) {
-        return a;
-    }
-    let (env, owned) = (env.clone(), user.to_owned());
-    let asking: Asking = async move {
-        let s = ask_home(&env, &owned, &StatsRequest {}).await?;
-        serde_json::to_string(&s)
-            .map(Rc::new)
-            .map_err(|e| ApiError::new(500, "internal", e.to_string()))
-    }
-    .boxed_local()
-    .shared();
-    let n = ASKS.with(|c| {
-        c.set(c.get() + 1);
-        c.get()
-    });
-    ASKING.with(|a| {
-        let mut a = a.borrow_mut();
-        // Bounded by the callers in flight; past the bound an ask is not shared.
-        if a.len() < CAPACITY {
-            a.insert(user.to_owned(), (n, asking.clone()));
-        }
-    });
-    (n, asking)
 }
 
 /// Whether `read` bytes plus the next `chunk` stay within `limit`.
