@@ -152,37 +152,29 @@ impl TokenCache {
     }
 }
 
-/// Answers kept for `ttl_ms` after they arrived, at most `capacity` of them (oldest insert
-/// evicted first): the gateway's stats answers per user.
+/// Answers with the time they arrived, at most `capacity` of them (oldest insert evicted
+/// first): the gateway's stats answers per user.
 #[derive(Debug)]
 pub struct TtlCache<V> {
     map: BoundedMap<(V, u64)>,
-    ttl_ms: u64,
 }
 
 impl<V: Clone> TtlCache<V> {
-    pub fn new(capacity: usize, ttl_ms: u64) -> Self {
+    pub fn new(capacity: usize) -> Self {
         Self {
             map: BoundedMap::new(capacity),
-            ttl_ms,
         }
     }
 
-    /// The value for `key` if it arrived less than the TTL before `now_ms`.
-    pub fn get(&self, key: &str, now_ms: u64) -> Option<V> {
+    /// The value for `key` if it arrived less than `ttl_ms` before `now_ms`.
+    pub fn get(&self, key: &str, now_ms: u64, ttl_ms: u64) -> Option<V> {
         let (v, at_ms) = self.map.get(key)?;
-        (now_ms.saturating_sub(*at_ms) < self.ttl_ms).then(|| v.clone())
+        (now_ms.saturating_sub(*at_ms) < ttl_ms).then(|| v.clone())
     }
 
     /// Keeps `value`, arrived at `at_ms`.
     pub fn insert(&mut self, key: &str, at_ms: u64, value: V) {
-        if self.ttl_ms > 0 {
-            self.map.insert(key, (value, at_ms));
-        }
-    }
-
-    pub fn set_ttl(&mut self, ttl_ms: u64) {
-        self.ttl_ms = ttl_ms;
+        self.map.insert(key, (value, at_ms));
     }
 }
 
@@ -234,26 +226,25 @@ mod tests {
 
     #[test]
     fn a_ttl_cache_answers_only_within_its_ttl_and_per_key() {
-        let mut c = TtlCache::new(2, 100);
+        let mut c = TtlCache::new(2);
         c.insert("alice", 1_000, 1);
-        assert_eq!(c.get("alice", 1_099), Some(1));
-        assert_eq!(c.get("alice", 1_100), None, "100 ms after it arrived");
+        assert_eq!(c.get("alice", 1_099, 100), Some(1));
+        assert_eq!(c.get("alice", 1_100, 100), None, "100 ms after it arrived");
         assert_eq!(
-            c.get("bob", 1_050),
+            c.get("bob", 1_050, 100),
             None,
             "another key never sees alice's value"
         );
         // A clock that went back counts as age 0, not as a huge age or a panic.
-        assert_eq!(c.get("alice", 500), Some(1));
+        assert_eq!(c.get("alice", 500, 100), Some(1));
         c.insert("bob", 1_000, 2);
         c.insert("carol", 1_000, 3);
         assert_eq!(
-            c.get("alice", 1_010),
+            c.get("alice", 1_010, 100),
             None,
             "the oldest insert is evicted past capacity"
         );
-        c.set_ttl(0);
         c.insert("dave", 1_000, 4);
-        assert_eq!(c.get("dave", 1_000), None, "a TTL of 0 keeps nothing");
+        assert_eq!(c.get("dave", 1_000, 0), None, "a TTL of 0 answers nothing");
     }
 }

@@ -127,18 +127,15 @@ pub async fn usage_limits(req: &Request, env: &Env, cfg: &Config) -> Result<Resp
 thread_local! {
     /// The home's last stats answer per user (JSON text), plain data: a request never waits
     /// on another request's call (workerd ties a call to the request that made it).
-    static STATS: RefCell<TtlCache<Rc<String>>> = RefCell::new(TtlCache::new(CAPACITY, 0));
+    static STATS: RefCell<TtlCache<Rc<String>>> = RefCell::new(TtlCache::new(CAPACITY));
 }
 
 /// `GET /v1/websocket/stats`: the user's stats, from its home in one call (or from this
 /// isolate's copy of an answer that arrived less than `STATS_CACHE_MS` before).
 pub async fn stats(req: &Request, env: &Env, cfg: &Config) -> Result<Response, ApiError> {
     let user = caller::http_user(req, env, cfg).await?;
-    let cached = STATS.with(|c| {
-        let mut c = c.borrow_mut();
-        c.set_ttl(cfg.stats_cache_ms);
-        c.get(&user, runtime::now_ms())
-    });
+    let ttl = cfg.stats_cache_ms;
+    let cached = STATS.with(|c| c.borrow().get(&user, runtime::now_ms(), ttl));
     let text = match cached {
         Some(t) => t,
         None => {
@@ -147,10 +144,12 @@ pub async fn stats(req: &Request, env: &Env, cfg: &Config) -> Result<Response, A
                 serde_json::to_string(&s)
                     .map_err(|e| ApiError::new(500, "internal", e.to_string()))?,
             );
-            STATS.with(|c| {
-                c.borrow_mut()
-                    .insert(&user, runtime::now_ms(), text.clone())
-            });
+            if ttl > 0 {
+                STATS.with(|c| {
+                    c.borrow_mut()
+                        .insert(&user, runtime::now_ms(), text.clone())
+                });
+            }
             text
         }
     };

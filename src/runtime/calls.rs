@@ -16,7 +16,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use wasm_bindgen::prelude::wasm_bindgen;
 use wasm_bindgen::{JsCast, JsValue};
-use worker::{Env, Headers, Request, Response};
+use worker::{Env, Request, Response};
 
 use crate::object_api::{Message, SHARD_BINDING, SHARD_HEADER};
 use crate::protocol::ApiError;
@@ -167,13 +167,14 @@ impl Reply {
         }
     }
 
+    /// The answer to a path the object does not route.
+    pub fn no_route(what: String) -> Reply {
+        Reply::error(&ApiError::new(404, "not_found", format!("no route {what}")))
+    }
+
     /// As a `fetch` answer.
     pub fn into_response(self) -> worker::Result<Response> {
-        let headers = Headers::new();
-        headers.set("content-type", "application/json")?;
-        Ok(Response::ok(self.body)?
-            .with_status(self.status)
-            .with_headers(headers))
+        super::json_text(self.status, &self.body)
     }
 
     /// As an RPC answer: `[status, body]`.

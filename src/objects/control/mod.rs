@@ -15,7 +15,6 @@ use worker::{console_error, durable_object, DurableObject, Env, Request, Respons
 
 use crate::object_api::{Message, NoticeUsers, PolicyGet, PolicyNotice, PolicySet, PolicySetReply};
 use crate::placement::switch::{PolicyState, Switch};
-use crate::protocol::ApiError;
 use crate::runtime::{self, Call, Reply};
 
 const KEY: &str = "policy";
@@ -61,11 +60,7 @@ impl Control {
         match call.path.as_str() {
             <PolicyGet as Message>::PATH => Reply::json(&*self.policies.borrow()),
             <PolicySet as Message>::PATH => self.set(call.message()?).await,
-            p => Ok(Reply::error(&ApiError::new(
-                404,
-                "not_found",
-                format!("no route {p}"),
-            ))),
+            p => Ok(Reply::no_route(p.to_owned())),
         }
     }
 

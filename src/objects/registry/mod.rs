@@ -159,11 +159,7 @@ impl Registry {
             {
                 Reply::json(&storage_shape(&self.state.storage()).await?)
             }
-            p => Ok(Reply::error(&ApiError::new(
-                404,
-                "not_found",
-                format!("no route {p}"),
-            ))),
+            p => Ok(Reply::no_route(p.to_owned())),
         }
     }
 

@@ -19,7 +19,7 @@ use crate::auth::cache::RECHECK_MS;
 pub use crate::auth::revocation::Feed;
 use crate::auth::revocation::Row;
 use crate::object_api::{Disconnect, DisconnectUser, Done, Ensure, FeedStatus, Message};
-use crate::protocol::{ApiError, CredentialEnd};
+use crate::protocol::CredentialEnd;
 use crate::runtime::{self, Call, Reply};
 
 const KEY: &str = "feed";
@@ -95,11 +95,7 @@ impl Revocations {
                 let f = self.feed.borrow().clone();
                 Reply::json(&f)
             }
-            p => Ok(Reply::error(&ApiError::new(
-                404,
-                "not_found",
-                format!("no route {p}"),
-            ))),
+            p => Ok(Reply::no_route(p.to_owned())),
         }
     }
 }

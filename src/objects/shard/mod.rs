@@ -403,11 +403,7 @@ impl ConnectionManager {
             }
             // The user's home.
             p if p.starts_with("/home/") && self.is_home() => self.route_home(call, cfg).await,
-            _ => Ok(Reply::error(&ApiError::new(
-                404,
-                "not_found",
-                format!("no route {path} on {}", self.name()),
-            ))),
+            _ => Ok(Reply::no_route(format!("{path} on {}", self.name()))),
         }
     }
 
@@ -571,11 +567,7 @@ impl ConnectionManager {
                 })
                 .await
             }
-            p => Ok(Reply::error(&ApiError::new(
-                404,
-                "not_found",
-                format!("no route {p}"),
-            ))),
+            p => Ok(Reply::no_route(p.to_owned())),
         }
     }
 
