@@ -467,11 +467,15 @@ pub enum Fault {
 #[serde(transparent)]
 pub struct Ingest(pub observability::registry::Push);
 
-/// Registry -> home: the push was applied, or was one already applied (a retry).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// Registry -> home: the push was applied, or was one already applied (a retry); and the
+/// last global policy switch the registry was told of, unless the user has a policy of its
+/// own, so a home no registry listed when the switch was sent learns it by its first push.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Ingested {
     #[serde(default)]
     pub duplicate: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<PolicyNotice>,
 }
 
 /// Test-only (`TEST_KNOBS=on`): how a registry object's storage is laid out.
@@ -651,5 +655,28 @@ mod tests {
             serde_json::to_string(&UsageSet(serde_json::json!({"a": 1}))).unwrap(),
             r#"{"a":1}"#
         );
+    }
+
+    #[test]
+    fn an_ingest_answer_carries_a_policy_only_when_the_registry_has_one() {
+        // A registry of the previous version answers without it; a home of that version
+        // reads the new answer too (serde ignores the field it does not know).
+        let old: Ingested = serde_json::from_str(r#"{"duplicate":true}"#).unwrap();
+        assert_eq!((old.duplicate, old.policy), (true, None));
+        assert_eq!(
+            serde_json::to_string(&Ingested::default()).unwrap(),
+            r#"{"duplicate":false}"#
+        );
+        let n = PolicyNotice {
+            policy: "single".into(),
+            drain_ms: 1000,
+            version: 3,
+        };
+        let with = Ingested {
+            duplicate: false,
+            policy: Some(n.clone()),
+        };
+        let back: Ingested = serde_json::from_str(&serde_json::to_string(&with).unwrap()).unwrap();
+        assert_eq!(back.policy, Some(n));
     }
 }

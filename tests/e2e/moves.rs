@@ -533,3 +533,38 @@ async fn a_machine_moved_onto_the_home_is_never_announced_offline() {
         panic!("a move onto the home was announced: {v}");
     }
 }
+
+/// A global switch reaches a user whose home had not pushed to its registry yet (it connected
+/// within `METRICS_PUSH_MS` before the switch, so no registry could tell it): its home learns
+/// the switch from its first push's answer, and its sockets drain, instead of keeping the old
+/// policy until the user's next connect.
+#[tokio::test]
+async fn a_global_switch_reaches_a_user_no_registry_knew_yet() {
+    let g = Gateway::shared(
+        "switch-unlisted",
+        &[("SHARD_POLICY", "single"), ("METRICS_PUSH_MS", "2000")],
+    );
+    let u = user("unlisted");
+    let t = g.token(&u, "pro").await;
+    let mut a = g.connect(&t, "").await;
+    let mut b = g.connect(&t, "").await;
+    assert_eq!(shard(&a), format!("cm:{u}"));
+    // At once: the home's first push is still about 2 s away.
+    let (s, v) = g
+        .admin(
+            Method::PUT,
+            "/admin/policy",
+            Some(json!({"policy": "hash:shards=4", "drainMs": 1000})),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    for c in [&mut a, &mut b] {
+        let (ev, code) = told(c, Duration::from_secs(8))
+            .await
+            .expect("told to move once the home's first push brings the switch");
+        assert_eq!(ev["data"]["reason"], "policy", "{ev}");
+        assert_eq!(code, Some(1012));
+    }
+    let moved = g.connect(&t, "").await;
+    assert!(shard(&moved).contains(":h"), "{}", shard(&moved));
+}

@@ -9,7 +9,7 @@ use worker::console_error;
 
 use super::pending::Pending;
 use super::Home;
-use crate::object_api::{Ingest, Observed};
+use crate::object_api::{Ingest, Observed, PolicyNotice};
 use crate::placement;
 use crate::runtime;
 use observability::metrics::UserMetrics;
@@ -45,11 +45,12 @@ impl Home {
     }
 
     /// Sends the user's gauges and the pending observations to its registry object; kept for
-    /// the next push when that fails.
-    pub async fn push_to_registry(&self, tier: &str) {
+    /// the next push when that fails. Answers the global policy switch the registry holds
+    /// for the user, if any (the caller applies it when it is newer).
+    pub async fn push_to_registry(&self, tier: &str) -> Option<PolicyNotice> {
         let user = self.user();
         if user.is_empty() {
-            return;
+            return None;
         }
         let listed: Vec<String> = self.saved.borrow().ledger.shards.keys().cloned().collect();
         let me = self.name();
@@ -86,17 +87,19 @@ impl Home {
             crate::object_api::REGISTRY_BINDING,
             &placement::registry_name(&user, n),
         ) {
-            Ok(stub) => runtime::ask(&stub, None, &Ingest(push.clone()))
-                .await
-                .map(|_| ()),
+            Ok(stub) => runtime::ask(&stub, None, &Ingest(push.clone())).await,
             Err(e) => Err(e),
         };
         let mut p = self.pending.borrow_mut();
         match sent {
-            Ok(()) => p.outgoing.acked(push.push),
+            Ok(answer) => {
+                p.outgoing.acked(push.push);
+                answer.policy
+            }
             Err(e) => {
                 console_error!("registry push failed: {e}");
                 p.dirty = true;
+                None
             }
         }
     }

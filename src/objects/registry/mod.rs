@@ -30,6 +30,8 @@ use observability::registry::{self, Ingest, Push, UserRecord, LEGACY_KEY, USER_P
 const SWEEP_EVERY_MS: u64 = 600_000;
 /// Records read per page when loading.
 const LIST_PAGE: usize = 256;
+/// The last global policy switch (`NoticeUsers`), outside the users' prefix.
+const NOTICE_KEY: &str = "policy-notice";
 
 /// The layout before one value per user, read once to split it.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -46,16 +48,21 @@ pub struct Registry {
     users: Rc<RefCell<BTreeMap<String, UserRecord>>>,
     /// The sweep alarm is set (unknown after a wake: the first push sets it).
     sweep_armed: Cell<bool>,
+    /// The last global switch told here: answered to every push (version-ordered at the
+    /// home), so a user this registry did not list when it came still learns it.
+    notice: Rc<RefCell<Option<NoticeUsers>>>,
 }
 
 impl DurableObject for Registry {
     fn new(state: State, env: Env) -> Self {
         let users = Rc::new(RefCell::new(BTreeMap::new()));
-        let slot = users.clone();
+        let notice = Rc::new(RefCell::new(None));
+        let (slot, notice_slot) = (users.clone(), notice.clone());
         let storage = state.storage();
         let _load = state.block_concurrency_while(async move {
             split_legacy(&storage).await;
             *slot.borrow_mut() = load(&storage).await;
+            *notice_slot.borrow_mut() = storage.get::<NoticeUsers>(NOTICE_KEY).await.ok().flatten();
             Ok(())
         });
         Self {
@@ -63,6 +70,7 @@ impl DurableObject for Registry {
             env,
             users,
             sweep_armed: Cell::new(false),
+            notice,
         }
     }
 
@@ -151,7 +159,9 @@ impl Registry {
             }
             <SnapshotRequest as Message>::PATH => Reply::json(&self.snapshot()),
             <NoticeUsers as Message>::PATH => {
-                self.notice_users(call.message()?);
+                let n: NoticeUsers = call.message()?;
+                self.keep_notice(&n).await?;
+                self.notice_users(n);
                 Reply::json(&Done {})
             }
             <RegistryStorage as Message>::PATH
@@ -175,8 +185,17 @@ impl Registry {
         }
         let now = runtime::now_ms();
         let have = self.users.borrow().get(&user).cloned();
+        let policy = self
+            .notice
+            .borrow()
+            .as_ref()
+            .filter(|n| !n.except.contains(&user))
+            .map(|n| n.notice.clone());
         match registry::ingest(have.as_ref(), push, now) {
-            Ingest::Duplicate => Reply::json(&Ingested { duplicate: true }),
+            Ingest::Duplicate => Reply::json(&Ingested {
+                duplicate: true,
+                policy,
+            }),
             Ingest::Apply(rec) => {
                 let text = serde_json::to_string(&rec)?;
                 self.state
@@ -187,9 +206,26 @@ impl Registry {
                 if !self.sweep_armed.get() {
                     self.arm_sweep(now).await?;
                 }
-                Reply::json(&Ingested::default())
+                Reply::json(&Ingested {
+                    duplicate: false,
+                    policy,
+                })
             }
         }
+    }
+
+    /// Keeps the newest global switch, stored first so a restart answers it too.
+    async fn keep_notice(&self, n: &NoticeUsers) -> worker::Result<()> {
+        let newer = self
+            .notice
+            .borrow()
+            .as_ref()
+            .is_none_or(|have| n.notice.version > have.notice.version);
+        if newer {
+            self.state.storage().put(NOTICE_KEY, n).await?;
+            *self.notice.borrow_mut() = Some(n.clone());
+        }
+        Ok(())
     }
 
     async fn arm_sweep(&self, now: u64) -> worker::Result<()> {

@@ -230,14 +230,20 @@ impl ConnectionManager {
         self.report_soon(false);
     }
 
-    /// At the home: adds its own metrics to the user's and pushes them to the registry.
+    /// At the home: adds its own metrics to the user's and pushes them to the registry; a
+    /// global switch the answer brings is applied if the home had not heard of it (it
+    /// connected after the registries told the homes they list).
     pub(super) async fn push_metrics(&self) {
         self.metrics_due().await;
         let Ok(cfg) = runtime::config(&self.env) else {
             return;
         };
         let tier = self.home.tier_info(&cfg).tier;
-        self.home.push_to_registry(&tier).await;
+        if let Some(n) = self.home.push_to_registry(&tier).await {
+            if let Err(e) = self.policy_notice(&n).await {
+                worker::console_error!("policy from the registry not applied: {e}");
+            }
+        }
         // Observations recorded meanwhile (or a failed push) go with the next one.
         self.home.schedule_push(&cfg).await;
     }
