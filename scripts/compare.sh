@@ -92,9 +92,10 @@ esac
 # The sampler asks every user for its stats each time. The fleet's users already ask for their
 # own every STATS_INTERVAL (10 s): the sampler every twice that adds half as many calls again,
 # whatever the number of users. Otherwise every 5 s, or with more than 100 users 20 users'
-# stats per second on average.
+# stats per second on average. At most every 60 s, so a run with the users' stats turned
+# off (a long STATS_INTERVAL) still samples.
 if [ "$shape" = fleet ]; then
-  SAMPLE_S=${SAMPLE_INTERVAL:-$(awk -v s="${STATS_INTERVAL:-10}" 'BEGIN { v = int(2 * s + 0.5); print (v < 5 ? 5 : v) }')}
+  SAMPLE_S=${SAMPLE_INTERVAL:-$(awk -v s="${STATS_INTERVAL:-10}" 'BEGIN { v = int(2 * s + 0.5); print (v < 5 ? 5 : (v > 60 ? 60 : v)) }')}
 else
   SAMPLE_S=${SAMPLE_INTERVAL:-$(( ${users:-1} > 100 ? (${users:-1} + 19) / 20 : 5 ))}
 fi

@@ -23,17 +23,7 @@ done
 bench=benches/do-rpc
 if [ "${SKIP_BUILD:-0}" != 1 ] || [ ! -f "$bench/build/index.js" ]; then
   echo "rpc-bench: building $bench (release, wasm-opt as the gateway)"
-  (
-    cd "$bench"
-    export PATH="$HOME/.cargo/bin:$PATH" WASM_BINDGEN_BIN="$HOME/.cargo/bin/wasm-bindgen" \
-      ESBUILD_BIN="$ROOT/node_modules/@esbuild/linux-x64/bin/esbuild" WASM_OPT_BIN="$ROOT/scripts/wasm-opt.sh"
-    rm -f build/wasm-bundle.js
-    mkdir -p target && worker-build --release >target/worker-build.log 2>&1 || { tail -n 30 target/worker-build.log >&2; exit 1; }
-    mv build/index.js build/wasm-bundle.js
-    "$ESBUILD_BIN" rpc-wrapper.mjs --bundle --format=esm --platform=neutral \
-      --external:'cloudflare:*' --external:'*.wasm' --outfile=build/index.js --log-level=warning
-    rm build/wasm-bundle.js
-  )
+  scripts/bench-build.sh "$bench" rpc-wrapper.mjs
 fi
 
 # shellcheck source=load-tests/lib/gateway.sh

@@ -202,7 +202,7 @@ impl DurableObject for ConnectionManager {
         if !shard.is_empty() {
             self.learn_name(&shard);
         }
-        let started = self.event(None);
+        let started = self.event(|| None);
         let cfg = match runtime::config(&self.env) {
             Ok(c) => c,
             Err(e) => return runtime::error(&ApiError::new(503, "invalid_config", e.to_string())),
@@ -220,7 +220,7 @@ impl DurableObject for ConnectionManager {
         ws: WebSocket,
         message: WebSocketIncomingMessage,
     ) -> worker::Result<()> {
-        self.event(Some(&ws));
+        self.event(|| attachment(&ws));
         self.after_wake().await?;
         let r = self.on_frame(ws, message).await;
         self.hand_off().await;
@@ -234,10 +234,12 @@ impl DurableObject for ConnectionManager {
         reason: String,
         _was_clean: bool,
     ) -> worker::Result<()> {
-        self.event(Some(&ws));
+        // Read once: each read is a structured clone out of the runtime.
+        let meta = attachment(&ws);
+        self.event(|| meta.clone());
         // Before anything builds the index after a wake: the closing socket must be in it.
-        if let Some(m) = attachment(&ws) {
-            self.index_with_closing(&m);
+        if let Some(m) = &meta {
+            self.index_with_closing(m);
         }
         self.after_wake().await?;
         // Reciprocate so the client's close handshake completes. 1005 (no code), 1006
@@ -247,22 +249,23 @@ impl DurableObject for ConnectionManager {
             1005 => close(&ws, 1000, ""),
             c => close(&ws, u16::try_from(c).unwrap_or(1000), &reason),
         }
-        self.after_close(&ws, u16::try_from(code).unwrap_or(1005))
+        self.after_close(meta, u16::try_from(code).unwrap_or(1005))
             .await
     }
 
     async fn websocket_error(&self, ws: WebSocket, error: worker::Error) -> worker::Result<()> {
-        self.event(Some(&ws));
-        if let Some(m) = attachment(&ws) {
-            self.index_with_closing(&m);
+        let meta = attachment(&ws);
+        self.event(|| meta.clone());
+        if let Some(m) = &meta {
+            self.index_with_closing(m);
         }
         console_error!("socket error: {error}");
         close(&ws, 1011, "Internal error");
-        self.after_close(&ws, 1011).await
+        self.after_close(meta, 1011).await
     }
 
     async fn alarm(&self) -> worker::Result<Response> {
-        let now = self.event(None);
+        let now = self.event(|| None);
         self.clock.fired();
         self.record_hook_news().await;
         if self.saved.borrow().drain_at.is_some_and(|at| at <= now) {
@@ -323,15 +326,13 @@ impl ConnectionManager {
 
     /// Counts an event for the per-object load (and, on the first after a wake, puts back
     /// what the home role stored); answers the time.
-    fn event(&self, ws: Option<&WebSocket>) -> u64 {
+    fn event(&self, socket: impl FnOnce() -> Option<SocketMeta>) -> u64 {
         let now = runtime::now_ms();
         self.load.borrow_mut().event(now);
         // An object is not told its name: after a wake with nothing stored, a socket's
-        // attachment says which shard accepted it.
+        // attachment says which shard accepted it (read only then).
         if self.saved.borrow().name.is_empty() {
-            let from = ws
-                .and_then(attachment)
-                .or_else(|| self.open_sockets().first().and_then(attachment));
+            let from = socket().or_else(|| self.open_sockets().first().and_then(attachment));
             if let Some(m) = from.filter(|m| !m.shard.is_empty()) {
                 self.learn_name(&m.shard);
             }
@@ -345,7 +346,7 @@ impl ConnectionManager {
         if !call.shard.is_empty() {
             self.learn_name(&call.shard);
         }
-        self.event(None);
+        self.event(|| None);
         let cfg = match runtime::config(&self.env) {
             Ok(c) => c,
             Err(e) => {
@@ -846,8 +847,8 @@ impl ConnectionManager {
         ws.send_with_str(crate::routing::envelope::error_frame(code, message, now))
     }
 
-    async fn after_close(&self, ws: &WebSocket, code: u16) -> worker::Result<()> {
-        if let Some(m) = attachment(ws) {
+    async fn after_close(&self, meta: Option<SocketMeta>, code: u16) -> worker::Result<()> {
+        if let Some(m) = meta {
             self.index_with_closing(&m);
             self.count_close(&m, code).await;
         }

