@@ -74,7 +74,7 @@ pub async fn user_tier(mut req: Request, env: &Env, cfg: &Config) -> Result<Resp
         200,
         &serde_json::json!({"user": user, "tier": info.tier, "limit": info.limit, "override": info.overridden}),
     )
-    .map_err(|e| ApiError::new(500, "internal", e.to_string()))
+    .map_err(ApiError::internal)
 }
 
 /// The user id of `/admin/users/{id}/disconnect`.
@@ -141,7 +141,7 @@ pub async fn user_disconnect(
             .map_err(|e| ApiError::bad_request("invalid_id", format!("{e}")))?;
     }
     let r = ask_home(env, &user, &DisconnectUser(d)).await?;
-    runtime::json(200, &r).map_err(|e| ApiError::new(500, "internal", e.to_string()))
+    runtime::json(200, &r).map_err(ApiError::internal)
 }
 
 /// `GET /admin/revocations`: the revocation feed's state (watermark, revocations read,
@@ -158,7 +158,7 @@ pub async fn revocations(req: &Request, env: &Env, cfg: &Config) -> Result<Respo
     let v = runtime::ask(&stub, None, &FeedStatus {})
         .await
         .map_err(unavailable)?;
-    runtime::json(200, &v).map_err(|e| ApiError::new(500, "internal", e.to_string()))
+    runtime::json(200, &v).map_err(ApiError::internal)
 }
 
 /// `POST /admin/test/shard {"shard": name, "latencyMs": n, "fault": "error"|"hang"|null}`:
@@ -199,7 +199,7 @@ pub async fn test_shard(mut req: Request, env: &Env, cfg: &Config) -> Result<Res
         .await
         .map_err(internal)?;
     runtime::json(200, &serde_json::json!({"shard": body.shard, "knob": set}))
-        .map_err(|e| ApiError::new(500, "internal", e.to_string()))
+        .map_err(ApiError::internal)
 }
 
 /// `/admin/test/upstream/{path}`: relays to the upstream service binding's `/{path}` (the
@@ -242,9 +242,9 @@ pub async fn test_upstream(
     let headers = Headers::new();
     headers
         .set("content-type", "application/json")
-        .map_err(|e| ApiError::new(500, "internal", e.to_string()))?;
+        .map_err(ApiError::internal)?;
     Ok(Response::ok(text)
-        .map_err(|e| ApiError::new(500, "internal", e.to_string()))?
+        .map_err(ApiError::internal)?
         .with_status(status)
         .with_headers(headers))
 }
@@ -305,7 +305,7 @@ pub async fn test_registry(
             return Err(ApiError::new(404, "not_found", format!("no route {p}")));
         }
     };
-    runtime::json(200, &answer).map_err(|e| ApiError::new(500, "internal", e.to_string()))
+    runtime::json(200, &answer).map_err(ApiError::internal)
 }
 
 /// `GET /admin/test/memory`: the size of this isolate's wasm memory, which never shrinks
@@ -318,8 +318,7 @@ pub fn test_memory(req: &Request, cfg: &Config) -> Result<Response, ApiError> {
         .buffer()
         .unchecked_into::<js_sys::ArrayBuffer>()
         .byte_length();
-    runtime::json(200, &serde_json::json!({"wasmBytes": bytes}))
-        .map_err(|e| ApiError::new(500, "internal", e.to_string()))
+    runtime::json(200, &serde_json::json!({"wasmBytes": bytes})).map_err(ApiError::internal)
 }
 
 /// Every registry object's snapshot, merged: the global view. A registry
@@ -370,12 +369,13 @@ pub async fn metrics(req: &Request, env: &Env, cfg: &Config) -> Result<Response,
         st.users.len(),
         draining,
     ));
-    let internal = |e: worker::Error| ApiError::new(500, "internal", e.to_string());
     let headers = Headers::new();
     headers
         .set("content-type", exposition::CONTENT_TYPE)
-        .map_err(internal)?;
-    Ok(Response::ok(body).map_err(internal)?.with_headers(headers))
+        .map_err(ApiError::internal)?;
+    Ok(Response::ok(body)
+        .map_err(ApiError::internal)?
+        .with_headers(headers))
 }
 
 /// `GET /admin/stats`: global totals and the top users by connections.
@@ -387,7 +387,7 @@ pub async fn stats(req: &Request, env: &Env, cfg: &Config) -> Result<Response, A
         200,
         &slo::admin_stats(&g, &cfg.tiers, runtime::now_ms(), top),
     )
-    .map_err(|e| ApiError::new(500, "internal", e.to_string()))
+    .map_err(ApiError::internal)
 }
 
 /// `GET /admin/slo`: the per-tier SLO report.
@@ -395,7 +395,7 @@ pub async fn slo(req: &Request, env: &Env, cfg: &Config) -> Result<Response, Api
     authorize(req, cfg)?;
     let g = global(env, cfg).await;
     runtime::json(200, &slo::slo_report(&g, &cfg.tiers, runtime::now_ms()))
-        .map_err(|e| ApiError::new(500, "internal", e.to_string()))
+        .map_err(ApiError::internal)
 }
 
 fn query_usize(req: &Request, key: &str) -> Option<usize> {

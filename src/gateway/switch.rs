@@ -74,7 +74,8 @@ pub async fn policy(mut req: Request, env: &Env, cfg: &Config) -> Result<Respons
     let set = match req.method() {
         Method::Get => {
             let st = policy::state(env).await;
-            return runtime::json(200, &view(cfg, &st, user.as_deref())).map_err(internal);
+            return runtime::json(200, &view(cfg, &st, user.as_deref()))
+                .map_err(ApiError::internal);
         }
         Method::Put => {
             let body = read_body(&mut req).await?;
@@ -106,7 +107,7 @@ pub async fn policy(mut req: Request, env: &Env, cfg: &Config) -> Result<Respons
     }
     // This isolate follows at once; the others within REFRESH_MS.
     policy::remember(reply.state.clone());
-    runtime::json(200, &view(cfg, &reply.state, user.as_deref())).map_err(internal)
+    runtime::json(200, &view(cfg, &reply.state, user.as_deref())).map_err(ApiError::internal)
 }
 
 #[derive(serde::Deserialize)]
@@ -154,10 +155,6 @@ fn unavailable(e: worker::Error) -> ApiError {
         "the policy control could not be reached; retry",
     )
     .retry_after(1)
-}
-
-fn internal(e: worker::Error) -> ApiError {
-    ApiError::new(500, "internal", e.to_string())
 }
 
 /// The active policy for `/health`: the run-time one if set.

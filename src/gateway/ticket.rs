@@ -27,7 +27,6 @@ pub async fn issue(req: &Request, env: &Env, cfg: &Config) -> Result<Response, A
         },
     )
     .await?;
-    let internal = |e: worker::Error| ApiError::new(500, "internal", e.to_string());
     let limit = TICKETS_PER_MINUTE.to_string();
     match issue {
         Issue::Allowed { remaining } => {
@@ -45,7 +44,7 @@ pub async fn issue(req: &Request, env: &Env, cfg: &Config) -> Result<Response, A
                     ("x-ratelimit-remaining", remaining.to_string()),
                 ],
             )
-            .map_err(internal)
+            .map_err(ApiError::internal)
         }
         Issue::Limited { retry_after_s } => runtime::json_with_headers(
             429,
@@ -60,6 +59,6 @@ pub async fn issue(req: &Request, env: &Env, cfg: &Config) -> Result<Response, A
                 ("x-ratelimit-remaining", "0".into()),
             ],
         )
-        .map_err(internal),
+        .map_err(ApiError::internal),
     }
 }

@@ -140,10 +140,7 @@ pub async fn stats(req: &Request, env: &Env, cfg: &Config) -> Result<Response, A
         Some(t) => t,
         None => {
             let s = ask_home(env, &user, &StatsRequest {}).await?;
-            let text = Rc::new(
-                serde_json::to_string(&s)
-                    .map_err(|e| ApiError::new(500, "internal", e.to_string()))?,
-            );
+            let text = Rc::new(serde_json::to_string(&s).map_err(ApiError::internal)?);
             if ttl > 0 {
                 STATS.with(|c| {
                     c.borrow_mut()
@@ -153,7 +150,7 @@ pub async fn stats(req: &Request, env: &Env, cfg: &Config) -> Result<Response, A
             text
         }
     };
-    runtime::json_text(200, &text).map_err(|e| ApiError::new(500, "internal", e.to_string()))
+    runtime::json_text(200, &text).map_err(ApiError::internal)
 }
 
 /// Whether `read` bytes plus the next `chunk` stay within `limit`.
@@ -170,7 +167,7 @@ fn too_large(limit: usize) -> ApiError {
 }
 
 fn ok_json<T: Serialize>(v: &T) -> Result<Response, ApiError> {
-    runtime::json(200, v).map_err(|e| ApiError::new(500, "internal", e.to_string()))
+    runtime::json(200, v).map_err(ApiError::internal)
 }
 
 #[cfg(test)]

@@ -73,6 +73,11 @@ impl ApiError {
         Self::new(400, code, message)
     }
 
+    /// A failure of this edge's own (a runtime call, a serialisation), as 500 `internal`.
+    pub fn internal(e: impl std::fmt::Display) -> Self {
+        Self::new(500, "internal", e.to_string())
+    }
+
     pub fn retry_after(mut self, seconds: u32) -> Self {
         self.retry_after_s = Some(seconds);
         self

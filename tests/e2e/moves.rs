@@ -355,10 +355,16 @@ async fn next_event(c: &mut Client, event: &str, wait: Duration) -> Option<Value
 
 /// Sets `u`'s own policy at run time, draining over `drain_ms`.
 async fn switch_user(g: &Gateway, u: &str, policy: &str, drain_ms: u64) {
+    set_policy(g, &format!("/admin/users/{u}/policy"), policy, drain_ms).await;
+}
+
+async fn switch_everyone(g: &Gateway, policy: &str, drain_ms: u64) {
+    set_policy(g, "/admin/policy", policy, drain_ms).await;
+}
+
+async fn set_policy(g: &Gateway, path: &str, policy: &str, drain_ms: u64) {
     let body = json!({"policy": policy, "drainMs": drain_ms});
-    let (s, v) = g
-        .admin(Method::PUT, &format!("/admin/users/{u}/policy"), Some(body))
-        .await;
+    let (s, v) = g.admin(Method::PUT, path, Some(body)).await;
     assert_eq!(s, 200, "{v}");
 }
 
@@ -550,14 +556,7 @@ async fn a_global_switch_reaches_a_user_no_registry_knew_yet() {
     let mut b = g.connect(&t, "").await;
     assert_eq!(shard(&a), format!("cm:{u}"));
     // At once: the home's first push is still about 2 s away.
-    let (s, v) = g
-        .admin(
-            Method::PUT,
-            "/admin/policy",
-            Some(json!({"policy": "hash:shards=4", "drainMs": 1000})),
-        )
-        .await;
-    assert_eq!(s, 200, "{v}");
+    switch_everyone(g, "hash:shards=4", 1000).await;
     for c in [&mut a, &mut b] {
         let (ev, code) = told(c, Duration::from_secs(8))
             .await

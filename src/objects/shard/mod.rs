@@ -234,13 +234,7 @@ impl DurableObject for ConnectionManager {
         reason: String,
         _was_clean: bool,
     ) -> worker::Result<()> {
-        // Read once: each read is a structured clone out of the runtime.
-        let meta = attachment(&ws);
-        self.event(|| meta.clone());
-        // Before anything builds the index after a wake: the closing socket must be in it.
-        if let Some(m) = &meta {
-            self.index_with_closing(m);
-        }
+        let meta = self.closing(&ws);
         self.after_wake().await?;
         // Reciprocate so the client's close handshake completes. 1005 (no code), 1006
         // (abnormal) and 1015 (TLS) are never sent on the wire.
@@ -254,11 +248,7 @@ impl DurableObject for ConnectionManager {
     }
 
     async fn websocket_error(&self, ws: WebSocket, error: worker::Error) -> worker::Result<()> {
-        let meta = attachment(&ws);
-        self.event(|| meta.clone());
-        if let Some(m) = &meta {
-            self.index_with_closing(m);
-        }
+        let meta = self.closing(&ws);
         console_error!("socket error: {error}");
         close(&ws, 1011, "Internal error");
         self.after_close(meta, 1011).await
@@ -847,9 +837,21 @@ impl ConnectionManager {
         ws.send_with_str(crate::routing::envelope::error_frame(code, message, now))
     }
 
+    /// The first step of a close or an error: the socket's attachment, read once (each read
+    /// is a structured clone out of the runtime), the event counted, and the socket in the
+    /// index before anything builds it after a wake (or the close would find it uncounted).
+    fn closing(&self, ws: &WebSocket) -> Option<SocketMeta> {
+        let meta = attachment(ws);
+        self.event(|| meta.clone());
+        if let Some(m) = &meta {
+            self.index_with_closing(m);
+        }
+        meta
+    }
+
+    /// After `closing`: uncounts the socket, settles the lease and the gauges.
     async fn after_close(&self, meta: Option<SocketMeta>, code: u16) -> worker::Result<()> {
         if let Some(m) = meta {
-            self.index_with_closing(&m);
             self.count_close(&m, code).await;
         }
         self.settle().await?;
