@@ -59,6 +59,6 @@ async fn fetch(
     req: worker::Request,
     env: worker::Env,
     ctx: worker::Context,
-) -> worker::Result<worker::Response> {
+) -> worker::Result<runtime::Answer> {
     gateway::handle(req, env, ctx).await
 }

@@ -14,13 +14,13 @@ use worker::{Context, Env, Method, Request, Response};
 
 use crate::config::Config;
 use crate::protocol::ApiError;
-use crate::runtime;
+use crate::runtime::{self, Answer};
 
-pub async fn handle(req: Request, env: Env, ctx: Context) -> worker::Result<Response> {
+pub async fn handle(req: Request, env: Env, ctx: Context) -> worker::Result<Answer> {
     let path = req.path();
     let cfg = runtime::config(&env);
     if path == "/health" {
-        return health(&cfg, &env).await;
+        return health(&cfg, &env).await.map(Answer::from);
     }
     let cfg = match cfg {
         Ok(c) => c,
@@ -30,6 +30,7 @@ pub async fn handle(req: Request, env: Env, ctx: Context) -> worker::Result<Resp
                 "invalid_config",
                 format!("the gateway is misconfigured: {e}"),
             ))
+            .map(Answer::from)
         }
     };
     crate::objects::revocations::ensure(&env, &ctx);
@@ -38,31 +39,29 @@ pub async fn handle(req: Request, env: Env, ctx: Context) -> worker::Result<Resp
     if req.method() == Method::Options {
         let mut resp = Response::empty()?.with_status(204);
         cors(&cfg, origin.as_deref(), true, &mut resp);
-        return Ok(resp);
+        return Ok(Answer::Built(resp));
     }
-    let result = route(req, &env, &ctx, &cfg, &path).await;
+    let result = if req.method() == Method::Get && upgrade::is_upgrade_path(&path) {
+        // The shard's answer (the 101, or its refusal) goes back untouched; browsers do not
+        // subject an upgrade to CORS.
+        match upgrade::upgrade(&req, &env, &ctx, &cfg).await {
+            Ok(relayed) => return Ok(Answer::Relayed(relayed)),
+            Err(e) => Err(e),
+        }
+    } else {
+        route(req, &env, &cfg, &path).await
+    };
     let mut resp = match result {
         Ok(resp) => resp,
         Err(e) => runtime::error(&e)?,
     };
-    if resp.status_code() != 101 {
-        cors(&cfg, origin.as_deref(), false, &mut resp);
-    }
-    Ok(resp)
+    cors(&cfg, origin.as_deref(), false, &mut resp);
+    Ok(Answer::Built(resp))
 }
 
 /// The endpoint for a request, by method and path.
-async fn route(
-    req: Request,
-    env: &Env,
-    ctx: &Context,
-    cfg: &Config,
-    path: &str,
-) -> Result<Response, ApiError> {
+async fn route(req: Request, env: &Env, cfg: &Config, path: &str) -> Result<Response, ApiError> {
     match (req.method(), path) {
-        (Method::Get, "/v1/updates" | "/v1/websocket") => {
-            upgrade::upgrade(&req, env, ctx, cfg).await
-        }
         (Method::Post, "/v1/websocket/ticket") => ticket::issue(&req, env, cfg).await,
         (Method::Post, "/v1/websocket/broadcast") => {
             user_api::broadcast(req, env, cfg).await
@@ -109,8 +108,7 @@ async fn route(
     }
 }
 
-/// Adds the CORS headers for `origin`. Headers of an answer relayed from a shard may be
-/// immutable; those answers are upgrade refusals, which browsers do not subject to CORS.
+/// Adds the CORS headers for `origin` to an answer the gateway built.
 fn cors(cfg: &Config, origin: Option<&str>, preflight: bool, resp: &mut Response) {
     for (k, v) in cfg.cors.headers(origin, preflight) {
         if resp.headers_mut().set(k, &v).is_err() {

@@ -9,7 +9,7 @@
 //! When none admitted and some were only slow, pass 2 lets the SLO rules
 //! decide: admit on the least-bad shard, or shed the tier (lower tiers first).
 
-use worker::{Context, Env, Headers, Method, Request, Response};
+use worker::{Context, Env, Request};
 
 use super::caller;
 use super::report::observe_later;
@@ -23,7 +23,7 @@ use crate::placement::admission::{self, Fallback, Health, TierRank};
 use crate::placement::switch::Effective;
 use crate::protocol::ids;
 use crate::protocol::{self, ApiError, SocketMeta};
-use crate::runtime;
+use crate::runtime::{self, Relayed};
 use observability::metrics::Outcome;
 use shard_policies::PolicyConfig;
 
@@ -31,17 +31,19 @@ use shard_policies::PolicyConfig;
 /// subrequests a single connect can cost when a user's shards are all full.
 pub const MAX_ATTEMPTS: usize = 16;
 
+/// The paths a client opens its socket on (`/v1/websocket` is the platform's older name).
+pub fn is_upgrade_path(path: &str) -> bool {
+    matches!(path, "/v1/updates" | "/v1/websocket")
+}
+
 pub async fn upgrade(
     req: &Request,
     env: &Env,
     ctx: &Context,
     cfg: &Config,
-) -> Result<Response, ApiError> {
+) -> Result<Relayed, ApiError> {
     require_websocket(req)?;
-    let url = req
-        .url()
-        .map_err(|_| ApiError::bad_request("bad_url", "request URL does not parse"))?;
-    let pairs: Vec<(String, String)> = url.query_pairs().into_owned().collect();
+    let pairs = query_pairs(&req.inner().url());
     // Parameters before credentials: a bad query costs no token check or home call.
     let query = connect_query(req, &pairs)?;
     let caller = caller::upgrade_caller(req, &pairs, env, cfg).await?;
@@ -101,6 +103,19 @@ fn require_websocket(req: &Request) -> Result<(), ApiError> {
     ))
 }
 
+/// The query's pairs, decoded, from the URL as the runtime serialised it (the query is
+/// between the first `?` and the first `#`): no full URL parse for the few parameters a
+/// connect has.
+fn query_pairs(url: &str) -> Vec<(String, String)> {
+    let url = url.split_once('#').map_or(url, |(u, _)| u);
+    let Some((_, query)) = url.split_once('?') else {
+        return Vec::new();
+    };
+    url::form_urlencoded::parse(query.as_bytes())
+        .into_owned()
+        .collect()
+}
+
 /// The socket's type and ids, from the query and the header fallbacks.
 fn connect_query(
     req: &Request,
@@ -144,14 +159,14 @@ fn socket_meta(caller: &caller::Caller, query: protocol::ConnectQuery, now: u64)
 /// What the first pass over the candidates came to.
 enum Pass {
     /// A final answer: 101, 429 or another 4xx.
-    Done(Response),
+    Done(Relayed),
     Refused(Refusals),
 }
 
 /// Every candidate refused: their healths, the last refusal, how many were tried.
 struct Refusals {
     healths: Vec<(String, Health)>,
-    last: Option<Response>,
+    last: Option<Relayed>,
     tried: usize,
     errored: bool,
 }
@@ -180,17 +195,14 @@ async fn first_pass(env: &Env, user: &str, attempt: &mut Attempt<'_>) -> Pass {
             }
         };
         if let Some(p) = resp
-            .headers()
-            .get(PLACEMENT_HEADER)
-            .ok()
-            .flatten()
+            .header(PLACEMENT_HEADER)
             .and_then(|h| Placement::parse(&h))
         {
             caller::remember_placement(user, &p);
             // The user spread (or shrank): the candidates change, the tried ones stay tried.
             attempt.learn(p);
         }
-        if resp.status_code() != 503 {
+        if resp.status() != 503 {
             return Pass::Done(resp);
         }
         r.healths.push((shard, health_of(&resp)));
@@ -208,7 +220,7 @@ async fn second_pass(
     attempt: &Attempt<'_>,
     healths: &[(String, Health)],
     report: &impl Fn(Outcome, String),
-) -> Result<Option<Response>, ApiError> {
+) -> Result<Option<Relayed>, ApiError> {
     if !healths
         .iter()
         .any(|(_, h)| matches!(h, Health::OverLatency { .. }))
@@ -230,7 +242,7 @@ async fn second_pass(
             Ok(try_shard(env, &c)
                 .await
                 .ok()
-                .filter(|resp| resp.status_code() != 503))
+                .filter(|resp| resp.status() != 503))
         }
         Fallback::Shed {
             retry_after_secs,
@@ -330,8 +342,8 @@ impl<'a> Attempt<'a> {
 
 /// A refusing shard's health from its `x-edge-health` header; anything
 /// unreadable counts as unable to take the socket.
-fn health_of(resp: &Response) -> Health {
-    let h = resp.headers().get(HEALTH_HEADER).ok().flatten();
+fn health_of(resp: &Relayed) -> Health {
+    let h = resp.header(HEALTH_HEADER);
     match h
         .as_deref()
         .and_then(|h| h.strip_prefix("over_latency;ratio="))
@@ -344,12 +356,51 @@ fn health_of(resp: &Response) -> Health {
     }
 }
 
-async fn try_shard(env: &Env, connect: &Connect) -> worker::Result<Response> {
-    let stub = runtime::stub(env, crate::object_api::SHARD_BINDING, &connect.shard)?;
-    let headers = Headers::new();
-    headers.set("upgrade", "websocket")?;
-    headers.set(SHARD_HEADER, &connect.shard)?;
-    headers.set(CONNECT_HEADER, &serde_json::to_string(connect)?)?;
-    let req = runtime::internal_request(Method::Get, CONNECT_PATH, None, headers)?;
-    stub.fetch_with_request(req).await
+async fn try_shard(env: &Env, connect: &Connect) -> worker::Result<Relayed> {
+    let shard = runtime::object(env, crate::object_api::SHARD_BINDING, &connect.shard)?;
+    let meta = serde_json::to_string(connect)?;
+    runtime::upgrade(
+        &shard,
+        CONNECT_PATH,
+        &[(SHARD_HEADER, &connect.shard), (CONNECT_HEADER, &meta)],
+    )
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::query_pairs;
+
+    fn pairs(url: &str) -> Vec<(String, String)> {
+        query_pairs(url)
+    }
+
+    #[test]
+    fn the_query_is_decoded_and_ends_at_the_fragment() {
+        assert_eq!(
+            pairs("https://h/v1/updates?clientType=session-scoped&sessionId=a%20b+c#x=1"),
+            vec![
+                ("clientType".to_owned(), "session-scoped".to_owned()),
+                ("sessionId".to_owned(), "a b c".to_owned()),
+            ]
+        );
+    }
+
+    #[test]
+    fn no_query_is_no_pairs() {
+        assert!(pairs("https://h/v1/updates").is_empty());
+        assert!(pairs("https://h/v1/updates?").is_empty());
+        assert!(pairs("https://h/v1/updates#?a=1").is_empty());
+    }
+
+    #[test]
+    fn a_second_question_mark_belongs_to_the_query() {
+        assert_eq!(
+            pairs("https://h/v1/updates?token=a?b&x"),
+            vec![
+                ("token".to_owned(), "a?b".to_owned()),
+                ("x".to_owned(), String::new()),
+            ]
+        );
+    }
 }

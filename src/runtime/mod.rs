@@ -6,14 +6,16 @@ use std::time::Duration;
 
 use futures::future::{select, Either};
 use serde::Serialize;
-use worker::{Delay, Env, Headers, Method, ObjectNamespace, Request, RequestInit, Response, Stub};
+use worker::{Delay, Env, Headers, Method, Request, RequestInit, Response};
 
 use crate::config::{Config, ConfigError, VarSource};
 use crate::protocol::ApiError;
 
 mod calls;
 pub(crate) use calls::rpc_object;
-pub use calls::{answer, ask, ask_encoded, ask_home, encode, object, Call, Reply};
+pub use calls::{
+    answer, ask, ask_encoded, ask_home, encode, object, upgrade, Call, Relayed, Reply,
+};
 
 /// Reads `[vars]` and secrets from the Worker environment.
 pub struct EnvVars<'a>(pub &'a Env);
@@ -147,26 +149,27 @@ pub async fn sleep(ms: u32) {
     }
 }
 
-/// A stub for `fetch`: the upgrade. Messages go by RPC ([`object`], [`ask`]).
-pub fn stub(env: &Env, binding: &str, name: &str) -> worker::Result<Stub> {
-    let ns: ObjectNamespace = env.durable_object(binding)?;
-    ns.get_by_name(name)
+/// What the gateway answers: a response it built, or a shard's answer relayed as is.
+pub enum Answer {
+    Built(Response),
+    Relayed(Relayed),
 }
 
-/// Builds an internal request to a Durable Object. The host is never
-/// resolved; only the path and body matter to the object.
-pub fn internal_request(
-    method: Method,
-    path: &str,
-    body: Option<String>,
-    headers: Headers,
-) -> worker::Result<Request> {
-    let mut init = RequestInit::new();
-    init.with_method(method).with_headers(headers);
-    if let Some(b) = body {
-        init.with_body(Some(b.into()));
+impl From<Response> for Answer {
+    fn from(r: Response) -> Self {
+        Answer::Built(r)
     }
-    Request::new_with_init(&format!("https://do.internal{path}"), &init)
+}
+
+impl worker::IntoResponse for Answer {
+    fn into_raw(
+        self,
+    ) -> std::result::Result<worker::web_sys::Response, impl Into<Box<dyn std::error::Error>>> {
+        Ok::<_, worker::Error>(match self {
+            Answer::Built(r) => r.into(),
+            Answer::Relayed(r) => r.into_raw(),
+        })
+    }
 }
 
 /// A response's body as text, read by the runtime in one promise: `Response::text` of
