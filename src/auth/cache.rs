@@ -12,6 +12,8 @@
 
 use std::collections::{HashMap, VecDeque};
 
+use super::TokenRef;
+
 /// Entries kept per cache per isolate (a token entry is a few hundred bytes).
 pub const CAPACITY: usize = 4096;
 /// How stale a revocation may be: a cached token is checked again after this long.
@@ -82,6 +84,8 @@ impl<V> BoundedMap<V> {
 #[derive(Debug, Clone)]
 struct TokenEntry {
     user_id: String,
+    /// The token's reference (its revocation hash, `exp`), hashed once per verification.
+    token: TokenRef,
     exp_s: Option<u64>,
     checked_ms: u64,
 }
@@ -108,7 +112,7 @@ impl TokenCache {
 
     /// The user (and `exp`, seconds) of a cached token still valid at `now_ms`; an expired or
     /// stale entry is dropped, so the caller verifies (and checks revocation) again.
-    pub fn get(&mut self, token: &str, now_ms: u64) -> Option<(String, Option<u64>)> {
+    pub fn get(&mut self, token: &str, now_ms: u64) -> Option<(String, TokenRef)> {
         let e = self.map.get(token)?;
         let expired = e.exp_s.is_some_and(|exp| now_ms / 1000 >= exp);
         let stale = now_ms.saturating_sub(e.checked_ms) >= self.recheck_ms;
@@ -116,7 +120,7 @@ impl TokenCache {
             self.map.remove(token);
             return None;
         }
-        Some((e.user_id.clone(), e.exp_s))
+        Some((e.user_id.clone(), e.token.clone()))
     }
 
     pub fn insert(&mut self, token: &str, user_id: &str, exp_s: Option<u64>, now_ms: u64) {
@@ -124,6 +128,7 @@ impl TokenCache {
             token,
             TokenEntry {
                 user_id: user_id.to_owned(),
+                token: TokenRef::of(token, exp_s),
                 exp_s,
                 checked_ms: now_ms,
             },
@@ -135,7 +140,7 @@ impl TokenCache {
         let gone: Vec<String> = self
             .map
             .keys()
-            .filter(|t| super::token::revocation_hash(t) == hash)
+            .filter(|t| self.map.get(t).is_some_and(|e| e.token.token_hash == hash))
             .cloned()
             .collect();
         for t in gone {
@@ -190,6 +195,20 @@ mod tests {
         // At exp, exactly as verification refuses it.
         assert_eq!(c.get("t", 100_000), None);
         assert!(c.is_empty());
+    }
+
+    #[test]
+    fn a_hit_answers_the_reference_of_the_verified_token() {
+        let mut c = TokenCache::new(10, 60_000);
+        c.insert("t", "alice", Some(100), 0);
+        c.insert("u", "bob", None, 0);
+        let (user, r) = c.get("t", 1_000).expect("a hit");
+        assert_eq!(user, "alice");
+        assert_eq!(r, TokenRef::of("t", Some(100)));
+        // Forgetting by hash drops that token only.
+        c.forget_hash(&TokenRef::of("t", None).token_hash);
+        assert_eq!(c.get("t", 1_000), None);
+        assert_eq!(c.get("u", 1_000).map(|(u, _)| u).as_deref(), Some("bob"));
     }
 
     #[test]

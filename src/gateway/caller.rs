@@ -52,8 +52,8 @@ pub async fn user_of_token(
     wording: Wording,
 ) -> Result<(String, TokenRef), ApiError> {
     let now_ms = runtime::now_ms();
-    if let Some((user, exp)) = TOKENS.with(|c| c.borrow_mut().get(token, now_ms)) {
-        return Ok((user, TokenRef::of(token, exp)));
+    if let Some(hit) = TOKENS.with(|c| c.borrow_mut().get(token, now_ms)) {
+        return Ok(hit);
     }
     let prefix = match wording {
         Wording::Upgrade => "Invalid authentication token",

@@ -264,7 +264,7 @@ impl ConnectionManager {
             console_error!("accept failed: {e:?}");
             return runtime::error(&ApiError::new(500, "accept_failed", "could not accept"));
         }
-        pair.server.serialize_attachment(&c.meta)?;
+        let bytes = runtime::attach(&pair.server, &c.meta)? as u64;
         // `connected` is the first frame (the web clients wait for it): sent before any
         // await lets a delivery reach the new socket.
         let now = runtime::now_ms();
@@ -280,7 +280,6 @@ impl ConnectionManager {
         self.load.borrow_mut().sent(1);
         // Counted before any await, so the next connect's admission sees it. The home hears
         // of it after the fact (its own sockets: at once, in memory).
-        let bytes = serde_json::to_string(&c.meta).map_or(0, |s| s.len() as u64);
         self.count_socket(&c.meta, bytes).await;
         if let Ok(cfg) = runtime::config(&self.env) {
             if cfg.upstream.posts_hooks() {

@@ -114,6 +114,8 @@ pub struct ConnectionManager {
     /// What this shard delivered lately, so a handoff skips what a socket got directly.
     recent: RefCell<crate::routing::moves::Recent>,
     handoff_skipped: Cell<u64>,
+    /// The name `is_home` last parsed, and its answer.
+    home_memo: RefCell<(String, bool)>,
     /// Business events accepted and not yet answered on this shard.
     upstream_pending: Cell<u32>,
     /// Lifecycle hooks on their way to the upstream (the home's machine hooks too).
@@ -190,6 +192,7 @@ impl DurableObject for ConnectionManager {
             moved: RefCell::new(crate::routing::moves::Moved::default()),
             recent: RefCell::new(crate::routing::moves::Recent::default()),
             handoff_skipped: Cell::new(0),
+            home_memo: RefCell::new((String::new(), false)),
         }
     }
 
@@ -610,8 +613,15 @@ impl ConnectionManager {
     }
 
     /// Whether this shard is its user's home (`cm:{user}`).
+    /// Whether this shard is its user's home, from its name (parsed once per name: the
+    /// question is asked several times per event).
     fn is_home(&self) -> bool {
-        crate::placement::is_home(&self.saved.borrow().name)
+        let s = self.saved.borrow();
+        let mut memo = self.home_memo.borrow_mut();
+        if memo.0 != s.name {
+            *memo = (s.name.clone(), crate::placement::is_home(&s.name));
+        }
+        memo.1
     }
 
     async fn save(&self) -> worker::Result<()> {
@@ -917,7 +927,7 @@ impl ConnectionManager {
 }
 
 fn attachment(ws: &WebSocket) -> Option<SocketMeta> {
-    ws.deserialize_attachment::<SocketMeta>().ok().flatten()
+    runtime::attached(ws)
 }
 
 fn close(ws: &WebSocket, code: u16, reason: &str) {
