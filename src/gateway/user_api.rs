@@ -60,7 +60,7 @@ pub async fn publish(mut req: Request, env: &Env, cfg: &Config) -> Result<Respon
 /// Reads a body of at most `limit` bytes: 413 by its declared length, or as soon as the
 /// chunks read so far pass the limit (a chunked body has no length), before it is read
 /// whole. Each chunk's size is checked on the JavaScript side, before it is copied into wasm
-/// memory, which never shrinks.
+/// memory, which never shrinks; a body within its declared length is read in one piece.
 async fn read_body(req: &mut Request, limit: usize) -> Result<Vec<u8>, ApiError> {
     use wasm_bindgen::JsCast;
     let declared = req
@@ -73,6 +73,19 @@ async fn read_body(req: &mut Request, limit: usize) -> Result<Vec<u8>, ApiError>
         return Err(too_large(limit));
     }
     let unreadable = |_| ApiError::bad_request("bad_body", "could not read the request body");
+    if declared.is_some() {
+        // A declared length frames the body (the runtime delivers no more than it): read it
+        // in one promise instead of chunk by chunk.
+        let buf = req.inner().array_buffer().map_err(unreadable)?;
+        let buf = worker::wasm_bindgen_futures::JsFuture::from(buf)
+            .await
+            .map_err(unreadable)?;
+        let bytes = js_sys::Uint8Array::new(&buf);
+        if bytes.length() as usize > limit {
+            return Err(too_large(limit));
+        }
+        return Ok(bytes.to_vec());
+    }
     let Some(stream) = req.inner().body() else {
         return Ok(Vec::new());
     };
@@ -139,8 +152,8 @@ pub async fn stats(req: &Request, env: &Env, cfg: &Config) -> Result<Response, A
     let text = match cached {
         Some(t) => t,
         None => {
-            let s = ask_home(env, &user, &StatsRequest {}).await?;
-            let text = Rc::new(serde_json::to_string(&s).map_err(ApiError::internal)?);
+            // The home's answer is relayed as it is.
+            let text = Rc::new(runtime::ask_home_text(env, &user, &StatsRequest {}).await?);
             if ttl > 0 {
                 STATS.with(|c| {
                     c.borrow_mut()

@@ -68,18 +68,30 @@ pub async fn ask<M: Message>(
 
 /// Sends a message to the user's home shard; a failure is a 503 the client may retry.
 pub async fn ask_home<M: Message>(env: &Env, user: &str, msg: &M) -> Result<M::Reply, ApiError> {
-    let unavailable = |e: worker::Error| {
-        worker::console_error!("home {} failed: {e}", M::PATH);
-        ApiError::new(
-            503,
-            "home_unavailable",
-            "the user's home shard did not answer; retry",
-        )
-        .retry_after(1)
-    };
+    let text = ask_home_text(env, user, msg).await?;
+    serde_json::from_str(&text).map_err(|e| home_unavailable(M::PATH, e))
+}
+
+/// [`ask_home`], answering the reply's JSON text unparsed, for a caller that relays it as
+/// it is (parsing and writing it again would only cost CPU).
+pub async fn ask_home_text<M: Message>(env: &Env, user: &str, msg: &M) -> Result<String, ApiError> {
+    let unavailable = |e: worker::Error| home_unavailable(M::PATH, e);
     let home = crate::placement::home_name(user);
     let obj = object(env, SHARD_BINDING, &home).map_err(unavailable)?;
-    ask(&obj, Some(&home), msg).await.map_err(unavailable)
+    let body = serde_json::to_string(msg).map_err(|e| unavailable(e.into()))?;
+    send_text(&obj, M::PATH, Some(&home), &body)
+        .await
+        .map_err(unavailable)
+}
+
+fn home_unavailable(path: &str, e: impl std::fmt::Display) -> ApiError {
+    worker::console_error!("home {path} failed: {e}");
+    ApiError::new(
+        503,
+        "home_unavailable",
+        "the user's home shard did not answer; retry",
+    )
+    .retry_after(1)
 }
 
 /// A message serialised once, for a fan-out that sends the same body to many objects.
@@ -111,6 +123,18 @@ async fn send<Resp: DeserializeOwned>(
     shard: Option<&str>,
     body: &str,
 ) -> worker::Result<Resp> {
+    Ok(serde_json::from_str(
+        &send_text(obj, path, shard, body).await?,
+    )?)
+}
+
+/// [`send`], answering the body's text.
+async fn send_text(
+    obj: &Object,
+    path: &str,
+    shard: Option<&str>,
+    body: &str,
+) -> worker::Result<String> {
     let answer =
         wasm_bindgen_futures::JsFuture::from(obj.0.handle(path, shard.unwrap_or(""), body)?)
             .await?;
@@ -122,7 +146,7 @@ async fn send<Resp: DeserializeOwned>(
             crate::protocol::truncate(&text, 200)
         )));
     }
-    Ok(serde_json::from_str(&text)?)
+    Ok(text)
 }
 
 /// A shard's answer to an upgrade, as the runtime gave it, to be relayed to the client

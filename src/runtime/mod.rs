@@ -14,7 +14,8 @@ use crate::protocol::ApiError;
 mod calls;
 pub(crate) use calls::rpc_object;
 pub use calls::{
-    answer, ask, ask_encoded, ask_home, encode, object, upgrade, Call, Relayed, Reply,
+    answer, ask, ask_encoded, ask_home, ask_home_text, encode, object, upgrade, Call, Relayed,
+    Reply,
 };
 
 /// Reads `[vars]` and secrets from the Worker environment.
