@@ -5,12 +5,19 @@
 #
 #   scripts/bench-build.sh DIR ENTRY     e.g. scripts/bench-build.sh benches/floor entry.mjs
 #
-# Used by scripts/rpc-bench.sh and scripts/floor-bench.sh; the entry imports
-# ./build/wasm-bundle.js.
+# SKIP_BUILD=1 keeps an existing DIR/build/index.js. Used by scripts/rpc-bench.sh and
+# scripts/floor-bench.sh; the entry imports ./build/wasm-bundle.js.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 [ $# -eq 2 ] && [ -f "$ROOT/$1/Cargo.toml" ] && [ -f "$ROOT/$1/$2" ] \
   || { echo "usage: scripts/bench-build.sh DIR ENTRY (a benches/ crate and its entry module)" >&2; exit 2; }
+if [ "${SKIP_BUILD:-0}" = 1 ] && [ -f "$ROOT/$1/build/index.js" ]; then
+  exit 0
+fi
+for f in "$ROOT/node_modules/@esbuild/linux-x64/bin/esbuild" "$HOME/.cargo/bin/worker-build"; do
+  [ -e "$f" ] || { echo "error: $f is missing (make bootstrap)" >&2; exit 2; }
+done
+echo "$(basename "$1"): building $1 (release, wasm-opt as the gateway)"
 cd "$ROOT/$1"
 export PATH="$HOME/.cargo/bin:$PATH" WASM_BINDGEN_BIN="$HOME/.cargo/bin/wasm-bindgen" \
   ESBUILD_BIN="$ROOT/node_modules/@esbuild/linux-x64/bin/esbuild" WASM_OPT_BIN="$ROOT/scripts/wasm-opt.sh"

@@ -27,16 +27,13 @@ variants=${VARIANTS:-js rust baseline edge}
 for v in $variants; do
   case $v in js | rust | baseline | edge) ;; *) echo "error: unknown variant \"$v\" (js rust baseline edge)" >&2; exit 2 ;; esac
 done
-for f in node_modules/.bin/wrangler node_modules/@esbuild/linux-x64/bin/esbuild "$HOME/.cargo/bin/worker-build" "$K6" target/debug/token; do
+for f in node_modules/.bin/wrangler "$K6" target/debug/token; do
   [ -e "$f" ] || { echo "error: $f is missing (make bootstrap; cargo build -p edge-tools)" >&2; exit 2; }
 done
 case " $variants " in *" edge "*) [ -f build/index.js ] || { echo "error: build/index.js is missing (make build)" >&2; exit 2; } ;; esac
 
 bench=benches/floor
-if [ "${SKIP_BUILD:-0}" != 1 ] || [ ! -f "$bench/build/index.js" ]; then
-  echo "floor-bench: building $bench (release, wasm-opt as the gateway)"
-  scripts/bench-build.sh "$bench" entry.mjs
-fi
+scripts/bench-build.sh "$bench" entry.mjs
 
 # shellcheck source=load-tests/lib/gateway.sh
 . load-tests/lib/gateway.sh

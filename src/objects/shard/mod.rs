@@ -612,9 +612,8 @@ impl ConnectionManager {
         self.saved.borrow().user.clone()
     }
 
-    /// Whether this shard is its user's home (`cm:{user}`).
-    /// Whether this shard is its user's home, from its name (parsed once per name: the
-    /// question is asked several times per event).
+    /// Whether this shard is its user's home (`cm:{user}`), from its name (parsed once per
+    /// name: the question is asked several times per event).
     fn is_home(&self) -> bool {
         let s = self.saved.borrow();
         let mut memo = self.home_memo.borrow_mut();
