@@ -43,6 +43,10 @@ impl<V> BoundedMap<V> {
         self.entries.get(key).map(|(v, _)| v)
     }
 
+    pub fn get_mut(&mut self, key: &str) -> Option<&mut V> {
+        self.entries.get_mut(key).map(|(v, _)| v)
+    }
+
     pub fn remove(&mut self, key: &str) -> Option<V> {
         self.entries.remove(key).map(|(v, _)| v)
     }
@@ -81,6 +85,15 @@ impl<V> BoundedMap<V> {
     }
 }
 
+/// What the token cache knows of a token: its user and reference either way.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lookup {
+    Hit(String, TokenRef),
+    /// Verified, unexpired, but its revocation check is older than the bound.
+    Recheck(String, TokenRef),
+    Miss,
+}
+
 #[derive(Debug, Clone)]
 struct TokenEntry {
     user_id: String,
@@ -110,17 +123,30 @@ impl TokenCache {
         }
     }
 
-    /// The user (and `exp`, seconds) of a cached token still valid at `now_ms`; an expired or
-    /// stale entry is dropped, so the caller verifies (and checks revocation) again.
-    pub fn get(&mut self, token: &str, now_ms: u64) -> Option<(String, TokenRef)> {
-        let e = self.map.get(token)?;
-        let expired = e.exp_s.is_some_and(|exp| now_ms / 1000 >= exp);
-        let stale = now_ms.saturating_sub(e.checked_ms) >= self.recheck_ms;
-        if expired || stale {
+    /// A cached token at `now_ms`: a hit while unexpired and checked for revocation less
+    /// than the recheck bound ago; past that bound, due for the revocation check only (its
+    /// signature was verified when it was cached and cannot change); expired, dropped.
+    pub fn get(&mut self, token: &str, now_ms: u64) -> Lookup {
+        let Some(e) = self.map.get(token) else {
+            return Lookup::Miss;
+        };
+        if e.exp_s.is_some_and(|exp| now_ms / 1000 >= exp) {
             self.map.remove(token);
-            return None;
+            return Lookup::Miss;
         }
-        Some((e.user_id.clone(), e.token.clone()))
+        let found = (e.user_id.clone(), e.token.clone());
+        if now_ms.saturating_sub(e.checked_ms) >= self.recheck_ms {
+            Lookup::Recheck(found.0, found.1)
+        } else {
+            Lookup::Hit(found.0, found.1)
+        }
+    }
+
+    /// The token passed its revocation check again at `now_ms`.
+    pub fn rechecked(&mut self, token: &str, now_ms: u64) {
+        if let Some(e) = self.map.get_mut(token) {
+            e.checked_ms = now_ms;
+        }
     }
 
     pub fn insert(&mut self, token: &str, user_id: &str, exp_s: Option<u64>, now_ms: u64) {
@@ -187,13 +213,20 @@ impl<V: Clone> TtlCache<V> {
 mod tests {
     use super::*;
 
+    fn user(l: Lookup) -> Option<String> {
+        match l {
+            Lookup::Hit(u, _) => Some(u),
+            _ => None,
+        }
+    }
+
     #[test]
     fn hits_honour_exp_on_every_lookup() {
         let mut c = TokenCache::new(10, 600_000);
         c.insert("t", "alice", Some(100), 0);
-        assert_eq!(c.get("t", 99_999).map(|(u, _)| u).as_deref(), Some("alice"));
+        assert_eq!(user(c.get("t", 99_999)).as_deref(), Some("alice"));
         // At exp, exactly as verification refuses it.
-        assert_eq!(c.get("t", 100_000), None);
+        assert_eq!(c.get("t", 100_000), Lookup::Miss);
         assert!(c.is_empty());
     }
 
@@ -202,23 +235,34 @@ mod tests {
         let mut c = TokenCache::new(10, 60_000);
         c.insert("t", "alice", Some(100), 0);
         c.insert("u", "bob", None, 0);
-        let (user, r) = c.get("t", 1_000).expect("a hit");
-        assert_eq!(user, "alice");
-        assert_eq!(r, TokenRef::of("t", Some(100)));
+        assert_eq!(
+            c.get("t", 1_000),
+            Lookup::Hit("alice".into(), TokenRef::of("t", Some(100)))
+        );
         // Forgetting by hash drops that token only.
         c.forget_hash(&TokenRef::of("t", None).token_hash);
-        assert_eq!(c.get("t", 1_000), None);
-        assert_eq!(c.get("u", 1_000).map(|(u, _)| u).as_deref(), Some("bob"));
+        assert_eq!(c.get("t", 1_000), Lookup::Miss);
+        assert_eq!(user(c.get("u", 1_000)).as_deref(), Some("bob"));
     }
 
     #[test]
-    fn entries_are_rechecked_after_the_staleness_bound() {
+    fn past_the_staleness_bound_only_revocation_is_checked_again() {
         let mut c = TokenCache::new(10, 60_000);
-        c.insert("t", "alice", None, 1_000);
-        assert_eq!(c.get("t", 60_999).map(|(u, _)| u).as_deref(), Some("alice"));
-        assert_eq!(c.get("t", 61_000), None);
-        c.insert("t", "alice", None, 61_000);
-        assert_eq!(c.get("t", 61_001).map(|(u, _)| u).as_deref(), Some("alice"));
+        c.insert("t", "alice", Some(1_000), 1_000);
+        assert_eq!(user(c.get("t", 60_999)).as_deref(), Some("alice"));
+        let due = Lookup::Recheck("alice".into(), TokenRef::of("t", Some(1_000)));
+        assert_eq!(c.get("t", 61_000), due);
+        // Until the check passes, every lookup asks for it again.
+        assert_eq!(c.get("t", 61_500), due);
+        c.rechecked("t", 61_500);
+        assert_eq!(user(c.get("t", 121_499)).as_deref(), Some("alice"));
+        assert_eq!(c.get("t", 121_500), due);
+        // A revoked token is forgotten: the next lookup verifies from scratch.
+        c.forget_hash(&TokenRef::of("t", None).token_hash);
+        assert_eq!(c.get("t", 121_500), Lookup::Miss);
+        // Expiry wins over a due recheck.
+        c.insert("t", "alice", Some(1_000), 1_000);
+        assert_eq!(c.get("t", 1_000_000), Lookup::Miss);
     }
 
     #[test]

@@ -7,6 +7,7 @@ use std::cell::RefCell;
 
 use worker::{Env, Request};
 
+use crate::auth::cache::Lookup;
 use crate::auth::cache::{BoundedMap, CAPACITY};
 use crate::auth::ticket_book::Redeem as Redemption;
 use crate::auth::{self, ticket, token, Credential, TokenCache, TokenRef};
@@ -44,7 +45,9 @@ pub enum Wording {
 }
 
 /// The user of a platform token and the token's reference: from the cache, else verified
-/// (signature before the revocation query, so garbage never costs a D1 read) and cached.
+/// (signature before the revocation query, so garbage never costs a D1 read) and cached. A
+/// cached token whose revocation check is older than the bound is only checked for
+/// revocation again: its signature cannot have changed.
 pub async fn user_of_token(
     env: &Env,
     cfg: &Config,
@@ -52,24 +55,37 @@ pub async fn user_of_token(
     wording: Wording,
 ) -> Result<(String, TokenRef), ApiError> {
     let now_ms = runtime::now_ms();
-    if let Some(hit) = TOKENS.with(|c| c.borrow_mut().get(token, now_ms)) {
-        return Ok(hit);
-    }
     let prefix = match wording {
         Wording::Upgrade => "Invalid authentication token",
         Wording::Http => "Invalid token",
     };
-    let v = token::verify(token, &cfg.token_keys, now_ms / 1000)
-        .map_err(|e| ApiError::new(401, e.code(), format!("{prefix}: {e}")))?;
-    if revoked(env, token).await? {
-        return Err(ApiError::new(
+    let revoked_error = || {
+        ApiError::new(
             401,
             "token_revoked",
             format!("{prefix}: this token was revoked; sign in again"),
-        ));
+        )
+    };
+    match TOKENS.with(|c| c.borrow_mut().get(token, now_ms)) {
+        Lookup::Hit(user, r) => return Ok((user, r)),
+        Lookup::Recheck(user, r) => {
+            if revoked(env, &r.token_hash).await? {
+                forget_token_hash(&r.token_hash);
+                return Err(revoked_error());
+            }
+            TOKENS.with(|c| c.borrow_mut().rechecked(token, now_ms));
+            return Ok((user, r));
+        }
+        Lookup::Miss => {}
+    }
+    let v = token::verify(token, &cfg.token_keys, now_ms / 1000)
+        .map_err(|e| ApiError::new(401, e.code(), format!("{prefix}: {e}")))?;
+    let r = TokenRef::of(token, v.exp);
+    if revoked(env, &r.token_hash).await? {
+        return Err(revoked_error());
     }
     TOKENS.with(|c| c.borrow_mut().insert(token, &v.user_id, v.exp, now_ms));
-    Ok((v.user_id, TokenRef::of(token, v.exp)))
+    Ok((v.user_id, r))
 }
 
 /// Forgets a token this isolate verified (an operator revoked it through this isolate).
@@ -77,8 +93,9 @@ pub fn forget_token_hash(hash: &str) {
     TOKENS.with(|c| c.borrow_mut().forget_hash(hash));
 }
 
-/// Whether the token's hash is in `RevokedToken`; `false` when no D1 binding is configured.
-async fn revoked(env: &Env, token: &str) -> Result<bool, ApiError> {
+/// Whether a token's revocation hash is in `RevokedToken`; `false` when no D1 binding is
+/// configured.
+async fn revoked(env: &Env, token_hash: &str) -> Result<bool, ApiError> {
     let Ok(db) = env.d1(crate::object_api::REVOCATION_DB) else {
         return Ok(false);
     };
@@ -94,7 +111,7 @@ async fn revoked(env: &Env, token: &str) -> Result<bool, ApiError> {
     };
     let stmt = db
         .prepare("SELECT id FROM RevokedToken WHERE tokenHash = ?1 LIMIT 1")
-        .bind(&[token::revocation_hash(token).into()])
+        .bind(&[token_hash.into()])
         .map_err(unavailable)?;
     let row: Option<serde_json::Value> = stmt.first(None).await.map_err(unavailable)?;
     Ok(row.is_some())

@@ -34,28 +34,42 @@ pub async fn handle(req: Request, env: Env, ctx: Context) -> worker::Result<Answ
         }
     };
     crate::objects::revocations::ensure(&env, &ctx);
-    let origin = req.headers().get("origin").ok().flatten();
+    if req.method() == Method::Get && upgrade::is_upgrade_path(&path) {
+        // The shard's answer (the 101, or its refusal) goes back untouched; browsers do not
+        // subject an upgrade to CORS, so its `Origin` is read only for the gateway's own
+        // refusals.
+        let e = match upgrade::upgrade(&req, &env, &ctx, &cfg).await {
+            Ok(relayed) => return Ok(Answer::Relayed(relayed)),
+            Err(e) => e,
+        };
+        return built(&cfg, origin_of(&req).as_deref(), Err(e));
+    }
+    let origin = origin_of(&req);
     // Browsers preflight the ticket, stats and broadcast calls (platform-protocol.md §7.5).
     if req.method() == Method::Options {
         let mut resp = Response::empty()?.with_status(204);
         cors(&cfg, origin.as_deref(), true, &mut resp);
         return Ok(Answer::Built(resp));
     }
-    let result = if req.method() == Method::Get && upgrade::is_upgrade_path(&path) {
-        // The shard's answer (the 101, or its refusal) goes back untouched; browsers do not
-        // subject an upgrade to CORS.
-        match upgrade::upgrade(&req, &env, &ctx, &cfg).await {
-            Ok(relayed) => return Ok(Answer::Relayed(relayed)),
-            Err(e) => Err(e),
-        }
-    } else {
-        route(req, &env, &cfg, &path).await
-    };
+    let result = route(req, &env, &cfg, &path).await;
+    built(&cfg, origin.as_deref(), result)
+}
+
+fn origin_of(req: &Request) -> Option<String> {
+    req.headers().get("origin").ok().flatten()
+}
+
+/// The gateway's own answer (or its error's), with the CORS headers for `origin`.
+fn built(
+    cfg: &Config,
+    origin: Option<&str>,
+    result: Result<Response, ApiError>,
+) -> worker::Result<Answer> {
     let mut resp = match result {
         Ok(resp) => resp,
         Err(e) => runtime::error(&e)?,
     };
-    cors(&cfg, origin.as_deref(), false, &mut resp);
+    cors(cfg, origin, false, &mut resp);
     Ok(Answer::Built(resp))
 }
 

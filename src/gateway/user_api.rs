@@ -20,7 +20,7 @@ use super::caller;
 use crate::auth::cache::{TtlCache, CAPACITY};
 use crate::config::Config;
 use crate::object_api::{BroadcastRequest, StatsRequest, UsageGet};
-use crate::protocol::{self, ApiError, BroadcastResult};
+use crate::protocol::{self, ApiError};
 use crate::runtime;
 use crate::runtime::ask_home;
 
@@ -28,7 +28,7 @@ pub async fn broadcast(mut req: Request, env: &Env, cfg: &Config) -> Result<Resp
     let user = caller::http_user(&req, env, cfg).await?;
     let body = read_body(&mut req, cfg.max_message_bytes).await?;
     let delivery = protocol::parse_broadcast_body(&body, runtime::now_ms())?;
-    ok_json(&deliver_to_user(env, &user, delivery).await?)
+    deliver_to_user(env, &user, delivery).await
 }
 
 /// `POST /v1/backend/publish` (admin token): the backend delivers to one user's sockets
@@ -54,7 +54,7 @@ pub async fn publish(mut req: Request, env: &Env, cfg: &Config) -> Result<Respon
         .map_err(|e| ApiError::bad_request("invalid_id", format!("userId: {e}")))?;
     let rest = serde_json::to_vec(&v).unwrap_or_default();
     let delivery = protocol::parse_broadcast_body(&rest, runtime::now_ms())?;
-    ok_json(&deliver_to_user(env, &user, delivery).await?)
+    deliver_to_user(env, &user, delivery).await
 }
 
 /// Reads a body of at most `limit` bytes: 413 by its declared length, or as soon as the
@@ -116,13 +116,15 @@ async fn read_body(req: &mut Request, limit: usize) -> Result<Vec<u8>, ApiError>
     }
 }
 
-/// Delivers to a user's sockets on every shard that may hold a recipient, through its home.
+/// Delivers to a user's sockets on every shard that may hold a recipient, through its home;
+/// answers the home's `BroadcastResult` as it wrote it.
 async fn deliver_to_user(
     env: &Env,
     user: &str,
     delivery: protocol::Delivery,
-) -> Result<BroadcastResult, ApiError> {
-    ask_home(env, user, &BroadcastRequest(delivery)).await
+) -> Result<Response, ApiError> {
+    let text = runtime::ask_home_text(env, user, &BroadcastRequest(delivery)).await?;
+    runtime::json_text(200, &text).map_err(ApiError::internal)
 }
 
 /// `GET /v1/usage/limits` (Bearer): the user's stored usage limits verbatim, or the
