@@ -15,6 +15,7 @@
 # OP=stats or OP=broadcast (baseline and edge only) measures an HTTP call instead: one socket
 # held for each of the 200 users (benches/floor/ops.js, a second k6), then N calls at RATE a
 # second, each for the next user: its stats, or a broadcast to its sockets; CPU per call.
+# CLIENT=session connects the fleet's CLI socket (session-scoped, a stable session id per user).
 #
 #   scripts/floor-bench.sh [REPS]      (default 5; N=4000, RATE=200 a second, VARIANTS="js rust baseline edge", OP=connect)
 #

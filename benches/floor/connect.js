@@ -2,7 +2,8 @@
 // serves the same load and none is driven into saturation), each opens a socket for one of
 // USERS users, waits for the first frame (the `connected` frame) and closes: the
 // same for the floors (`/ws?user=`) and, with TOKENS_FILE (the token tool's JSON of user ->
-// token), for the platform's single object and the edge (`/v1/updates?token=`).
+// token), for the platform's single object and the edge (`/v1/updates?token=`). CLIENT=session
+// opens the fleet's CLI socket instead (session-scoped, one stable session id per user).
 import ws from "k6/ws";
 import { check } from "k6";
 import { Counter } from "k6/metrics";
@@ -29,9 +30,10 @@ export const options = {
 
 export default function () {
   const i = Math.floor(Math.random() * users);
+  const session = __ENV.CLIENT === "session" ? `&clientType=session-scoped&sessionId=fs-${i}` : "";
   const url = tokens
-    ? `${base}/v1/updates?token=${encodeURIComponent(tokens[i])}`
-    : `${base}/ws?user=u${i}`;
+    ? `${base}/v1/updates?token=${encodeURIComponent(tokens[i])}${session}`
+    : `${base}/ws?user=u${i}${session}`;
   const res = ws.connect(url, null, (s) => {
     s.on("message", () => {
       greeted.add(1);
