@@ -7,8 +7,7 @@ use std::cell::RefCell;
 
 use worker::{Env, Request};
 
-use crate::auth::cache::Lookup;
-use crate::auth::cache::{BoundedMap, CAPACITY};
+use crate::auth::cache::{BoundedMap, Lookup, CAPACITY};
 use crate::auth::ticket_book::Redeem as Redemption;
 use crate::auth::{self, ticket, token, Credential, TokenCache, TokenRef};
 use crate::config::Config;
