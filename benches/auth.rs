@@ -8,7 +8,7 @@
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use edge_gateway::auth::cache::Lookup;
-use edge_gateway::auth::{ticket, token, MintClaims, TokenCache, TokenKeys};
+use edge_gateway::auth::{ticket, token, MintClaims, TokenCache, TokenKeys, TokenRef};
 use std::hint::black_box;
 use std::time::Duration;
 
@@ -26,10 +26,21 @@ fn bench(c: &mut Criterion) {
         b.iter(|| token::verify(black_box(&t), &keys, NOW_S).expect("valid"))
     });
     let mut cache = TokenCache::default();
-    cache.insert(&t, "user_abc123", Some(NOW_S + 100), NOW_S * 1000);
+    cache.insert(
+        &t,
+        "user_abc123",
+        TokenRef::of(&t, Some(NOW_S + 100)),
+        NOW_S * 1000,
+    );
     // Fill the cache to its bound so the hit is measured against a full map.
     for i in 0..4095 {
-        cache.insert(&format!("{t}{i}"), "u", Some(NOW_S + 100), NOW_S * 1000);
+        let other = format!("{t}{i}");
+        cache.insert(
+            &other,
+            "u",
+            TokenRef::of(&other, Some(NOW_S + 100)),
+            NOW_S * 1000,
+        );
     }
     assert!(matches!(cache.get(&t, NOW_S * 1000 + 1), Lookup::Hit(..)));
     g.bench_function("verify cached (hit in a full cache)", |b| {

@@ -57,22 +57,15 @@ trap 'exit 130' INT
 hz=$(getconf CLK_TCK)
 target/debug/token --users 200 --prefix floor-u --ttl 86400 >"$tokens"
 
-# k6 VARIANT N -> the connects that got their first frame
-connects() {
-  local summary file=""
+# k6 VARIANT N -> the operations that succeeded: connects that got their first frame
+# (benches/floor/connect.js), or calls answered 200 (benches/floor/ops.js)
+operations() {
+  local summary file="" script=connect.js metric=floor_greeted
   summary=$(mktemp)
   case $1 in baseline | edge) file=$tokens ;; esac
-  TOKENS_FILE=$file URL=$GW_URL N=$2 "$K6" run --quiet --no-color --summary-export "$summary" "$bench/connect.js" >/dev/null 2>&1 || true
-  jq -r '.metrics.floor_greeted.count // 0' "$summary"
-  rm -f "$summary"
-}
-
-# k6 calls N -> the calls answered 200
-calls() {
-  local summary
-  summary=$(mktemp)
-  TOKENS_FILE=$tokens URL=$GW_URL ROLE=call OP=$op N=$1 "$K6" run --quiet --no-color --summary-export "$summary" "$bench/ops.js" >/dev/null 2>&1 || true
-  jq -r '.metrics.floor_ok.count // 0' "$summary"
+  [ "$op" = connect ] || { script=ops.js; metric=floor_ok; }
+  TOKENS_FILE=$file URL=$GW_URL ROLE=call OP=$op N=$2 "$K6" run --quiet --no-color --summary-export "$summary" "$bench/$script" >/dev/null 2>&1 || true
+  jq -r ".metrics.$metric.count // 0" "$summary"
   rm -f "$summary"
 }
 
@@ -107,17 +100,12 @@ one() {
       ;;
   esac
   local t0 t1 ok _
-  if [ "$op" = connect ]; then
-    connects "$1" $((n / 4)) >/dev/null # warm: the objects exist, the code is hot
-    read -r _ t0 < <(gw_workerd_cpu_ticks)
-    ok=$(connects "$1" "$n")
-    read -r _ t1 < <(gw_workerd_cpu_ticks)
-  else
-    hold
-    calls $((n / 4)) >/dev/null
-    read -r _ t0 < <(gw_workerd_cpu_ticks)
-    ok=$(calls "$n")
-    read -r _ t1 < <(gw_workerd_cpu_ticks)
+  [ "$op" = connect ] || hold
+  operations "$1" $((n / 4)) >/dev/null # warm: the objects exist, the code is hot
+  read -r _ t0 < <(gw_workerd_cpu_ticks)
+  ok=$(operations "$1" "$n")
+  read -r _ t1 < <(gw_workerd_cpu_ticks)
+  if [ "$op" != connect ]; then
     unhold
     echo "floor-bench: $1 held $held sockets during the calls" >&2
   fi

@@ -99,7 +99,6 @@ struct TokenEntry {
     user_id: String,
     /// The token's reference (its revocation hash, `exp`), hashed once per verification.
     token: TokenRef,
-    exp_s: Option<u64>,
     checked_ms: u64,
 }
 
@@ -130,15 +129,15 @@ impl TokenCache {
         let Some(e) = self.map.get(token) else {
             return Lookup::Miss;
         };
-        if e.exp_s.is_some_and(|exp| now_ms / 1000 >= exp) {
+        if e.token.expires_at.is_some_and(|at| now_ms >= at) {
             self.map.remove(token);
             return Lookup::Miss;
         }
-        let found = (e.user_id.clone(), e.token.clone());
+        let (user, r) = (e.user_id.clone(), e.token.clone());
         if now_ms.saturating_sub(e.checked_ms) >= self.recheck_ms {
-            Lookup::Recheck(found.0, found.1)
+            Lookup::Recheck(user, r)
         } else {
-            Lookup::Hit(found.0, found.1)
+            Lookup::Hit(user, r)
         }
     }
 
@@ -149,13 +148,13 @@ impl TokenCache {
         }
     }
 
-    pub fn insert(&mut self, token: &str, user_id: &str, exp_s: Option<u64>, now_ms: u64) {
+    /// Keeps a verified token with its reference (hashed once, by the caller).
+    pub fn insert(&mut self, token: &str, user_id: &str, r: TokenRef, now_ms: u64) {
         self.map.insert(
             token,
             TokenEntry {
                 user_id: user_id.to_owned(),
-                token: TokenRef::of(token, exp_s),
-                exp_s,
+                token: r,
                 checked_ms: now_ms,
             },
         );
@@ -223,7 +222,7 @@ mod tests {
     #[test]
     fn hits_honour_exp_on_every_lookup() {
         let mut c = TokenCache::new(10, 600_000);
-        c.insert("t", "alice", Some(100), 0);
+        c.insert("t", "alice", TokenRef::of("t", Some(100)), 0);
         assert_eq!(user(c.get("t", 99_999)).as_deref(), Some("alice"));
         // At exp, exactly as verification refuses it.
         assert_eq!(c.get("t", 100_000), Lookup::Miss);
@@ -233,8 +232,8 @@ mod tests {
     #[test]
     fn a_hit_answers_the_reference_of_the_verified_token() {
         let mut c = TokenCache::new(10, 60_000);
-        c.insert("t", "alice", Some(100), 0);
-        c.insert("u", "bob", None, 0);
+        c.insert("t", "alice", TokenRef::of("t", Some(100)), 0);
+        c.insert("u", "bob", TokenRef::of("u", None), 0);
         assert_eq!(
             c.get("t", 1_000),
             Lookup::Hit("alice".into(), TokenRef::of("t", Some(100)))
@@ -248,7 +247,7 @@ mod tests {
     #[test]
     fn past_the_staleness_bound_only_revocation_is_checked_again() {
         let mut c = TokenCache::new(10, 60_000);
-        c.insert("t", "alice", Some(1_000), 1_000);
+        c.insert("t", "alice", TokenRef::of("t", Some(1_000)), 1_000);
         assert_eq!(user(c.get("t", 60_999)).as_deref(), Some("alice"));
         let due = Lookup::Recheck("alice".into(), TokenRef::of("t", Some(1_000)));
         assert_eq!(c.get("t", 61_000), due);
@@ -261,7 +260,7 @@ mod tests {
         c.forget_hash(&TokenRef::of("t", None).token_hash);
         assert_eq!(c.get("t", 121_500), Lookup::Miss);
         // Expiry wins over a due recheck.
-        c.insert("t", "alice", Some(1_000), 1_000);
+        c.insert("t", "alice", TokenRef::of("t", Some(1_000)), 1_000);
         assert_eq!(c.get("t", 1_000_000), Lookup::Miss);
     }
 

@@ -83,7 +83,7 @@ pub async fn user_of_token(
     if revoked(env, &r.token_hash).await? {
         return Err(revoked_error());
     }
-    TOKENS.with(|c| c.borrow_mut().insert(token, &v.user_id, v.exp, now_ms));
+    TOKENS.with(|c| c.borrow_mut().insert(token, &v.user_id, r.clone(), now_ms));
     Ok((v.user_id, r))
 }
 
