@@ -796,14 +796,20 @@ impl<const SLOT_MS: u64, const SLOTS: usize> Ring<SLOT_MS, SLOTS> {
     /// window covers between `duration_ms` and `duration_ms + SLOT_MS`, never less than asked
     /// while the ring holds it (up to [`Self::max_window_ms`]).
     pub fn window(&self, now_ms: u64, duration_ms: u64) -> ByTier {
-        let from = now_ms.saturating_sub(duration_ms);
         let mut out = ByTier::default();
-        for s in &self.slots {
-            if s.start_ms <= now_ms && s.start_ms.saturating_add(SLOT_MS) > from {
-                out.merge(&s.data);
-            }
+        for d in self.slots_in(now_ms, duration_ms) {
+            out.merge(d);
         }
         out
+    }
+
+    /// The slots [`Self::window`] adds up.
+    fn slots_in(&self, now_ms: u64, duration_ms: u64) -> impl Iterator<Item = &ByTier> {
+        let from = now_ms.saturating_sub(duration_ms);
+        self.slots
+            .iter()
+            .filter(move |s| s.start_ms <= now_ms && s.start_ms.saturating_add(SLOT_MS) > from)
+            .map(|s| &s.data)
     }
 
     /// Adds `other` slot by slot (by start time), keeping the newest `SLOTS` starts.
@@ -929,10 +935,37 @@ impl Observations {
     /// far (up to 5 min, 1-minute resolution), else from the long ring (up to 1 h, 5-minute
     /// resolution). Longer windows get the whole long ring.
     pub fn window(&self, now_ms: u64, duration_ms: u64) -> ByTier {
+        let mut out = ByTier::default();
+        for d in self.slots_in(now_ms, duration_ms) {
+            out.merge(d);
+        }
+        out
+    }
+
+    /// [`Self::window`]'s histogram of one series, every tier merged: what admission reads
+    /// on every connect, without copying the slots' other data.
+    pub fn latency_window(
+        &self,
+        now_ms: u64,
+        duration_ms: u64,
+        series: Series,
+    ) -> LatencyHistogram {
+        let mut out = LatencyHistogram::default();
+        for m in self
+            .slots_in(now_ms, duration_ms)
+            .flat_map(|d| d.0.values())
+        {
+            out.merge(m.latency.get(series));
+        }
+        out
+    }
+
+    /// The slots of the ring that answers a window of `duration_ms`.
+    fn slots_in(&self, now_ms: u64, duration_ms: u64) -> Box<dyn Iterator<Item = &ByTier> + '_> {
         if duration_ms <= ShortRing::max_window_ms() {
-            self.short.window(now_ms, duration_ms)
+            Box::new(self.short.slots_in(now_ms, duration_ms))
         } else {
-            self.long.window(now_ms, duration_ms)
+            Box::new(self.long.slots_in(now_ms, duration_ms))
         }
     }
 
@@ -1328,6 +1361,45 @@ mod tests {
         eprintln!("histogram JSON: typical {typical_len} B, every bucket large {full_len} B");
         assert!(typical_len < 200, "{typical_len}");
         assert!(full_len < 1024, "{full_len}");
+    }
+
+    #[test]
+    fn one_series_window_is_the_full_windows_series() {
+        // Three tiers, every series, over more slots than either ring keeps; the series-only
+        // window must equal the full window's, for windows the short and the long ring answer.
+        let mut o = Observations::default();
+        let t0 = 1_700_000_000_000u64;
+        let mut x = 7u64;
+        for i in 0..4_000u64 {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let now = t0 + i * 1_700;
+            let tier = ["free", "pro", "load"][(x >> 33) as usize % 3];
+            let series = Series::ALL[(x >> 40) as usize % Series::ALL.len()];
+            o.record_latency(now, tier, series, (x >> 50) as f64 / 10.0);
+            o.record_outcome(now, tier, Outcome::Success);
+        }
+        let end = t0 + 4_000 * 1_700;
+        for now in [end, end + 30_000, end + 200_000] {
+            for d in [
+                1_000, 60_000, 299_000, 300_000, 900_000, 3_600_000, 10_000_000,
+            ] {
+                let full = o.window(now, d).all_tiers();
+                for s in Series::ALL {
+                    assert_eq!(
+                        o.latency_window(now, d, s),
+                        *full.latency.get(s),
+                        "{now} {d} {s:?}"
+                    );
+                }
+            }
+        }
+        assert!(
+            o.latency_window(end, 60_000, Series::MessageLatency)
+                .count()
+                > 0
+        );
     }
 
     #[test]

@@ -46,8 +46,7 @@ impl ShardLoad {
     /// Reads the p95 of `MessageLatency` over [`ADMISSION_WINDOW_MS`] (all tiers: a shard
     /// belongs to one user) from the shard's own, full observations.
     pub fn from_observations(obs: &Observations, now_ms: u64, open: u64, cap: u64) -> Self {
-        let w = obs.window(now_ms, ADMISSION_WINDOW_MS).all_tiers();
-        let h = w.latency.get(Series::MessageLatency);
+        let h = obs.latency_window(now_ms, ADMISSION_WINDOW_MS, Series::MessageLatency);
         ShardLoad {
             open,
             cap,
