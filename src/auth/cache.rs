@@ -76,6 +76,14 @@ impl<V> BoundedMap<V> {
         self.entries.keys()
     }
 
+    pub fn values(&self) -> impl Iterator<Item = &V> {
+        self.entries.values().map(|(v, _)| v)
+    }
+
+    pub fn values_mut(&mut self) -> impl Iterator<Item = &mut V> {
+        self.entries.values_mut().map(|(v, _)| v)
+    }
+
     pub fn len(&self) -> usize {
         self.entries.len()
     }
@@ -158,6 +166,44 @@ impl TokenCache {
                 checked_ms: now_ms,
             },
         );
+    }
+
+    /// Tokens that ride another token's revocation query: the revocation hashes of at most
+    /// `max` unexpired tokens (not `except`) checked half the bound ago or longer, the
+    /// longest ago first. One query then rechecks a batch, so an isolate holding n tokens
+    /// asks about n / batch times per bound instead of n times, and no token waits longer
+    /// than the bound.
+    pub fn riders(&self, now_ms: u64, except: &str, max: usize) -> Vec<String> {
+        let half = self.recheck_ms / 2;
+        let mut due: Vec<(u64, &str)> = self
+            .map
+            .values()
+            .filter(|e| {
+                e.token.token_hash != except
+                    && now_ms.saturating_sub(e.checked_ms) >= half
+                    && e.token.expires_at.is_none_or(|at| now_ms < at)
+            })
+            .map(|e| (e.checked_ms, e.token.token_hash.as_str()))
+            .collect();
+        due.sort_unstable();
+        due.into_iter()
+            .take(max)
+            .map(|(_, h)| h.to_owned())
+            .collect()
+    }
+
+    /// The answer to one revocation query that asked about `asked` (hashes) at `now_ms`:
+    /// the tokens in `revoked` are forgotten (their next use is verified and checked again,
+    /// and refused), the others passed.
+    pub fn checked(&mut self, asked: &[String], revoked: &[String], now_ms: u64) {
+        for h in revoked {
+            self.forget_hash(h);
+        }
+        for e in self.map.values_mut() {
+            if asked.contains(&e.token.token_hash) {
+                e.checked_ms = e.checked_ms.max(now_ms);
+            }
+        }
     }
 
     /// Drops every cached token whose revocation hash is `hash`.
@@ -262,6 +308,35 @@ mod tests {
         // Expiry wins over a due recheck.
         c.insert("t", "alice", TokenRef::of("t", Some(1_000)), 1_000);
         assert_eq!(c.get("t", 1_000_000), Lookup::Miss);
+    }
+
+    #[test]
+    fn one_query_rechecks_the_tokens_past_half_the_bound() {
+        let mut c = TokenCache::new(10, 60_000);
+        let h = |t: &str| TokenRef::of(t, None).token_hash;
+        c.insert("a", "alice", TokenRef::of("a", None), 0);
+        c.insert("b", "bob", TokenRef::of("b", None), 20_000);
+        c.insert("c", "carol", TokenRef::of("c", None), 40_000);
+        c.insert("x", "xavier", TokenRef::of("x", Some(50)), 0);
+        // At 60 s `a` is due; `b` (40 s ago) rides its query, `c` (20 s ago) does not, nor
+        // the expired `x`, nor `a` itself.
+        assert!(matches!(c.get("a", 60_000), Lookup::Recheck(..)));
+        assert_eq!(c.riders(60_000, &h("a"), 10), vec![h("b")]);
+        assert!(c.riders(60_000, &h("a"), 0).is_empty());
+        // The longest-unchecked ride first.
+        assert_eq!(c.riders(71_000, "", 2), vec![h("a"), h("b")]);
+        // The answer: `b` was revoked (forgotten: its next use verifies and asks again), `a`
+        // passed.
+        c.checked(&[h("a"), h("b")], &[h("b")], 60_000);
+        assert_eq!(user(c.get("a", 60_001)).as_deref(), Some("alice"));
+        assert_eq!(c.get("b", 60_001), Lookup::Miss);
+        // Riding never delays a token past the bound: `c` is due at its own 60 s.
+        assert!(matches!(c.get("c", 100_000), Lookup::Recheck(..)));
+        // An answer older than a newer check does not turn the clock back.
+        c.checked(&[h("c")], &[], 100_000);
+        c.checked(&[h("c")], &[], 90_000);
+        assert!(matches!(c.get("c", 159_999), Lookup::Hit(..)));
+        assert!(matches!(c.get("c", 160_000), Lookup::Recheck(..)));
     }
 
     #[test]

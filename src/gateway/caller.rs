@@ -68,7 +68,7 @@ pub async fn user_of_token(
     match TOKENS.with(|c| c.borrow_mut().get(token, now_ms)) {
         Lookup::Hit(user, r) => return Ok((user, r)),
         Lookup::Recheck(user, r) => {
-            if revoked(env, &r.token_hash).await? {
+            if revoked(env, &r.token_hash, now_ms).await? {
                 forget_token_hash(&r.token_hash);
                 return Err(revoked_error());
             }
@@ -80,7 +80,7 @@ pub async fn user_of_token(
     let v = token::verify(token, &cfg.token_keys, now_ms / 1000)
         .map_err(|e| ApiError::new(401, e.code(), format!("{prefix}: {e}")))?;
     let r = TokenRef::of(token, v.exp);
-    if revoked(env, &r.token_hash).await? {
+    if revoked(env, &r.token_hash, now_ms).await? {
         return Err(revoked_error());
     }
     TOKENS.with(|c| c.borrow_mut().insert(token, &v.user_id, r.clone(), now_ms));
@@ -92,9 +92,20 @@ pub fn forget_token_hash(hash: &str) {
     TOKENS.with(|c| c.borrow_mut().forget_hash(hash));
 }
 
+/// Most tokens one revocation query asks about (D1 binds at most 100 parameters).
+const REVOCATION_BATCH: usize = 50;
+
 /// Whether a token's revocation hash is in `RevokedToken`; `false` when no D1 binding is
-/// configured.
-async fn revoked(env: &Env, token_hash: &str) -> Result<bool, ApiError> {
+/// configured. The same query asks about the cached tokens whose last check is half the
+/// bound old or older ([`TokenCache::riders`]) and keeps their answers, so an isolate with
+/// many tokens makes one query per batch instead of one per token, none checked later than
+/// the bound.
+async fn revoked(env: &Env, token_hash: &str, now_ms: u64) -> Result<bool, ApiError> {
+    #[derive(serde::Deserialize)]
+    struct Row {
+        #[serde(rename = "tokenHash")]
+        token_hash: String,
+    }
     let Ok(db) = env.d1(crate::object_api::REVOCATION_DB) else {
         return Ok(false);
     };
@@ -108,12 +119,30 @@ async fn revoked(env: &Env, token_hash: &str) -> Result<bool, ApiError> {
         )
         .retry_after(1)
     };
-    let stmt = db
-        .prepare("SELECT id FROM RevokedToken WHERE tokenHash = ?1 LIMIT 1")
-        .bind(&[token_hash.into()])
+    let mut asked = vec![token_hash.to_owned()];
+    asked.extend(TOKENS.with(|c| c.borrow().riders(now_ms, token_hash, REVOCATION_BATCH - 1)));
+    let slots: Vec<String> = (1..=asked.len()).map(|i| format!("?{i}")).collect();
+    let sql = format!(
+        "SELECT tokenHash FROM RevokedToken WHERE tokenHash IN ({})",
+        slots.join(", ")
+    );
+    let params: Vec<wasm_bindgen::JsValue> = asked.iter().map(|h| h.as_str().into()).collect();
+    let rows: Vec<Row> = db
+        .prepare(&sql)
+        .bind(&params)
+        .map_err(unavailable)?
+        .all()
+        .await
+        .map_err(unavailable)?
+        .results()
         .map_err(unavailable)?;
-    let row: Option<serde_json::Value> = stmt.first(None).await.map_err(unavailable)?;
-    Ok(row.is_some())
+    let revoked: Vec<String> = rows
+        .into_iter()
+        .map(|r| r.token_hash)
+        .filter(|h| asked.contains(h))
+        .collect();
+    TOKENS.with(|c| c.borrow_mut().checked(&asked, &revoked, now_ms));
+    Ok(revoked.iter().any(|h| h == token_hash))
 }
 
 /// Whether token revocation is configured (for `/health`).
