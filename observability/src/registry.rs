@@ -64,6 +64,22 @@ pub enum Ingest {
 
 /// A push against the user's current record (`None`: a new user). Gauges are replaced,
 /// observations added, tier and policy follow the newest report.
+/// When a user's home next pushes, metrics pending at `now_ms`: the first instant after
+/// `now_ms` at the user's own phase of the `every_ms` cycle (from a hash of its id), so never
+/// later than `every_ms`. Homes that all observed something at once (a deploy, a burst of
+/// connects) still push spread over the cycle instead of together, and a home that keeps
+/// observing pushes once a cycle, at its phase.
+pub fn next_push_at(now_ms: u64, every_ms: u64, user_id: &str) -> u64 {
+    let every = every_ms.max(1);
+    let phase = crate::stats::id_hash(user_id) % every;
+    let at = now_ms - now_ms % every + phase;
+    if at > now_ms {
+        at
+    } else {
+        at + every
+    }
+}
+
 pub fn ingest(have: Option<&UserRecord>, push: Push, now_ms: u64) -> Ingest {
     if let (Some(last), Some(id)) = (have.and_then(|h| h.applied), push.push) {
         if last.sender == id.sender && id.seq <= last.seq {
@@ -141,6 +157,31 @@ impl Outgoing {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pushes_are_spread_over_the_cycle_and_never_late() {
+        let every = 60_000;
+        let now = 1_700_000_012_345;
+        // A thousand homes that all observed something at the same instant push over the
+        // whole next minute (each within it), not together.
+        let mut per_ten_s = [0u32; 6];
+        for i in 0..1_000 {
+            let at = next_push_at(now, every, &format!("user-{i}"));
+            assert!(at > now && at <= now + every, "{at}");
+            per_ten_s[((at - now - 1) / 10_000) as usize] += 1;
+        }
+        assert!(
+            per_ten_s.iter().all(|n| (120..=220).contains(n)),
+            "{per_ten_s:?}"
+        );
+        // One home: the same phase every cycle, so one push a cycle however often it
+        // observes.
+        let a = next_push_at(now, every, "alice");
+        assert_eq!(next_push_at(a, every, "alice"), a + every);
+        assert_eq!(next_push_at(a - 1, every, "alice"), a);
+        assert_eq!(next_push_at(a + 1, every, "alice"), a + every);
+        assert_eq!(next_push_at(5, 0, "alice"), 6);
+    }
     use crate::metrics::{Outcome, ShardGauges};
 
     const NOW: u64 = 1_800_000_000_000;

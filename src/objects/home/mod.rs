@@ -293,12 +293,17 @@ impl Home {
         .min()
     }
 
-    /// Schedules a registry push within `METRICS_PUSH_MS` unless one is.
+    /// Schedules a registry push within `METRICS_PUSH_MS`, at the user's phase of the cycle
+    /// (spread over homes), unless one is.
     pub async fn schedule_push(&self, cfg: &Config) {
         if self.push_at.get().is_some() || !self.has_pending_metrics() {
             return;
         }
-        let at = runtime::now_ms() + cfg.metrics_push_ms;
+        let at = observability::registry::next_push_at(
+            runtime::now_ms(),
+            cfg.metrics_push_ms,
+            &self.user(),
+        );
         self.push_at.set(Some(at));
         if let Err(e) = self.clock.arm(&self.state, at).await {
             worker::console_error!("could not schedule the registry push: {e}");
