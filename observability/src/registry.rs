@@ -62,8 +62,6 @@ pub enum Ingest {
     Duplicate,
 }
 
-/// A push against the user's current record (`None`: a new user). Gauges are replaced,
-/// observations added, tier and policy follow the newest report.
 /// When a user's home next pushes, metrics pending at `now_ms`: the first instant after
 /// `now_ms` at the user's own phase of the `every_ms` cycle (from a hash of its id), so never
 /// later than `every_ms`. Homes that all observed something at once (a deploy, a burst of
@@ -80,6 +78,8 @@ pub fn next_push_at(now_ms: u64, every_ms: u64, user_id: &str) -> u64 {
     }
 }
 
+/// A push against the user's current record (`None`: a new user). Gauges are replaced,
+/// observations added, tier and policy follow the newest report.
 pub fn ingest(have: Option<&UserRecord>, push: Push, now_ms: u64) -> Ingest {
     if let (Some(last), Some(id)) = (have.and_then(|h| h.applied), push.push) {
         if last.sender == id.sender && id.seq <= last.seq {
@@ -158,6 +158,10 @@ impl Outgoing {
 mod tests {
     use super::*;
 
+    use crate::metrics::{Outcome, ShardGauges};
+
+    const NOW: u64 = 1_800_000_000_000;
+
     #[test]
     fn pushes_are_spread_over_the_cycle_and_never_late() {
         let every = 60_000;
@@ -182,9 +186,6 @@ mod tests {
         assert_eq!(next_push_at(a + 1, every, "alice"), a + every);
         assert_eq!(next_push_at(5, 0, "alice"), 6);
     }
-    use crate::metrics::{Outcome, ShardGauges};
-
-    const NOW: u64 = 1_800_000_000_000;
 
     fn metrics(user: &str, successes: u32, connections: u64) -> UserMetrics {
         let mut u = UserMetrics::new(user, "pro", "single");

@@ -199,8 +199,9 @@ impl TokenCache {
         for h in revoked {
             self.forget_hash(h);
         }
+        let asked: std::collections::HashSet<&str> = asked.iter().map(String::as_str).collect();
         for e in self.map.values_mut() {
-            if asked.contains(&e.token.token_hash) {
+            if asked.contains(e.token.token_hash.as_str()) {
                 e.checked_ms = e.checked_ms.max(now_ms);
             }
         }
