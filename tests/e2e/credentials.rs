@@ -709,6 +709,41 @@ async fn a_revoked_token_spelled_differently_is_still_refused() {
     );
 }
 
+/// A cached token rides another token's revocation query once its last check is half the
+/// bound old: revoked meanwhile, it is refused from that query on, not only at its own 60 s
+/// recheck (auth::cache::TokenCache::riders).
+#[tokio::test]
+async fn a_revoked_cached_token_is_refused_once_another_tokens_query_carries_it() {
+    let g = hash_gw();
+    let started = std::time::Instant::now();
+    let (a_user, b_user) = (user("rider-a"), user("rider-b"));
+    // Distinct iats: no earlier request cached either token.
+    let a = token::mint(&keys(), &MintClaims::new(&a_user, now_s() - 11, 3600));
+    let b = token::mint(&keys(), &MintClaims::new(&b_user, now_s() - 13, 3600));
+    let (status, body) = get_stats(g, Some(&format!("Bearer {a}"))).await;
+    assert_eq!(status, 200, "{body}");
+    let hash = token::revocation_hash(&a);
+    g.d1(&format!(
+        "INSERT INTO RevokedToken (id, tokenHash, userId, reason, revokedAt, expiresAt) VALUES ('r-{a_user}', '{hash}', '{a_user}', 'test', 0, 99999999999999)"
+    ));
+    // Past half the bound, a first use of `b` queries D1, and `a` rides along.
+    tokio::time::sleep(Duration::from_secs(32)).await;
+    let (status, body) = get_stats(g, Some(&format!("Bearer {b}"))).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = get_stats(g, Some(&format!("Bearer {a}"))).await;
+    let elapsed = started.elapsed();
+    // At 60 s `a` would be refused by its own recheck: only earlier does this show the ride.
+    assert!(
+        elapsed < Duration::from_secs(58),
+        "too slow to tell: {elapsed:?}"
+    );
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (401, Some("token_revoked")),
+        "after {elapsed:?}: {body}"
+    );
+}
+
 #[tokio::test]
 async fn a_valid_token_has_exactly_one_accepted_spelling() {
     // Every other spelling is malformed: refused before the revocation query, so re-spelling
