@@ -714,7 +714,10 @@ async fn a_revoked_token_spelled_differently_is_still_refused() {
 /// recheck (auth::cache::TokenCache::riders).
 #[tokio::test]
 async fn a_revoked_cached_token_is_refused_once_another_tokens_query_carries_it() {
-    let g = hash_gw();
+    // A gateway of its own: a `wrangler d1 execute` on a local database can make the
+    // running gateway's concurrent D1 reads fail (503 `revocation_unavailable`), and
+    // `a_revoked_token_is_refused` reads and writes `hash_gw`'s at the same moment.
+    let g = Gateway::shared("riders", &[("SHARD_POLICY", "hash:shards=4")]);
     let started = std::time::Instant::now();
     let (a_user, b_user) = (user("rider-a"), user("rider-b"));
     // Distinct iats: no earlier request cached either token.
