@@ -110,6 +110,13 @@ struct TokenEntry {
     checked_ms: u64,
 }
 
+impl TokenEntry {
+    /// At its `exp`, as verification refuses it.
+    fn expired(&self, now_ms: u64) -> bool {
+        self.token.expires_at.is_some_and(|at| now_ms >= at)
+    }
+}
+
 #[derive(Debug)]
 pub struct TokenCache {
     map: BoundedMap<TokenEntry>,
@@ -137,7 +144,7 @@ impl TokenCache {
         let Some(e) = self.map.get(token) else {
             return Lookup::Miss;
         };
-        if e.token.expires_at.is_some_and(|at| now_ms >= at) {
+        if e.expired(now_ms) {
             self.map.remove(token);
             return Lookup::Miss;
         }
@@ -146,13 +153,6 @@ impl TokenCache {
             Lookup::Recheck(user, r)
         } else {
             Lookup::Hit(user, r)
-        }
-    }
-
-    /// The token passed its revocation check again at `now_ms`.
-    pub fn rechecked(&mut self, token: &str, now_ms: u64) {
-        if let Some(e) = self.map.get_mut(token) {
-            e.checked_ms = now_ms;
         }
     }
 
@@ -181,7 +181,7 @@ impl TokenCache {
             .filter(|e| {
                 e.token.token_hash != except
                     && now_ms.saturating_sub(e.checked_ms) >= half
-                    && e.token.expires_at.is_none_or(|at| now_ms < at)
+                    && !e.expired(now_ms)
             })
             .map(|e| (e.checked_ms, e.token.token_hash.as_str()))
             .collect();
@@ -300,7 +300,7 @@ mod tests {
         assert_eq!(c.get("t", 61_000), due);
         // Until the check passes, every lookup asks for it again.
         assert_eq!(c.get("t", 61_500), due);
-        c.rechecked("t", 61_500);
+        c.checked(&[TokenRef::of("t", None).token_hash], &[], 61_500);
         assert_eq!(user(c.get("t", 121_499)).as_deref(), Some("alice"));
         assert_eq!(c.get("t", 121_500), due);
         // A revoked token is forgotten: the next lookup verifies from scratch.

@@ -67,12 +67,11 @@ pub async fn user_of_token(
     };
     match TOKENS.with(|c| c.borrow_mut().get(token, now_ms)) {
         Lookup::Hit(user, r) => return Ok((user, r)),
+        // `revoked` keeps the answer in the cache: forgotten if revoked, else checked now.
         Lookup::Recheck(user, r) => {
             if revoked(env, &r.token_hash, now_ms).await? {
-                forget_token_hash(&r.token_hash);
                 return Err(revoked_error());
             }
-            TOKENS.with(|c| c.borrow_mut().rechecked(token, now_ms));
             return Ok((user, r));
         }
         Lookup::Miss => {}
