@@ -490,3 +490,43 @@ async fn the_registry_keeps_one_value_per_user_and_applies_a_retried_push_once()
     .await;
     assert_eq!(stats(&g).await["successes"].as_u64(), Some(3 * n + 3));
 }
+
+/// A quiet user's home is not woken every metrics cycle: it pushes what its socket did,
+/// looks once more at the next cycle (set ahead while sockets are open), finds nothing and
+/// stops. Its event count (requests, socket messages, alarms) over six idle cycles
+/// (`METRICS_PUSH_MS` 1 s here) shows it: a home woken every cycle counts one alarm each.
+#[tokio::test]
+async fn a_quiet_users_home_stops_waking_for_metrics() {
+    let g = obs_gw();
+    let u = user("quiet");
+    let t = g.token(&u, "pro").await;
+    let mut c = g.connect(&t, "").await;
+    c.send(r#"{"event":"ping","data":{}}"#).await;
+    c.expect_event("pong").await;
+    let events = |st: &Value| -> u64 {
+        st["shards"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["events"].as_u64().unwrap())
+            .sum()
+    };
+    // Let the connect's push and the cycle after it pass.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let before = events(&g.stats_now(&t).await);
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let st = g.stats_now(&t).await;
+    let woke = events(&st) - before;
+    eprintln!(
+        "events over six idle cycles: {woke} ({} then {})",
+        before,
+        events(&st)
+    );
+    // The stats call before, its push and the one look after it, the stats call now.
+    assert!(
+        woke <= 4,
+        "the home woke {woke} times in six idle cycles: {st}"
+    );
+    assert_eq!(st["totalConnections"], 1, "{st}");
+    c.close().await;
+}

@@ -310,6 +310,19 @@ impl Home {
         }
     }
 
+    /// Sets the next cycle's push now (armed by the caller's rearm) unless one is set: the
+    /// user's sockets are likely to have news by then.
+    pub fn keep_cycle(&self, cfg: &Config) {
+        if self.push_at.get().is_none() {
+            let at = observability::registry::next_push_at(
+                runtime::now_ms(),
+                cfg.metrics_push_ms,
+                &self.user(),
+            );
+            self.push_at.set(Some(at));
+        }
+    }
+
     /// The home's part of the alarm: the first look after a wake (the caller gives its own
     /// presence) and reconcile.
     pub async fn alarm(&self, now: u64, own: ShardPresence) -> worker::Result<()> {

@@ -233,11 +233,22 @@ impl ConnectionManager {
     /// At the home: adds its own metrics to the user's and pushes them to the registry; a
     /// global switch the answer brings is applied if the home had not heard of it (it
     /// connected after the registries told the homes they list).
+    ///
+    /// While the user has sockets here, the next cycle's push is set before this one is
+    /// sent and armed by the alarm's own rearm: one `setAlarm` a cycle instead of two (the
+    /// rearm after the alarm fired, then the next observation's). A cycle that finds
+    /// nothing to send ends it, so a quiet user's home is not woken every cycle.
     pub(super) async fn push_metrics(&self) {
         self.metrics_due().await;
         let Ok(cfg) = runtime::config(&self.env) else {
             return;
         };
+        if !self.home.has_pending_metrics() {
+            return;
+        }
+        if self.open_count() > 0 {
+            self.home.keep_cycle(&cfg);
+        }
         let tier = self.home.tier_info(&cfg).tier;
         if let Some(n) = self.home.push_to_registry(&tier).await {
             if let Err(e) = self.policy_notice(&n).await {
