@@ -169,6 +169,12 @@ def check_fleet(out: Path) -> int:
         want(0 < (share.get("max") or 0) <= 1, f"fleet edge: busiest share {share} out of (0, 1]")
     ratio = ((summary.get("edge_over_baseline") or {}).get("hash:shards=auto") or {}).get("cpu_ms_per_connect") or {}
     want(ratio.get("ratio") is not None, f"fleet: no edge/baseline ratio of CPU per connect ({ratio})")
+    # The steady part of the run, without the start when every user's object is created.
+    ratios = (summary.get("edge_over_baseline") or {}).get("hash:shards=auto") or {}
+    for key in ("connect_p95_after_start_ms", "http_p95_after_start_ms", "connect_p95_worst_window_ms"):
+        r = ratios.get(key) or {}
+        want(r.get("edge") is not None and r.get("baseline") is not None and r.get("ratio") is not None,
+             f"fleet: no edge/baseline {key} ({r})")
     if problems:
         print("check_compare_smoke --fleet: " + "; ".join(problems), file=sys.stderr)
         return 1

@@ -245,6 +245,16 @@ class Policy:
         r = self.m.get("ws_connection_success", {})
         return int(r.get("passes", 0)) + int(r.get("fails", 0))
 
+    def p95_after_start(self, metric: str) -> float | None:
+        """p95 of a Trend's samples after the run's first window: the start, when every user's
+        object is created, weighs on the whole run's p95 but says little of steady work."""
+        return p95([v for t, v, _ in self.series.get(metric, []) if t >= self.t0 + WINDOW_S])
+
+    def worst_window_p95(self, key: str) -> float | None:
+        """The highest p95 of one window after the first (`key`: connect, ping, broadcast,
+        stats): a burst of work that the whole run's p95 averages away shows here."""
+        return max((w[key + "_p95"] for w in self.windows()[1:] if w[key + "_p95"] is not None), default=None)
+
     def tagged(self, metric: str, **want: str) -> list[float]:
         return [v for _, v, tags in self.series.get(metric, []) if all(tags.get(k) == x for k, x in want.items())]
 
@@ -788,6 +798,12 @@ def result_rows(run: Run) -> list[tuple[str, list[str]]]:
 RATIO_FIGURES = [  # (key in the JSON, label, figure, format)
     ("connect_p95_ms", "connect p95", lambda p: p.stat("ws_connection_time", "p(95)"), ms),
     ("http_p95_ms", "all-HTTP p95", lambda p: p.stat("http_req_duration", "p(95)"), ms),
+    ("connect_p95_after_start_ms", f"connect p95 after the first {WINDOW_S} s",
+     lambda p: p.p95_after_start("ws_connection_time"), ms),
+    ("http_p95_after_start_ms", f"all-HTTP p95 after the first {WINDOW_S} s",
+     lambda p: p.p95_after_start("http_req_duration"), ms),
+    ("connect_p95_worst_window_ms", f"connect p95 in the worst {WINDOW_S}-second window after the first",
+     lambda p: p.worst_window_p95("connect"), ms),
     ("stats_p95_ms", "stats p95", lambda p: p.stat("do_response_time", "p(95)"), ms),
     ("broadcast_delivery_p95_ms", "broadcast delivery p95", lambda p: p.stat("ws_broadcast_delivery_time", "p(95)"), ms),
     ("cpu_ms_per_connect", "CPU per completed connect", lambda p: p.cpu_ms_per(p.completed_connects),
