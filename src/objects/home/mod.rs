@@ -299,12 +299,7 @@ impl Home {
         if self.push_at.get().is_some() || !self.has_pending_metrics() {
             return;
         }
-        let at = observability::registry::next_push_at(
-            runtime::now_ms(),
-            cfg.metrics_push_ms,
-            &self.user(),
-        );
-        self.push_at.set(Some(at));
+        let at = self.set_push(cfg);
         if let Err(e) = self.clock.arm(&self.state, at).await {
             worker::console_error!("could not schedule the registry push: {e}");
         }
@@ -314,13 +309,19 @@ impl Home {
     /// user's sockets are likely to have news by then.
     pub fn keep_cycle(&self, cfg: &Config) {
         if self.push_at.get().is_none() {
-            let at = observability::registry::next_push_at(
-                runtime::now_ms(),
-                cfg.metrics_push_ms,
-                &self.user(),
-            );
-            self.push_at.set(Some(at));
+            self.set_push(cfg);
         }
+    }
+
+    /// Sets the push at the user's next phase of the cycle; answers when that is.
+    fn set_push(&self, cfg: &Config) -> u64 {
+        let at = observability::registry::next_push_at(
+            runtime::now_ms(),
+            cfg.metrics_push_ms,
+            &self.user(),
+        );
+        self.push_at.set(Some(at));
+        at
     }
 
     /// The home's part of the alarm: the first look after a wake (the caller gives its own
