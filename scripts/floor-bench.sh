@@ -16,6 +16,8 @@
 # held for each of the 200 users (benches/floor/ops.js, a second k6), then N calls at RATE a
 # second, each for the next user: its stats, or a broadcast to its sockets; CPU per call.
 # CLIENT=session connects the fleet's CLI socket (session-scoped, a stable session id per user).
+# GW_BUILD_DIR=DIR serves the edge from a copy of another build (gw_snapshot_build DIR after
+# building it), e.g. to compare two builds' CPU in alternating runs (docs/results/opt-level-*).
 #
 #   scripts/floor-bench.sh [REPS]      (default 5; N=4000, RATE=200 a second, VARIANTS="js rust baseline edge", OP=connect)
 #
