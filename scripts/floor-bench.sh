@@ -11,11 +11,13 @@
 # and reads the runtime workerd's CPU time around N connects of the k6 client
 # benches/floor/connect.js (open, wait for the first frame, close; 200 users, with minted
 # tokens for baseline and edge). Each variant runs REPS times in turn, each on a fresh runtime
-# warmed with N/4 connects; prints the medians per connect. REPORT=FILE also writes the table.
+# warmed with N/4 connects; prints the medians per connect: runtime CPU, and k6's p95 latency
+# (of the socket's connect, or of the HTTP call). REPORT=FILE also writes the table.
 # OP=stats or OP=broadcast (baseline and edge only) measures an HTTP call instead: one socket
 # held for each of the 200 users (benches/floor/ops.js, a second k6), then N calls at RATE a
 # second, each for the next user: its stats, or a broadcast to its sockets; CPU per call.
 # CLIENT=session connects the fleet's CLI socket (session-scoped, a stable session id per user).
+# GATEWAY_VARS="NAME:VALUE ..." sets vars on the edge's gateway (as scripts/compare.sh does).
 # GW_BUILD_DIR=DIR serves the edge from a copy of another build (gw_snapshot_build DIR after
 # building it), e.g. to compare two builds' CPU in alternating runs (docs/results/opt-level-*).
 #
@@ -56,18 +58,20 @@ tokens=$(mktemp)
 holder=""
 trap '[ -z "$holder" ] || kill "$holder" 2>/dev/null; gw_cleanup; rm -f "$tokens"' EXIT
 trap 'exit 130' INT
+gw_parse_vars
 hz=$(getconf CLK_TCK)
 target/debug/token --users 200 --prefix floor-u --ttl 86400 >"$tokens"
 
-# k6 VARIANT N -> the operations that succeeded: connects that got their first frame
-# (benches/floor/connect.js), or calls answered 200 (benches/floor/ops.js)
+# k6 VARIANT N -> "OK P95": the operations that succeeded (connects that got their first
+# frame, benches/floor/connect.js, or calls answered 200, benches/floor/ops.js) and their p95
+# latency in ms (k6's ws_connecting, or http_req_duration)
 operations() {
-  local summary file="" script=connect.js metric=floor_greeted
+  local summary file="" script=connect.js metric=floor_greeted latency=ws_connecting
   summary=$(mktemp)
   case $1 in baseline | edge) file=$tokens ;; esac
-  [ "$op" = connect ] || { script=ops.js; metric=floor_ok; }
+  [ "$op" = connect ] || { script=ops.js; metric=floor_ok; latency=http_req_duration; }
   TOKENS_FILE=$file URL=$GW_URL ROLE=call OP=$op N=$2 "$K6" run --quiet --no-color --summary-export "$summary" "$bench/$script" >/dev/null 2>&1 || true
-  jq -r ".metrics.$metric.count // 0" "$summary"
+  jq -r --arg c "$metric" --arg l "$latency" '"\(.metrics[$c].count // 0) \(.metrics[$l]["p(95)"] // 0)"' "$summary"
   rm -f "$summary"
 }
 
@@ -89,10 +93,10 @@ unhold() {
   rm -f "$holder_summary"
 }
 
-# one VARIANT -> "CPU_US_PER_OPERATION OPERATIONS"
+# one VARIANT -> "CPU_US_PER_OPERATION OPERATIONS P95_MS"
 one() {
   case $1 in
-    edge) gw_start "hash:shards=auto" >&2 ;;
+    edge) gw_start "hash:shards=auto" ${GW_VARS[@]+"${GW_VARS[@]}"} >&2 ;;
     baseline) gw_start_baseline >&2 ;;
     *)
       gw_new_dir
@@ -101,11 +105,11 @@ one() {
       gw_launch "floor, $1" >&2
       ;;
   esac
-  local t0 t1 ok _
+  local t0 t1 ok p95 _
   [ "$op" = connect ] || hold
   operations "$1" $((n / 4)) >/dev/null # warm: the objects exist, the code is hot
   read -r _ t0 < <(gw_workerd_cpu_ticks)
-  ok=$(operations "$1" "$n")
+  read -r ok p95 < <(operations "$1" "$n")
   read -r _ t1 < <(gw_workerd_cpu_ticks)
   if [ "$op" != connect ]; then
     unhold
@@ -113,26 +117,29 @@ one() {
   fi
   gw_cleanup
   [ "$ok" -gt 0 ] || { echo "error: no $op of $1 succeeded" >&2; exit 1; }
-  awk -v t="$((t1 - t0))" -v hz="$hz" -v c="$ok" 'BEGIN { printf "%.1f %d\n", t / hz * 1e6 / c, c }'
+  awk -v t="$((t1 - t0))" -v hz="$hz" -v c="$ok" -v p="$p95" 'BEGIN { printf "%.1f %d %.2f\n", t / hz * 1e6 / c, c, p }'
 }
 
-declare -A cpu=() label=([js]="JavaScript floor" [rust]="Rust floor (workers-rs)" [baseline]="platform's single object (JavaScript)" [edge]="this edge, hash:shards=auto")
+declare -A cpu=() lat=() label=([js]="JavaScript floor" [rust]="Rust floor (workers-rs)" [baseline]="platform's single object (JavaScript)" [edge]="this edge, hash:shards=auto")
 for r in $(seq 1 "$reps"); do
   for v in $variants; do
-    read -r us ok < <(one "$v")
+    read -r us ok p95 < <(one "$v")
     cpu[$v]+="$us "
-    echo "floor-bench: rep $r/$reps, $v: $ok ${op} operations succeeded, $us us runtime CPU each" >&2
+    lat[$v]+="$p95 "
+    echo "floor-bench: rep $r/$reps, $v: $ok ${op} operations succeeded, $us us runtime CPU each, p95 $p95 ms" >&2
   done
 done
 med() { tr ' ' '\n' <<<"$1" | grep . | sort -g | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
 first=""
-table="| $n ${op} operations (median of $reps runs) | runtime CPU per $op | over the first row | runs (us) |
-|---|---|---|---|"
+first_lat=""
+table="| $n ${op} operations (median of $reps runs) | runtime CPU per $op | over the first row | runs (us) | p95 latency | over the first row |
+|---|---|---|---|---|---|"
 for v in $variants; do
   m=$(med "${cpu[$v]}")
-  [ -n "$first" ] || first=$m
+  l=$(med "${lat[$v]}")
+  [ -n "$first" ] || { first=$m; first_lat=$l; }
   table+="
-| ${label[$v]} | ${m} us | $(awk -v a="$m" -v b="$first" 'BEGIN { printf "%.2fx", a / b }') | ${cpu[$v]}|"
+| ${label[$v]} | ${m} us | $(awk -v a="$m" -v b="$first" 'BEGIN { printf "%.2fx", a / b }') | ${cpu[$v]}| ${l} ms | $(awk -v a="$l" -v b="$first_lat" 'BEGIN { printf (b > 0 ? "%.2fx" : "n/a"), (b > 0 ? a / b : 0) }') |"
 done
 echo "$table"
 if [ -n "${REPORT:-}" ]; then
