@@ -11,7 +11,8 @@
 # and reads the runtime workerd's CPU time around N connects of the k6 client
 # benches/floor/connect.js (open, wait for the first frame, close; 200 users, with minted
 # tokens for baseline and edge). Each variant runs REPS times in turn, each on a fresh runtime
-# warmed with N/4 connects; prints the medians per connect: runtime CPU, and k6's p95 latency
+# warmed with WARM connects (default N/4; a user the warm-up missed costs the edge a revocation
+# query on its first connect); prints the medians per connect: runtime CPU, and k6's p95 latency
 # (of the socket's connect, or of the HTTP call). REPORT=FILE also writes the table.
 # OP=stats or OP=broadcast (baseline and edge only) measures an HTTP call instead: one socket
 # held for each of the 200 users (benches/floor/ops.js, a second k6), then N calls at RATE a
@@ -29,7 +30,8 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 reps=${1:-5}
 n=${N:-4000}
-case "$reps$n" in *[!0-9]*) echo "usage: [N=CONNECTS] scripts/floor-bench.sh [REPS]" >&2; exit 2 ;; esac
+warm=${WARM:-$((n / 4))}
+case "$reps$n$warm" in *[!0-9]*) echo "usage: [N=CONNECTS] [WARM=CONNECTS] scripts/floor-bench.sh [REPS]" >&2; exit 2 ;; esac
 K6=${K6:-$ROOT/.venv/bin/k6}
 op=${OP:-connect}
 case $op in
@@ -107,7 +109,7 @@ one() {
   esac
   local t0 t1 ok p95 _
   [ "$op" = connect ] || hold
-  operations "$1" $((n / 4)) >/dev/null # warm: the objects exist, the code is hot
+  operations "$1" "$warm" >/dev/null # warm: the objects exist, the code is hot, tokens are known
   read -r _ t0 < <(gw_workerd_cpu_ticks)
   read -r ok p95 < <(operations "$1" "$n")
   read -r _ t1 < <(gw_workerd_cpu_ticks)
