@@ -131,8 +131,6 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-tiers=$(gw_compare_tiers "$LOAD_TIER_LIMIT")
-
 # UPSTREAM=service: the reference upstream (examples/upstream/) beside every edge gateway,
 # bound as UPSTREAM_SERVICE, so the platform's business events go through it (docs/upstream.md);
 # UPSTREAM=failing: an upstream that refuses every call, to see what the edge does then.
@@ -154,7 +152,7 @@ start_target() {
     # shellcheck disable=SC2119 # no extra wrangler arguments
     gw_start_baseline
   else
-    gw_start "$1" --var "TIERS:$tiers" --var "SHARD_MAX_CONNECTIONS:$CAP" "${upstream_args[@]}" "${GW_VARS[@]}"
+    gw_start_compared "$1" "${upstream_args[@]}" "${GW_VARS[@]}"
   fi
 }
 

@@ -11,8 +11,8 @@
 # and reads the runtime workerd's CPU time around N connects of the k6 client
 # benches/floor/connect.js (open, wait for the first frame, close; 200 users, with minted
 # tokens for baseline and edge). Each variant runs REPS times in turn, each on a fresh runtime
-# warmed with WARM connects (default N/4; a user the warm-up missed costs the edge a revocation
-# query on its first connect); prints the medians per connect: runtime CPU, and k6's p95 latency
+# warmed with WARM connects (default N/4; a user the warm-up missed pays its first connect, the
+# token's first check and its home's start, in the measured part); prints the medians per connect: runtime CPU, and k6's p95 latency
 # (of the socket's connect, or of the HTTP call). REPORT=FILE also writes the table.
 # OP=stats or OP=broadcast (baseline and edge only) measures an HTTP call instead: one socket
 # held for each of the 200 users (benches/floor/ops.js, a second k6), then N calls at RATE a
@@ -51,16 +51,17 @@ for f in node_modules/.bin/wrangler "$K6" target/debug/token; do
 done
 case " $variants " in *" edge "*) [ -f build/index.js ] || { echo "error: build/index.js is missing (make build)" >&2; exit 2; } ;; esac
 
+# shellcheck source=load-tests/lib/gateway.sh
+. load-tests/lib/gateway.sh
+gw_parse_vars # a malformed GATEWAY_VARS stops the run before the build
+
 bench=benches/floor
 scripts/bench-build.sh "$bench" entry.mjs
 
-# shellcheck source=load-tests/lib/gateway.sh
-. load-tests/lib/gateway.sh
 tokens=$(mktemp)
 holder=""
 trap '[ -z "$holder" ] || kill "$holder" 2>/dev/null; gw_cleanup; rm -f "$tokens"' EXIT
 trap 'exit 130' INT
-gw_parse_vars
 hz=$(getconf CLK_TCK)
 target/debug/token --users 200 --prefix floor-u --ttl 86400 >"$tokens"
 
@@ -100,12 +101,8 @@ one() {
   case $1 in
     edge) gw_start "hash:shards=auto" ${GW_VARS[@]+"${GW_VARS[@]}"} >&2 ;;
     baseline) gw_start_baseline >&2 ;;
-    *)
-      gw_new_dir
-      cp "$bench/wrangler.$1.toml" "$GW_DIR/app/wrangler.toml"
-      if [ "$1" = rust ]; then cp -R "$bench/build" "$GW_DIR/app/build"; else cp "$bench/js/worker.mjs" "$GW_DIR/app/"; fi
-      gw_launch "floor, $1" >&2
-      ;;
+    rust) gw_start_app "floor, rust" "$bench/wrangler.rust.toml" "$bench/build" >&2 ;;
+    js) gw_start_app "floor, js" "$bench/wrangler.js.toml" "$bench/js/worker.mjs" >&2 ;;
   esac
   local t0 t1 ok p95 _
   [ "$op" = connect ] || hold

@@ -41,16 +41,13 @@ trap 'gw_cleanup; rm -rf "$out"' EXIT
 trap 'exit 130' INT
 token=$(target/debug/token --user load-alice --ttl 86400)
 
+iterations() { jq -r '.metrics.iterations.count' "$out/$1.json"; }
+
 for v in $variants; do
   case $v in
     baseline) gw_start_baseline >&2 ;;
-    edge) gw_start "hash:shards=auto" --var "TIERS:$(gw_compare_tiers 1000)" --var "SHARD_MAX_CONNECTIONS:200" >&2 ;;
-    floor)
-      gw_new_dir
-      cp benches/floor/wrangler.http.toml "$GW_DIR/app/wrangler.toml"
-      cp benches/floor/js/http.mjs "$GW_DIR/app/"
-      gw_launch "HTTP-only floor" >&2
-      ;;
+    edge) gw_start_compared "hash:shards=auto" >&2 ;;
+    floor) gw_start_app "HTTP-only floor" benches/floor/wrangler.http.toml benches/floor/js/http.mjs >&2 ;;
   esac
   echo "harness-floor: $v: k6 $mode, SHAPE=http ..." >&2
   rc=0
@@ -60,29 +57,32 @@ for v in $variants; do
   gw_cleanup
   # 99: thresholds failed, which is a result here; anything else is a broken run.
   case $rc in 0 | 99) ;; *) tail -n 5 "$out/$v.log" >&2; echo "error: k6 exited with $rc for $v" >&2; exit 1 ;; esac
-  echo "harness-floor: $v: $(jq -r '.metrics.iterations.count' "$out/$v.json") iterations" >&2
+  echo "harness-floor: $v: $(iterations "$v") iterations" >&2
 done
 
-p95() { jq -r --arg m "$2" '.metrics[$m]["p(95)"] // empty' "$out/$1.json" 2>/dev/null; }
+# p95 VARIANT METRIC [DIVISOR] -> "12.3 ms"
+p95() { jq -r --arg m "$2" '.metrics[$m]["p(95)"] // empty' "$out/$1.json" | awk -v d="${3:-1}" '{ printf "%.1f ms", $1 / d }'; }
+goal=false
+case " $variants " in *" baseline "*) goal=true ;; esac
 table="| p95, k6 $mode, SHAPE=http |"
 sep="|---|"
 for v in $variants; do table+=" $v |"; sep+="---|"; done
-case " $variants " in *" baseline "*) table+=" 0.5x baseline (the goal) |"; sep+="---|" ;; esac
+if $goal; then table+=" 0.5x baseline (the goal) |"; sep+="---|"; fi
 table+="
 $sep"
 for m in http_req_duration "http_op_duration{op:stats}" "http_op_duration{op:broadcast_all}" \
-  "http_op_duration{op:upgrade_no_token}" "http_op_duration{op:upgrade_plain}" iterations; do
+  "http_op_duration{op:upgrade_no_token}" "http_op_duration{op:upgrade_plain}"; do
   row="| $m |"
-  for v in $variants; do
-    if [ "$m" = iterations ]; then row+=" $(jq -r '.metrics.iterations.count' "$out/$v.json") |"
-    else row+=" $(p95 "$v" "$m" | awk '{ printf "%.1f ms", $1 }') |"; fi
-  done
-  case " $variants " in
-    *" baseline "*) [ "$m" = iterations ] && row+=" |" || row+=" $(p95 baseline "$m" | awk '{ printf "%.1f ms", $1 / 2 }') |" ;;
-  esac
+  for v in $variants; do row+=" $(p95 "$v" "$m") |"; done
+  if $goal; then row+=" $(p95 baseline "$m" 2) |"; fi
   table+="
 $row"
 done
+row="| iterations |"
+for v in $variants; do row+=" $(iterations "$v") |"; done
+if $goal; then row+=" |"; fi
+table+="
+$row"
 echo "$table"
 if [ -n "${REPORT:-}" ]; then
   printf '%s\n' "$table" >"$REPORT"

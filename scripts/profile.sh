@@ -52,7 +52,7 @@ if [ "$target" = baseline ]; then
   gw_start_baseline
 else
   # The compare's tiers (the fleet's users stay in the default tier).
-  gw_start hash:shards=auto --var "TIERS:$(gw_compare_tiers 1000)" --var SHARD_MAX_CONNECTIONS:200 "${GW_VARS[@]}"
+  gw_start_compared hash:shards=auto "${GW_VARS[@]}"
 fi
 target/debug/token --users "$users" --prefix load-u --ttl 86400 >"$tokens"
 echo "profile: fleet of $users users against $target; sampling from ${warm}s for ${secs}s"

@@ -25,10 +25,7 @@ scripts/bench-build.sh "$bench" rpc-wrapper.mjs
 . load-tests/lib/gateway.sh
 trap 'gw_cleanup' EXIT
 trap 'exit 130' INT
-gw_new_dir
-cp "$bench/wrangler.toml" "$GW_DIR/app/"
-cp -R "$bench/build" "$GW_DIR/app/build"
-gw_launch "do-rpc experiment"
+gw_start_app "do-rpc experiment" "$bench/wrangler.toml" "$bench/build"
 hz=$(getconf CLK_TCK)
 
 # run MODE FAN BYTES N -> "MS TICKS CALLS"

@@ -1,5 +1,5 @@
 # shellcheck shell=bash
-# Sourced by scripts/load.sh and scripts/compare.sh: start and stop a private local gateway
+# Sourced by scripts/load.sh, scripts/compare.sh and the benches under scripts/: start and stop a private local gateway
 # (wrangler dev -> workerd) on free loopback ports with its own state directory.
 #
 #   gw_snapshot_build DEST                     consistent copy of build/ (set GW_BUILD_DIR=DEST to reuse it)
@@ -9,22 +9,17 @@
 #   gw_cleanup                                 gw_stop, then removes GW_DIR
 #   gw_workerd_rss_kb                          RSS (KiB) of this gateway's workerd runtime and proxy
 #   gw_workerd_cpu_ticks                       "PID TICKS" of the runtime: its utime + stime so far
-#   gw_compare_tiers LOAD_LIMIT                TIERS as the comparisons run them (JSON, printed)
+#   gw_start_compared POLICY [wrangler args...] gw_start with the comparisons' tiers (`load` at
+#                                              LOAD_TIER_LIMIT, default 1000) and per-object cap
+#                                              (SHARD_MAX_CONNECTIONS, default 200)
+#   gw_start_app WHAT CONFIG PATH...           serves another Worker: CONFIG as its wrangler.toml,
+#                                              the PATHs (files or directories) beside it
 #   gw_parse_vars                              GATEWAY_VARS ("NAME:VALUE ...") as --var arguments,
 #                                              into the array GW_VARS; exits 2 on a malformed word
 #
 # Needs ROOT (the repository root) and the Worker already built in $ROOT/build.
 # GW_WRANGLER_TOML (default $ROOT/wrangler.toml) is the config the gateway runs with: a
 # snapshot keeps a run on one config while wrangler.toml is being edited.
-
-gw_compare_tiers() {
-  # The capacity guide's tiers plus `load`, high enough for the whole run.
-  jq -cn --argjson l "$1" '{
-    free: {limit: 20, latencyP95Ms: 500, availability: 99.5},
-    pro: {limit: 100, latencyP95Ms: 200, availability: 99.9},
-    enterprise: {limit: 500, latencyP95Ms: 100, availability: 99.95},
-    load: {limit: $l, latencyP95Ms: 500, availability: 99.5}}'
-}
 
 gw_parse_vars() {
   GW_VARS=()
@@ -107,6 +102,27 @@ gw_start() {
   # shellcheck disable=SC2034 # read by the callers
   GW_BUILD_SHA=$(sha256sum "$app/build/index_bg.wasm" | cut -c1-12)
   gw_launch "policy $policy" --var "SHARD_POLICY:$policy" "$@"
+}
+
+gw_start_compared() {
+  local policy=$1 tiers
+  shift
+  # The capacity guide's tiers plus `load`, high enough for the whole run.
+  tiers=$(jq -cn --argjson l "${LOAD_TIER_LIMIT:-1000}" '{
+    free: {limit: 20, latencyP95Ms: 500, availability: 99.5},
+    pro: {limit: 100, latencyP95Ms: 200, availability: 99.9},
+    enterprise: {limit: 500, latencyP95Ms: 100, availability: 99.95},
+    load: {limit: $l, latencyP95Ms: 500, availability: 99.5}}')
+  gw_start "$policy" --var "TIERS:$tiers" --var "SHARD_MAX_CONNECTIONS:${SHARD_MAX_CONNECTIONS:-200}" "$@"
+}
+
+gw_start_app() {
+  local what=$1 config=$2
+  shift 2
+  gw_new_dir || return 1
+  cp "$config" "$GW_DIR/app/wrangler.toml"
+  cp -R "$@" "$GW_DIR/app/"
+  gw_launch "$what"
 }
 
 # The single-object baseline (benches/baseline/, a JavaScript Worker) in place of the gateway,
